@@ -1,0 +1,355 @@
+"""Turns DRIVE / CHASE_DB1 downloads (or a generated synthetic set) into PNG folders and label files.
+
+  python preprocess.py --data_dir=downloads           # DRIVE/ and/or CHASEDB1/ as unpacked
+  python preprocess.py --synthetic --data_dir=data/raw  # generate the synthetic set, then process
+
+Writes `{output_dir}/{DRIVE,CHASEDB,SYNTH}/{split}/{images,images_pre,labels,masks}/*.png` and the
+label files `{output_dir}/{DATASET}/{split}.txt`. The download itself is never modified.
+"""
+import glob
+import os
+import re
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from absl import app, flags
+from scipy import ndimage
+
+import utils
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('data_dir', None, 'Folder holding DRIVE/ and/or CHASEDB1/ as downloaded '
+                    '(and SYNTH/ once generated).')
+flags.DEFINE_string('output_dir', 'data', 'Where the PNG folders and label files are written.')
+flags.DEFINE_bool('synthetic', False, 'Generate the synthetic retina set under {data_dir}/SYNTH '
+                  'first.')
+flags.DEFINE_integer('synthetic_train', 8, 'Synthetic training images.', lower_bound=1)
+flags.DEFINE_integer('synthetic_test', 4, 'Synthetic test images.', lower_bound=1)
+flags.DEFINE_integer('synthetic_size', 512, 'Side of the synthetic images in pixels.',
+                     lower_bound=32)
+flags.DEFINE_integer('seed', 0, 'Seed of the synthetic set.')
+flags.DEFINE_bool('visualize', False, 'Also draw the preprocessing-steps and dataset-sample '
+                  'figures of the first image into --figure_dir.')
+flags.DEFINE_string('figure_dir', 'images', 'Where --visualize writes its figures.')
+
+LABEL_FILE_HEADER = 'images,labels,masks'
+SPLITS = ('training', 'test')
+
+
+# ----------------------------------------------------------------------------- the four steps
+
+def rgb_to_gray(image):
+    """ITU-R 601 luma of an RGB uint8 image, as float64."""
+    return image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def standardize(gray):
+    """Per-image zero mean and unit variance, then rescaled to 0-255 (uint8)."""
+    gray = np.asarray(gray, np.float64)
+    std = gray.std()
+    normalized = (gray - gray.mean()) / std if std > 0 else np.zeros_like(gray)
+    span = normalized.max() - normalized.min()
+    if span == 0:
+        return np.zeros(gray.shape, np.uint8)
+    return np.rint(255 * (normalized - normalized.min()) / span).astype(np.uint8)
+
+
+def clahe(gray, clip_limit=2.0, tiles=8):
+    """Contrast-limited adaptive histogram equalisation on a uint8 image."""
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles)).apply(gray)
+
+
+def adjust_gamma(gray, gamma=1.2):
+    """out = 255 * (in / 255) ** (1 / gamma): gamma > 1 brightens dark vessels' surroundings, as in
+    the original (and orobix/retina-unet)."""
+    table = np.rint(255 * (np.arange(256) / 255.0) ** (1.0 / gamma)).astype(np.uint8)
+    return table[gray]
+
+
+def preprocess_image(image):
+    """The four steps in order: RGB to gray, standardise, CLAHE, gamma. Returns every stage."""
+    gray = np.clip(np.rint(rgb_to_gray(image)), 0, 255).astype(np.uint8)
+    standardized = standardize(gray)
+    equalized = clahe(standardized)
+    return {'gray': gray, 'standardized': standardized, 'clahe': equalized,
+            'gamma': adjust_gamma(equalized)}
+
+
+def derive_fov_mask(image, threshold=12):
+    """FOV mask (uint8 {0,1}) of a fundus image: the bright disc on a black background.
+    Max over channels above `threshold`, holes filled, largest component, one 3x3 erosion."""
+    foreground = image.max(axis=-1) > threshold if image.ndim == 3 else image > threshold
+    foreground = ndimage.binary_fill_holes(foreground)
+    eroded = ndimage.binary_erosion(_largest_component(foreground), np.ones((3, 3), bool))
+    return _largest_component(eroded).astype(np.uint8)
+
+
+def _largest_component(binary):
+    components, count = ndimage.label(binary)
+    if count == 0:
+        return binary
+    return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+
+
+# ----------------------------------------------------------------------------- finding the data
+
+@dataclass
+class Sample:
+    name: str
+    image: str
+    label: str
+    mask: str | None = None  # None: derive it from the image
+    second_label: str | None = None
+
+
+def _first_match(pattern):
+    matches = sorted(glob.glob(pattern))
+    return matches[0] if matches else None
+
+
+def find_drive_layout(split_dir):
+    """Samples of one split laid out as DRIVE: images/NN_split.*, 1st_manual/NN_manual1.*,
+    mask/NN_split_mask.*, 2nd_manual/NN_manual2.*."""
+    samples = []
+    for image in sorted(glob.glob(os.path.join(split_dir, 'images', '*'))):
+        stem = os.path.splitext(os.path.basename(image))[0]
+        number = stem.split('_')[0]
+        label = _first_match(os.path.join(split_dir, '1st_manual', f'{number}_manual1.*'))
+        if label is None:
+            raise utils.UserError(f'{image}: no label {number}_manual1.* in '
+                                  f'{os.path.join(split_dir, "1st_manual")}')
+        mask = _first_match(os.path.join(split_dir, 'mask', f'{stem}_mask.*'))
+        second = _first_match(os.path.join(split_dir, '2nd_manual', f'{number}_manual2.*'))
+        samples.append(Sample(stem, image, label, mask, second))
+    return samples
+
+
+def find_chase(chase_dir):
+    """CHASE_DB1's flat folder: Image_NNX.jpg with Image_NNX_1stHO.png (and _2ndHO.png).
+    Images 01-10 are the standard training split, 11-14 the test split."""
+    splits = {split: [] for split in SPLITS}
+    for image in sorted(glob.glob(os.path.join(chase_dir, 'Image_*.jpg'))):
+        stem = os.path.splitext(os.path.basename(image))[0]
+        match = re.fullmatch(r'Image_(\d+)[LR]', stem)
+        if not match:
+            continue
+        label = os.path.join(chase_dir, f'{stem}_1stHO.png')
+        if not os.path.exists(label):
+            raise utils.UserError(f'{image}: no label {os.path.basename(label)} beside it')
+        second = os.path.join(chase_dir, f'{stem}_2ndHO.png')
+        split = 'training' if int(match.group(1)) <= 10 else 'test'
+        splits[split].append(Sample(stem, image, label, None,
+                                    second if os.path.exists(second) else None))
+    return splits
+
+
+def find_datasets(data_dir):
+    """{output name: {split: [Sample]}} for every dataset found under `data_dir`."""
+    found = {}
+    for folder, name in (('DRIVE', 'DRIVE'), ('SYNTH', 'SYNTH')):
+        root = os.path.join(data_dir, folder)
+        if os.path.isdir(root):
+            found[name] = {split: find_drive_layout(os.path.join(root, split)) for split in SPLITS}
+    chase = os.path.join(data_dir, 'CHASEDB1')
+    if os.path.isdir(chase):
+        found['CHASEDB'] = find_chase(chase)
+    return {name: splits for name, splits in found.items()
+            if any(splits[split] for split in SPLITS)}
+
+
+# ----------------------------------------------------------------------------- processing
+
+def load_sample(sample):
+    """Reads and checks one sample; returns the arrays to write (all uint8)."""
+    image = utils.read_image(sample.image)
+    label = utils.read_binary(sample.label)
+    mask = utils.read_binary(sample.mask) if sample.mask else derive_fov_mask(image)
+    arrays = {'images': image, 'images_pre': preprocess_image(image)['gamma'],
+              'labels': label * 255, 'masks': mask * 255}
+    if sample.second_label:
+        arrays['labels_2nd'] = utils.read_binary(sample.second_label) * 255
+    for kind, path in (('labels', sample.label), ('masks', sample.mask),
+                       ('labels_2nd', sample.second_label)):
+        if path and arrays[kind].shape != image.shape[:2]:
+            raise utils.UserError(f'{path}: size {arrays[kind].shape[1]}x{arrays[kind].shape[0]} '
+                                  f'differs from its image {sample.image} '
+                                  f'({image.shape[1]}x{image.shape[0]})')
+    return arrays
+
+
+def write_split(split_dir, loaded):
+    """Writes the PNG folders of one split, then its label file (last, so it never names a file
+    that is not there yet)."""
+    lines = [LABEL_FILE_HEADER]
+    for name, arrays in loaded:
+        for kind, array in arrays.items():
+            utils.write_png(os.path.join(split_dir, kind, f'{name}.png'), array)
+        lines.append(f'{name}.png,{name}.png,{name}.png')
+    utils.write_atomic(f'{split_dir}.txt', '\n'.join(lines) + '\n')
+
+
+def process(data_dir, output_dir):
+    """Reads and checks everything found under `data_dir` first, then writes: bad input leaves
+    nothing written. Returns {dataset: {split: count}}."""
+    if not os.path.isdir(data_dir):
+        raise utils.UserError(f'--data_dir={data_dir}: no such folder')
+    datasets = find_datasets(data_dir)
+    if not datasets:
+        raise utils.UserError(f'--data_dir={data_dir}: found no images in DRIVE/, CHASEDB1/ or '
+                              'SYNTH/ (unpack the downloads there, or pass --synthetic)')
+    loaded = {(name, split): [(s.name, load_sample(s)) for s in samples]
+              for name, splits in datasets.items() for split, samples in splits.items() if samples}
+    for (name, split), samples in loaded.items():
+        write_split(os.path.join(output_dir, name, split), samples)
+    return {name: {split: len(samples) for split, samples in splits.items()}
+            for name, splits in datasets.items()}
+
+
+# ----------------------------------------------------------------------------- synthetic retinas
+
+def _grow_vessel(rng, segments, point, angle, width, depth, radius, centre):
+    """Adds a vessel and its branches as (p0, p1, width) line segments, tapering as it goes."""
+    step = max(2.0, radius / 60)
+    while width >= 1.0:
+        angle += rng.normal(0, 0.12)
+        nxt = point + step * np.array([np.cos(angle), np.sin(angle)])
+        if np.hypot(*(nxt - centre)) > radius * 0.98:
+            return
+        segments.append((point, nxt, width))
+        point = nxt
+        width *= 0.985
+        if depth < 5 and rng.random() < 0.06:
+            branch_width = width * rng.uniform(0.55, 0.8)
+            side = rng.choice([-1.0, 1.0])
+            _grow_vessel(rng, segments, point, angle + side * rng.uniform(0.4, 0.9),
+                         branch_width, depth + 1, radius, centre)
+            width *= 0.9
+            angle -= side * 0.15
+
+
+def synthetic_retina(size, rng):
+    """One synthetic fundus image (RGB uint8) with its exact vessel label and FOV mask ({0,1})."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    centre = np.array([size / 2, size / 2]) + rng.normal(0, size * 0.01, 2)
+    radius = size * rng.uniform(0.44, 0.47)
+    distance = np.hypot(xx - centre[0], yy - centre[1]) / radius
+    fov = distance <= 1.0
+
+    side = rng.choice([-1.0, 1.0])
+    disc = centre + np.array([side * 0.55 * radius, rng.normal(0, 0.05) * radius])
+    fovea = centre + np.array([-side * 0.1 * radius, rng.normal(0, 0.03) * radius])
+    disc_radius = radius * rng.uniform(0.13, 0.16)
+
+    illumination = cv2.GaussianBlur(rng.normal(0, 1, (size, size)), (0, 0), size / 10)
+    illumination = 1 + 0.08 * illumination / (np.abs(illumination).max() + 1e-9)
+    vignette = (1 - 0.45 * distance ** 2) * illumination
+    base = np.array([205, 95, 45]) * rng.uniform(0.85, 1.1)
+    image = vignette[..., None] * base
+    fovea_shade = 1 - 0.3 * np.exp(-((xx - fovea[0]) ** 2 + (yy - fovea[1]) ** 2)
+                                   / (2 * (0.12 * radius) ** 2))
+    image *= fovea_shade[..., None]
+    disc_glow = np.exp(-(((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2) / disc_radius ** 2) ** 2)
+    image += disc_glow[..., None] * np.array([50, 110, 90])
+
+    segments = []
+    max_width = max(3.0, 8.0 * size / 584)
+    for trunk_angle in (-1.1, -0.7, 0.7, 1.1):
+        start_angle = (np.pi if side > 0 else 0.0) + side * trunk_angle + rng.normal(0, 0.1)
+        _grow_vessel(rng, segments, disc.copy(), start_angle, max_width * rng.uniform(0.8, 1),
+                     0, radius, centre)
+    for _ in range(3):  # nasal vessels, pointing away from the fovea
+        start_angle = (0.0 if side > 0 else np.pi) + rng.uniform(-1.2, 1.2)
+        _grow_vessel(rng, segments, disc.copy(), start_angle, max_width * 0.6, 1, radius, centre)
+
+    label = np.zeros((size, size), np.uint8)
+    contrast = np.zeros((size, size), np.float32)
+    for p0, p1, width in segments:
+        a, b = tuple(int(round(v)) for v in p0), tuple(int(round(v)) for v in p1)
+        thickness = max(1, int(round(width)))
+        cv2.line(label, a, b, 1, thickness)
+        cv2.line(contrast, a, b, float(0.25 + 0.35 * min(width / max_width, 1.0)), thickness)
+    contrast = cv2.GaussianBlur(contrast, (0, 0), 0.7)
+    image *= 1 - contrast[..., None] * np.array([0.35, 1.0, 0.6])
+
+    image += rng.normal(0, 4, image.shape)
+    image = cv2.GaussianBlur(image, (0, 0), 0.6)
+    image[~fov] = rng.normal(0, 1.5, (int((~fov).sum()), 3)).clip(0)
+    label &= fov.astype(np.uint8)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, fov.astype(np.uint8)
+
+
+def generate_synthetic(root, num_train, num_test, size, seed):
+    """Writes the synthetic set in DRIVE's layout under `root` (PNG instead of TIFF/GIF)."""
+    rng = np.random.default_rng(seed)
+    numbers = {'training': range(1, num_train + 1),
+               'test': range(num_train + 1, num_train + num_test + 1)}
+    for split, split_numbers in numbers.items():
+        for number in split_numbers:
+            image, label, mask = synthetic_retina(size, rng)
+            stem = f'{number:02d}_{split}'
+            utils.write_png(os.path.join(root, split, 'images', f'{stem}.png'), image)
+            utils.write_png(os.path.join(root, split, '1st_manual', f'{number:02d}_manual1.png'),
+                            label * 255)
+            utils.write_png(os.path.join(root, split, 'mask', f'{stem}_mask.png'), mask * 255)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def draw_figures(sample, figure_dir):
+    """The four preprocessing steps side by side, and an image / label / mask sample figure."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    image = utils.read_image(sample.image)
+    stages = preprocess_image(image)
+    label = utils.read_binary(sample.label)
+    mask = utils.read_binary(sample.mask) if sample.mask else derive_fov_mask(image)
+    figures = {
+        'preprocess.png': [('input', image), ('1. gray', stages['gray']),
+                           ('2. standardised', stages['standardized']),
+                           ('3. CLAHE', stages['clahe']), ('4. gamma 1.2', stages['gamma'])],
+        'dataset_sample.png': [('image', image), ('vessel label', label * 255),
+                               ('FOV mask', mask * 255)],
+    }
+    os.makedirs(figure_dir, exist_ok=True)
+    for filename, panels in figures.items():
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+        for axis, (title, panel) in zip(axes, panels):
+            axis.imshow(panel, cmap='gray', vmin=0, vmax=255)
+            axis.set_title(title)
+            axis.axis('off')
+        fig.suptitle(os.path.basename(sample.image))
+        fig.tight_layout()
+        path = os.path.join(figure_dir, filename)
+        temporary = os.path.join(figure_dir, f'.{filename}.tmp.png')
+        fig.savefig(temporary, dpi=100)
+        plt.close(fig)
+        os.replace(temporary, path)
+        print(f'wrote {path}')
+
+
+def main(argv):
+    del argv
+    if FLAGS.synthetic:
+        root = os.path.join(FLAGS.data_dir, 'SYNTH')
+        generate_synthetic(root, FLAGS.synthetic_train, FLAGS.synthetic_test,
+                           FLAGS.synthetic_size, FLAGS.seed)
+        print(f'generated {FLAGS.synthetic_train} training + {FLAGS.synthetic_test} test '
+              f'synthetic images in {root}')
+    counts = process(FLAGS.data_dir, FLAGS.output_dir)
+    for name, splits in counts.items():
+        found = ', '.join(f'{count} {split}' for split, count in splits.items())
+        written = ', '.join(os.path.join(FLAGS.output_dir, name, f'{split}.txt')
+                            for split, count in splits.items() if count)
+        print(f'{name}: {found} -> {written}')
+    if FLAGS.visualize:
+        first = next(iter(find_datasets(FLAGS.data_dir).values()))
+        draw_figures(first['training'][0] if first['training'] else first['test'][0],
+                     FLAGS.figure_dir)
+
+
+if __name__ == '__main__':
+    flags.mark_flag_as_required('data_dir')
+    app.run(utils.run_main(main))

@@ -1,0 +1,215 @@
+"""What several scripts share: image I/O with clear errors, atomic writes, metrics, overlays.
+
+Nothing here imports TensorFlow, so preprocessing and metric tests stay fast.
+"""
+import json
+import os
+import sys
+import tempfile
+
+import cv2
+import numpy as np
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, never as a traceback."""
+
+
+def run_main(main):
+    """Wraps an absl `main` so that a UserError ends the program with one line and exit code 2."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except UserError as error:
+            print(f'error: {error}', file=sys.stderr)
+            sys.exit(2)
+
+    return wrapped
+
+
+# ----------------------------------------------------------------------------- image I/O
+
+def read_image(path, gray=False):
+    """Reads PNG/JPEG/TIFF/GIF/BMP as uint8: HxWx3 RGB, or HxW when `gray` (first channel of
+    an RGB file, which is what DRIVE's and CHASE's label and mask files are)."""
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: file not found')
+    if os.path.getsize(path) == 0:
+        raise UserError(f'{path}: file is empty')
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise UserError(f'{path}: not a readable image (corrupt or unsupported format)')
+    if image.dtype != np.uint8:
+        raise UserError(f'{path}: expected 8-bit pixels, found {image.dtype}')
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim == 3 and image.shape[2] not in (1, 3):
+        raise UserError(f'{path}: expected 1 or 3 channels, found {image.shape[2]}')
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if gray:
+        return image if image.ndim == 2 else image[:, :, 0]
+    if image.ndim == 2:
+        return np.stack([image] * 3, axis=-1)
+    return image[:, :, ::-1].copy()  # OpenCV's BGR to RGB
+
+
+def read_binary(path):
+    """Reads a label or mask file as uint8 {0, 1}. Accepts 0/1, 0/255 and near-binary palettes
+    (all values within 15 of 0 or 255, as DRIVE's 2nd_manual GIFs: 2, 4, 252, 254); any grey level
+    in between is an error."""
+    image = read_image(path, gray=True)
+    values = np.unique(image)
+    if set(values.tolist()) <= {0, 1}:
+        return image.copy()
+    if np.all((values <= 15) | (values >= 240)):
+        return (image >= 128).astype(np.uint8)
+    shown = ', '.join(str(v) for v in values[:6]) + (', ...' if len(values) > 6 else '')
+    raise UserError(f'{path}: not a binary image (values {shown}; expected 0/255 or 0/1)')
+
+
+def _temporary_path(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path))
+    handle, temporary = tempfile.mkstemp(prefix=f'.{base}.', suffix=f'.tmp{ext}', dir=directory)
+    os.close(handle)
+    return temporary
+
+
+def write_atomic(path, data):
+    """Writes bytes or text to `path` through a temporary file and a rename: a killed process
+    leaves either the old file or the new one, never half of one."""
+    temporary = _temporary_path(path)
+    try:
+        with open(temporary, 'wb') as stream:
+            stream.write(data.encode() if isinstance(data, str) else data)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def write_png(path, image):
+    """Writes a uint8 HxW or HxWx3 RGB image as PNG, atomically."""
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = image[:, :, ::-1]  # RGB to OpenCV's BGR
+    ok, encoded = cv2.imencode('.png', image)
+    if not ok:
+        raise UserError(f'{path}: could not encode image of shape {image.shape}')
+    write_atomic(path, encoded.tobytes())
+
+
+def write_json(path, value):
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def confusion_matrix(labels, predictions, mask=None):
+    """2x2 matrix [[TN, FP], [FN, TP]] (rows: label, columns: prediction) over pixels where
+    `mask` is set (all pixels when mask is None)."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    predictions = np.asarray(predictions).astype(bool).ravel()
+    if mask is not None:
+        keep = np.asarray(mask).astype(bool).ravel()
+        labels, predictions = labels[keep], predictions[keep]
+    counts = np.bincount(labels.astype(np.int64) * 2 + predictions, minlength=4)
+    return counts.reshape(2, 2)
+
+
+def _ratio(numerator, denominator):
+    return float(numerator) / float(denominator) if denominator else 0.0
+
+
+def scores_from_confusion(matrix):
+    """The field's threshold metrics from a 2x2 confusion matrix; vessel is the positive class."""
+    (tn, fp), (fn, tp) = np.asarray(matrix, dtype=np.int64)
+    iou_vessel = _ratio(tp, tp + fp + fn)
+    iou_background = _ratio(tn, tn + fn + fp)
+    return {
+        'IoU': iou_vessel,
+        'mIoU': (iou_vessel + iou_background) / 2,
+        'F1': _ratio(2 * tp, 2 * tp + fp + fn),
+        'Acc': _ratio(tp + tn, tp + tn + fp + fn),
+        'Se': _ratio(tp, tp + fn),
+        'Sp': _ratio(tn, tn + fp),
+        'Precision': _ratio(tp, tp + fp),
+    }
+
+
+def _ranked_counts(labels, scores):
+    """Cumulative true/false positives at each distinct score, from the highest down."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    order = np.argsort(-scores, kind='stable')
+    scores, labels = scores[order], labels[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    true_positives = np.cumsum(labels)[last_of_tie]
+    false_positives = (last_of_tie + 1) - true_positives
+    return true_positives, false_positives
+
+
+def roc_auc(labels, scores):
+    """Exact area under the ROC curve (ties count half), from every distinct score."""
+    tp, fp = _ranked_counts(labels, scores)
+    if tp.size == 0 or tp[-1] == 0 or fp[-1] == 0:
+        return float('nan')
+    tpr = np.r_[0.0, tp / tp[-1]]
+    fpr = np.r_[0.0, fp / fp[-1]]
+    return float(np.trapezoid(tpr, fpr))
+
+
+def pr_auc(labels, scores):
+    """Area under the precision-recall curve as average precision (step-wise, no interpolation)."""
+    tp, fp = _ranked_counts(labels, scores)
+    if tp.size == 0 or tp[-1] == 0:
+        return float('nan')
+    precision = tp / (tp + fp)
+    recall = np.r_[0.0, tp / tp[-1]]
+    return float(np.sum(np.diff(recall) * precision))
+
+
+def curves(labels, scores, points=512):
+    """ROC (fpr, tpr) and precision-recall (recall, precision) curves, thinned for plotting."""
+    tp, fp = _ranked_counts(labels, scores)
+    keep = np.unique(np.linspace(0, tp.size - 1, min(points, tp.size)).astype(int))
+    tp, fp = tp[keep], fp[keep]
+    return {
+        'fpr': np.r_[0.0, fp / max(fp[-1], 1)], 'tpr': np.r_[0.0, tp / max(tp[-1], 1)],
+        'recall': tp / max(tp[-1], 1), 'precision': tp / np.maximum(tp + fp, 1),
+    }
+
+
+def evaluate_pixels(labels, probabilities, mask, threshold=0.5):
+    """Every metric the field reports for one image or a whole set, inside the FOV `mask`."""
+    keep = np.asarray(mask).astype(bool)
+    labels, probabilities = np.asarray(labels)[keep], np.asarray(probabilities)[keep]
+    matrix = confusion_matrix(labels, probabilities >= threshold)
+    scores = scores_from_confusion(matrix)
+    scores['AUC_ROC'] = roc_auc(labels, probabilities)
+    scores['AUC_PR'] = pr_auc(labels, probabilities)
+    return matrix, scores
+
+
+# ----------------------------------------------------------------------------- drawing
+
+OVERLAY_COLOURS = {'hit': (0, 255, 0), 'false_alarm': (255, 0, 0), 'miss': (0, 0, 255)}
+
+
+def overlay(image, label, prediction, alpha=1.0):
+    """Colours an RGB copy of `image`: green where vessel is predicted and labelled, red where
+    predicted but not labelled, blue where labelled but missed. `alpha` blends the colours."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    label, prediction = np.asarray(label).astype(bool), np.asarray(prediction).astype(bool)
+    out = image.astype(np.float32)
+    for name, where in (('hit', label & prediction), ('false_alarm', prediction & ~label),
+                        ('miss', label & ~prediction)):
+        colour = np.array(OVERLAY_COLOURS[name], np.float32)
+        out[where] = (1 - alpha) * out[where] + alpha * colour
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
