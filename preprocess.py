@@ -28,12 +28,10 @@ flags.DEFINE_integer('synthetic_train', 8, 'Synthetic training images.', lower_b
 flags.DEFINE_integer('synthetic_test', 4, 'Synthetic test images.', lower_bound=1)
 flags.DEFINE_integer('synthetic_size', 512, 'Side of the synthetic images in pixels.',
                      lower_bound=32)
-flags.DEFINE_integer('seed', 0, 'Seed of the synthetic set.')
-flags.DEFINE_bool('visualize', False, 'Also draw the preprocessing-steps and dataset-sample '
-                  'figures of the first image into --figure_dir.')
-flags.DEFINE_string('figure_dir', 'images', 'Where --visualize writes its figures.')
+flags.DEFINE_string('figure_dir', 'images', 'Where --visualize writes the preprocessing-steps and '
+                    'dataset-sample figures of the first image.')
+utils.define_flags('seed', 'visulize')
 
-LABEL_FILE_HEADER = 'images,labels,masks'
 SPLITS = ('training', 'test')
 
 
@@ -181,7 +179,8 @@ def load_sample(sample):
 def write_split(split_dir, loaded):
     """Writes the PNG folders of one split, then its label file (last, so it never names a file
     that is not there yet)."""
-    lines = [LABEL_FILE_HEADER]
+    split = os.path.basename(split_dir)
+    lines = [f'{split}/images,{split}/labels,{split}/masks']
     for name, arrays in loaded:
         for kind, array in arrays.items():
             utils.write_png(os.path.join(split_dir, kind, f'{name}.png'), array)
@@ -323,8 +322,8 @@ def draw_figures(sample, figure_dir):
         fig.suptitle(os.path.basename(sample.image))
         fig.tight_layout()
         path = os.path.join(figure_dir, filename)
-        temporary = os.path.join(figure_dir, f'.{filename}.tmp.png')
-        fig.savefig(temporary, dpi=100)
+        temporary = utils.temporary_path(path)
+        fig.savefig(temporary, dpi=100, format='png')
         plt.close(fig)
         os.replace(temporary, path)
         print(f'wrote {path}')
@@ -344,7 +343,7 @@ def main(argv):
         written = ', '.join(os.path.join(FLAGS.output_dir, name, f'{split}.txt')
                             for split, count in splits.items() if count)
         print(f'{name}: {found} -> {written}')
-    if FLAGS.visualize:
+    if FLAGS.visulize:
         first = next(iter(find_datasets(FLAGS.data_dir).values()))
         draw_figures(first['training'][0] if first['training'] else first['test'][0],
                      FLAGS.figure_dir)

@@ -9,6 +9,7 @@ import tempfile
 
 import cv2
 import numpy as np
+from absl import flags
 
 
 class UserError(Exception):
@@ -26,6 +27,39 @@ def run_main(main):
             sys.exit(2)
 
     return wrapped
+
+
+# The flags several scripts share, each defined once here; a script declares the ones it takes
+# with define_flags(...) at its top.
+_SHARED_FLAGS = {
+    'logdir': (flags.DEFINE_string, None, 'Run folder: checkpoints, weights, architecture.json, '
+               'train_logs/ and evaluation outputs.'),
+    'label_file_path': (flags.DEFINE_string, None, 'Label file written by preprocess.py, e.g. '
+                        'data/DRIVE/training.txt.'),
+    'seed': (flags.DEFINE_integer, 0, 'Random seed.'),
+    'batch_size': (flags.DEFINE_integer, 4, 'Global batch size (split across replicas).'),
+    'preprocess': (flags.DEFINE_bool, False, 'Use the preprocessed gray images (the image '
+                   "folder + '_pre') instead of RGB."),
+    'transpose_conv': (flags.DEFINE_bool, False, 'Upsample with Conv2DTranspose instead of '
+                       'nearest-neighbour + 1x1 conv.'),
+    'base_channels': (flags.DEFINE_integer, 32, 'Channels of the first U-Net level (the original: '
+                      '32); 16 is about 4x cheaper.'),
+    'num_classes': (flags.DEFINE_integer, 2, 'Output classes (background, vessel).'),
+    'visulize': (flags.DEFINE_bool, False, 'Write figures (alias --visualize).'),
+}
+_LOWER_BOUNDS = {'batch_size': 1, 'base_channels': 1, 'num_classes': 2}
+
+
+def define_flags(*names):
+    """Defines the named shared flags (once per process, whichever script asks first)."""
+    for name in names:
+        if name in flags.FLAGS:
+            continue
+        define, default, help_text = _SHARED_FLAGS[name]
+        bounds = {'lower_bound': _LOWER_BOUNDS[name]} if name in _LOWER_BOUNDS else {}
+        define(name, default, help_text, **bounds)
+        if name == 'visulize':
+            flags.DEFINE_alias('visualize', 'visulize')
 
 
 # ----------------------------------------------------------------------------- image I/O
@@ -69,19 +103,22 @@ def read_binary(path):
     raise UserError(f'{path}: not a binary image (values {shown}; expected 0/255 or 0/1)')
 
 
-def _temporary_path(path):
-    directory = os.path.dirname(os.path.abspath(path))
+def temporary_path(path):
+    """A fresh hidden name beside `path` that keeps its whole ending ('.weights.h5' stays)."""
+    directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    handle, temporary = tempfile.mkstemp(prefix=f'.{base}.', suffix=f'.tmp{ext}', dir=directory)
+    handle, temporary = tempfile.mkstemp(prefix='.tmp.', suffix=f'.{name}', dir=directory)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
     return temporary
 
 
 def write_atomic(path, data):
     """Writes bytes or text to `path` through a temporary file and a rename: a killed process
     leaves either the old file or the new one, never half of one."""
-    temporary = _temporary_path(path)
+    temporary = temporary_path(path)
     try:
         with open(temporary, 'wb') as stream:
             stream.write(data.encode() if isinstance(data, str) else data)
