@@ -24,7 +24,7 @@ ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preproce
 def _conv_block(x, channels, name):
     for i in (1, 2):
         x = layers.Conv2D(channels, 3, padding='same', use_bias=False, name=f'{name}_conv{i}')(x)
-        x = layers.BatchNormalization(name=f'{name}_bn{i}')(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f'{name}_bn{i}')(x)
         x = layers.ReLU(name=f'{name}_relu{i}')(x)
     return x
 

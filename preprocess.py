@@ -1,4 +1,4 @@
-"""Turns DRIVE / CHASE_DB1 downloads (or a generated synthetic set) into PNG folders and label files.
+"""Turns DRIVE / CHASE_DB1 downloads (or a generated synthetic set) into PNG folders + label files.
 
   python preprocess.py --data_dir=downloads           # DRIVE/ and/or CHASEDB1/ as unpacked
   python preprocess.py --synthetic --data_dir=data/raw  # generate the synthetic set, then process
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from absl import app, flags
-from scipy import ndimage
 
 import utils
 
@@ -33,61 +32,6 @@ flags.DEFINE_string('figure_dir', 'images', 'Where --visualize writes the prepro
 utils.define_flags('seed', 'visulize')
 
 SPLITS = ('training', 'test')
-
-
-# ----------------------------------------------------------------------------- the four steps
-
-def rgb_to_gray(image):
-    """ITU-R 601 luma of an RGB uint8 image, as float64."""
-    return image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-
-
-def standardize(gray):
-    """Per-image zero mean and unit variance, then rescaled to 0-255 (uint8)."""
-    gray = np.asarray(gray, np.float64)
-    std = gray.std()
-    normalized = (gray - gray.mean()) / std if std > 0 else np.zeros_like(gray)
-    span = normalized.max() - normalized.min()
-    if span == 0:
-        return np.zeros(gray.shape, np.uint8)
-    return np.rint(255 * (normalized - normalized.min()) / span).astype(np.uint8)
-
-
-def clahe(gray, clip_limit=2.0, tiles=8):
-    """Contrast-limited adaptive histogram equalisation on a uint8 image."""
-    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles)).apply(gray)
-
-
-def adjust_gamma(gray, gamma=1.2):
-    """out = 255 * (in / 255) ** (1 / gamma): gamma > 1 brightens dark vessels' surroundings, as in
-    the original (and orobix/retina-unet)."""
-    table = np.rint(255 * (np.arange(256) / 255.0) ** (1.0 / gamma)).astype(np.uint8)
-    return table[gray]
-
-
-def preprocess_image(image):
-    """The four steps in order: RGB to gray, standardise, CLAHE, gamma. Returns every stage."""
-    gray = np.clip(np.rint(rgb_to_gray(image)), 0, 255).astype(np.uint8)
-    standardized = standardize(gray)
-    equalized = clahe(standardized)
-    return {'gray': gray, 'standardized': standardized, 'clahe': equalized,
-            'gamma': adjust_gamma(equalized)}
-
-
-def derive_fov_mask(image, threshold=12):
-    """FOV mask (uint8 {0,1}) of a fundus image: the bright disc on a black background.
-    Max over channels above `threshold`, holes filled, largest component, one 3x3 erosion."""
-    foreground = image.max(axis=-1) > threshold if image.ndim == 3 else image > threshold
-    foreground = ndimage.binary_fill_holes(foreground)
-    eroded = ndimage.binary_erosion(_largest_component(foreground), np.ones((3, 3), bool))
-    return _largest_component(eroded).astype(np.uint8)
-
-
-def _largest_component(binary):
-    components, count = ndimage.label(binary)
-    if count == 0:
-        return binary
-    return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
 
 
 # ----------------------------------------------------------------------------- finding the data
@@ -162,8 +106,8 @@ def load_sample(sample):
     """Reads and checks one sample; returns the arrays to write (all uint8)."""
     image = utils.read_image(sample.image)
     label = utils.read_binary(sample.label)
-    mask = utils.read_binary(sample.mask) if sample.mask else derive_fov_mask(image)
-    arrays = {'images': image, 'images_pre': preprocess_image(image)['gamma'],
+    mask = utils.read_binary(sample.mask) if sample.mask else utils.derive_fov_mask(image)
+    arrays = {'images': image, 'images_pre': utils.preprocess_image(image)['gamma'],
               'labels': label * 255, 'masks': mask * 255}
     if sample.second_label:
         arrays['labels_2nd'] = utils.read_binary(sample.second_label) * 255
@@ -302,9 +246,9 @@ def draw_figures(sample, figure_dir):
     import matplotlib.pyplot as plt
 
     image = utils.read_image(sample.image)
-    stages = preprocess_image(image)
+    stages = utils.preprocess_image(image)
     label = utils.read_binary(sample.label)
-    mask = utils.read_binary(sample.mask) if sample.mask else derive_fov_mask(image)
+    mask = utils.read_binary(sample.mask) if sample.mask else utils.derive_fov_mask(image)
     figures = {
         'preprocess.png': [('input', image), ('1. gray', stages['gray']),
                            ('2. standardised', stages['standardized']),

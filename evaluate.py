@@ -1,0 +1,284 @@
+"""Evaluates a trained run inside the FOV, draws overlays, or predicts vessel maps for new images.
+
+  python evaluate.py --logdir=log/retina --label_file_path=data/CHASEDB/test.txt --visulize=True
+  python evaluate.py --logdir=log/retina --predict='photos/*.jpg'
+
+The architecture comes from {logdir}/architecture.json (written by train.py); architecture flags
+are only checked against it. Metrics count the pixels inside the FOV mask, at --threshold.
+"""
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import csv  # noqa: E402
+import glob  # noqa: E402
+import io  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+import dataset  # noqa: E402
+import model  # noqa: E402
+import utils  # noqa: E402
+
+FLAGS = flags.FLAGS
+utils.define_flags('logdir', 'label_file_path', 'batch_size', 'preprocess', 'transpose_conv',
+                   'base_channels', 'num_classes', 'visulize')
+flags.DEFINE_float('threshold', 0.5, 'Vessel probability at or above which a pixel is vessel.')
+flags.DEFINE_integer('tile_size', 0, 'Predict in tiles of this side (a multiple of 16) for '
+                     'images too large for memory; 0 predicts whole images.', lower_bound=0)
+flags.DEFINE_integer('tile_overlap', 128, 'Context (a multiple of 16) around each tile, cut '
+                     'away after predicting; 128 covers the U-Net receptive field.', lower_bound=0)
+flags.DEFINE_string('predict', None, 'Predict images with no labels instead of evaluating: a '
+                    'folder or a glob of PNG/JPEG/TIFF/GIF/BMP files.')
+flags.DEFINE_string('predict_dir', None, 'Where --predict writes (default {logdir}/predictions).')
+flags.DEFINE_string('export_dir', None, 'Also export a SavedModel for serving to this folder.')
+for _name in ('tile_size', 'tile_overlap'):
+    flags.register_validator(_name, lambda value: value % model.MULTIPLE == 0,
+                             message=f'--{_name} must be a multiple of {model.MULTIPLE}')
+
+METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
+OVERLAY_DIR = 'visulize'
+SUMMARY_DIR = 'eval_logs'
+REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')
+
+
+# ----------------------------------------------------------------------------- the model
+
+def load_model(logdir):
+    """Builds the saved architecture, checks it against any architecture flag the user gave, and
+    loads the weights train.py exported."""
+    if not logdir:
+        raise utils.UserError('--logdir is required')
+    architecture = model.load_architecture(logdir)
+    weights = os.path.join(logdir, model.WEIGHTS_FILE)
+    if architecture is None or not os.path.exists(weights):
+        raise utils.UserError(f'--logdir={logdir}: no trained model ({model.ARCHITECTURE_FILE} and '
+                              f'{model.WEIGHTS_FILE} are written by train.py)')
+    given = {key: FLAGS[key].value for key in model.ARCHITECTURE_KEYS if FLAGS[key].present}
+    model.check_architecture(architecture, given, f'--logdir={logdir}')
+    unet = model.build_from_architecture(architecture)
+    try:
+        unet.load_weights(weights)
+    except (ValueError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise utils.UserError(f'{weights}: does not fit the architecture in '
+                              f'{model.ARCHITECTURE_FILE} ({first_line})') from None
+    return unet, architecture
+
+
+def make_predictor(unet, channels):
+    """A traced function: image batch of any size -> vessel probability (padding inside)."""
+    spec = tf.TensorSpec([None, None, None, channels], tf.float32)
+    return tf.function(lambda images: model.predict_probabilities(unet, images)[..., 1],
+                       input_signature=[spec])
+
+
+def predict_image(predict, image, tile_size=0, overlap=128):
+    """Vessel probabilities (HxW float32) for one HxWxC float image in [0, 1].
+
+    With tile_size > 0 (overlap-tile strategy): the image is padded to a multiple of 16 as for
+    whole-image inference, cut into tile_size tiles aligned to 16, each predicted with `overlap`
+    pixels of real image context on every side (never beyond the image), and only its centre
+    kept. Where `overlap` covers the receptive field this equals whole-image inference."""
+    height, width = image.shape[:2]
+    if not tile_size:
+        return predict(image[None])[0].numpy()
+    padded = np.pad(image, [(0, -height % model.MULTIPLE), (0, -width % model.MULTIPLE), (0, 0)])
+    out = np.zeros(padded.shape[:2], np.float32)
+    for top in range(0, padded.shape[0], tile_size):
+        for left in range(0, padded.shape[1], tile_size):
+            y0, x0 = max(top - overlap, 0), max(left - overlap, 0)
+            y1 = min(top + tile_size + overlap, padded.shape[0])
+            x1 = min(left + tile_size + overlap, padded.shape[1])
+            probability = predict(padded[None, y0:y1, x0:x1])[0].numpy()
+            out[top:top + tile_size, left:left + tile_size] = probability[
+                top - y0:top - y0 + tile_size, left - x0:left - x0 + tile_size]
+    return out[:height, :width]
+
+
+def export(unet, channels, export_dir):
+    """A SavedModel whose `serve` signature maps a float batch [N, H, W, C] in [0, 1] of any size
+    to vessel probabilities [N, H, W] (padding to a multiple of 16 inside)."""
+    archive = keras.export.ExportArchive()
+    archive.track(unet)
+    archive.add_endpoint(
+        'serve', lambda images: model.predict_probabilities(unet, images)[..., 1],
+        input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name='images')])
+    archive.write_out(export_dir, verbose=False)
+    print(f'SavedModel for serving: {export_dir}')
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def second_observer_path(sample):
+    """labels/X.png -> labels_2nd/X.png, where preprocess.py put the second observer's labels."""
+    folder, name = os.path.split(sample.label)
+    path = os.path.join(f'{folder}_2nd', name)
+    return path if os.path.exists(path) else None
+
+
+def format_scores(scores):
+    return '  '.join(f'{key} {scores[key]:.4f}' for key in REPORTED if key in scores)
+
+
+def evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir):
+    """Predicts every example, prints progress, returns (per-image rows, whole-set result)."""
+    rows, all_labels, all_probabilities, second = [], [], [], []
+    for index, (sample, example, rgb) in enumerate(zip(samples, examples, rgb_samples), 1):
+        started = time.time()
+        probability = predict(example.image.astype(np.float32) / 255.0)
+        fov = example.mask.astype(bool)
+        matrix, scores = utils.evaluate_pixels(example.label, probability, fov, threshold)
+        rows.append({'image': example.name, **scores})
+        all_labels.append(example.label[fov])
+        all_probabilities.append(probability[fov])
+        second_path = second_observer_path(sample)
+        if second_path:
+            second.append(utils.confusion_matrix(example.label, utils.read_binary(second_path),
+                                                 fov))
+        logging.info('[%d/%d] %s  %.2fs  %s', index, len(samples), example.name,
+                     time.time() - started, format_scores(scores))
+        if overlay_dir:
+            write_overlay(overlay_dir, example.name, utils.read_image(rgb.image),
+                          example.label, probability, fov, threshold)
+    labels, probabilities = np.concatenate(all_labels), np.concatenate(all_probabilities)
+    matrix, scores = utils.evaluate_pixels(labels, probabilities, np.ones_like(labels), threshold)
+    result = {'confusion_matrix': matrix.tolist(), 'scores': scores, 'threshold': threshold,
+              'images': len(rows)}
+    if second:
+        result['second_observer'] = utils.scores_from_confusion(sum(second))
+    if overlay_dir:
+        write_curves(overlay_dir, labels, probabilities, scores, result.get('second_observer'))
+    return rows, result
+
+
+def print_result(result):
+    """The original's printout, then the metrics papers report."""
+    print('confuse mat:\n', np.array(result['confusion_matrix']))
+    print('IoU: ', result['scores']['IoU'])
+    print('mIoU: ', result['scores']['mIoU'])
+    print(f"inside the FOV, threshold {result['threshold']}, {result['images']} images:")
+    print('  model:          ', format_scores(result['scores']))
+    if 'second_observer' in result:
+        print('  second observer:', format_scores(result['second_observer']))
+
+
+def write_results(logdir, rows, result, step):
+    utils.write_json(os.path.join(logdir, METRICS_JSON), {**result, 'per_image': rows})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=['image', *REPORTED], extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows + [{'image': 'all', **result['scores']}])
+    utils.write_atomic(os.path.join(logdir, METRICS_CSV), text.getvalue())
+    with tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)).as_default():
+        for key in REPORTED:
+            tf.summary.scalar(f'eval/{key}', result['scores'][key], step=step)
+
+
+def trained_step(logdir):
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, 'checkpoints'))
+    return int(latest.rsplit('-', 1)[1]) if latest else 0
+
+
+# ----------------------------------------------------------------------------- figures
+
+def write_overlay(directory, name, rgb, label, probability, fov, threshold):
+    """{name}.png: the input above, the coloured comparison drawn on it below;
+    {name}_prob.png: the vessel probability as a gray image."""
+    prediction = (probability >= threshold) & fov
+    coloured = utils.overlay(rgb, label, prediction)
+    utils.write_png(os.path.join(directory, f'{name}.png'), np.concatenate([rgb, coloured]))
+    utils.write_png(os.path.join(directory, f'{name}_prob.png'),
+                    np.rint(255 * probability * fov).astype(np.uint8))
+
+
+def write_curves(directory, labels, probabilities, scores, second_observer):
+    """ROC and precision-recall curves, with the second observer as a point where known."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    points = utils.curves(labels, probabilities)
+    panels = {'roc.png': ('fpr', 'tpr', 'AUC_ROC', 'false positive rate (1 - Sp)',
+                          'true positive rate (Se)', lambda s: (1 - s['Sp'], s['Se'])),
+              'pr.png': ('recall', 'precision', 'AUC_PR', 'recall (Se)', 'precision',
+                         lambda s: (s['Se'], s['Precision']))}
+    for filename, (x, y, key, x_label, y_label, observer_point) in panels.items():
+        fig, axis = plt.subplots(figsize=(4.5, 4.5))
+        axis.plot(points[x], points[y], label=f'U-Net ({key} {scores[key]:.4f})')
+        if second_observer:
+            axis.plot(*observer_point(second_observer), 'o', color='tab:red',
+                      label='second observer')
+        axis.set(xlabel=x_label, ylabel=y_label, xlim=(0, 1), ylim=(0, 1.01))
+        axis.legend(loc='lower right' if filename == 'roc.png' else 'lower left')
+        axis.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(directory, filename)
+        temporary = utils.temporary_path(path)
+        fig.savefig(temporary, dpi=100, format='png')
+        plt.close(fig)
+        os.replace(temporary, path)
+
+
+# ----------------------------------------------------------------------------- new images
+
+def predict_files(predict, pattern, preprocess, out_dir, threshold):
+    """Probability maps and binary masks for unlabelled images, with derived FOV masks."""
+    paths = sorted(glob.glob(os.path.join(pattern, '*')) if os.path.isdir(pattern)
+                   else glob.glob(pattern))
+    if not paths:
+        raise utils.UserError(f'--predict={pattern}: matches no files')
+    for index, path in enumerate(paths, 1):
+        rgb = utils.read_image(path)
+        image = utils.preprocess_image(rgb)['gamma'][..., None] if preprocess else rgb
+        fov = utils.derive_fov_mask(rgb).astype(bool)
+        probability = predict(image.astype(np.float32) / 255.0) * fov
+        stem = os.path.splitext(os.path.basename(path))[0]
+        utils.write_png(os.path.join(out_dir, f'{stem}_prob.png'),
+                        np.rint(255 * probability).astype(np.uint8))
+        utils.write_png(os.path.join(out_dir, f'{stem}_mask.png'),
+                        (probability >= threshold).astype(np.uint8) * 255)
+        logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel', index, len(paths), path,
+                     100 * (probability[fov] >= threshold).mean())
+    print(f'wrote {2 * len(paths)} files to {out_dir}')
+
+
+def main(argv):
+    del argv
+    unet, architecture = load_model(FLAGS.logdir)
+    channels = model.in_channels(architecture['preprocess'])
+    traced = make_predictor(unet, channels)
+    if FLAGS.export_dir:
+        export(unet, channels, FLAGS.export_dir)
+
+    def predict(image):
+        return predict_image(traced, image, FLAGS.tile_size, FLAGS.tile_overlap)
+
+    if FLAGS.predict:
+        out_dir = FLAGS.predict_dir or os.path.join(FLAGS.logdir, 'predictions')
+        predict_files(predict, FLAGS.predict, architecture['preprocess'], out_dir,
+                      FLAGS.threshold)
+        return
+    if not FLAGS.label_file_path:
+        raise utils.UserError('--label_file_path is required (or --predict for unlabelled images)')
+    samples = dataset.parse_label_file(FLAGS.label_file_path, architecture['preprocess'])
+    examples = dataset.load_examples(samples, channels)
+    rgb_samples = dataset.parse_label_file(FLAGS.label_file_path, preprocess=False)
+    overlay_dir = os.path.join(FLAGS.logdir, OVERLAY_DIR) if FLAGS.visulize else None
+    started = time.time()
+    rows, result = evaluate(predict, samples, examples, rgb_samples, FLAGS.threshold, overlay_dir)
+    logging.info('evaluated %d images in %.1fs', len(rows), time.time() - started)
+    print_result(result)
+    write_results(FLAGS.logdir, rows, result, trained_step(FLAGS.logdir))
+    print(f'metrics: {os.path.join(FLAGS.logdir, METRICS_JSON)}, '
+          f'{os.path.join(FLAGS.logdir, METRICS_CSV)}')
+    if overlay_dir:
+        print(f'overlays, probability maps and ROC/PR curves: {overlay_dir}/')
+
+
+if __name__ == '__main__':
+    app.run(utils.run_main(main))

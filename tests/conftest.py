@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny synthetic set, a briefly trained run, the real data when present."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+sys.path.insert(0, ROOT)
+
+import preprocess  # noqa: E402
+
+# Small enough for 2 CPU cores: 96px synthetic retinas, 32px patches, a base-4 U-Net.
+TINY_TRAINING = ['--preprocess=True', '--patch_size=32', '--batch_size=8', '--base_channels=4',
+                 '--initial_lr=3e-3', '--log_interval=10']
+
+
+def run_script(script, *args, env=None, timeout=600):
+    """Runs one of the project's scripts as a user would; returns the CompletedProcess."""
+    environment = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', **(env or {})}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                          env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def last_line(text):
+    return text.strip().splitlines()[-1] if text.strip() else ''
+
+
+def require_shared(*parts):
+    """The path under ../shared/data, or a clean skip where it is absent."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f'{path} is not here (real data lives beside the checkout)')
+    return path
+
+
+@pytest.fixture(scope='session')
+def synthetic(tmp_path_factory):
+    """{'training': label file, 'test': label file} of a tiny preprocessed synthetic set."""
+    root = tmp_path_factory.mktemp('synthetic')
+    preprocess.generate_synthetic(str(root / 'raw' / 'SYNTH'), num_train=4, num_test=2, size=96,
+                                  seed=0)
+    preprocess.process(str(root / 'raw'), str(root / 'data'))
+    return {split: str(root / 'data' / 'SYNTH' / f'{split}.txt') for split in ('training', 'test')}
+
+
+@pytest.fixture(scope='session')
+def drive(tmp_path_factory):
+    """Label files of real DRIVE processed by preprocess.py (skips where DRIVE is absent)."""
+    require_shared('DRIVE')
+    root = tmp_path_factory.mktemp('real')
+    os.symlink(os.path.join(SHARED_DATA, 'DRIVE'), root / 'DRIVE')
+    counts = preprocess.process(str(root), str(root / 'data'))
+    return {'counts': counts,
+            **{split: str(root / 'data' / 'DRIVE' / f'{split}.txt') for split in ('training', 'test')}}
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory, synthetic):
+    """The logdir of a tiny model trained 40 steps on the synthetic set."""
+    logdir = str(tmp_path_factory.mktemp('run') / 'log')
+    result = run_script('train.py', f'--logdir={logdir}',
+                        f'--label_file_path={synthetic["training"]}', '--max_iters=40',
+                        '--save_interval=20', *TINY_TRAINING)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return logdir
