@@ -46,7 +46,7 @@ def parse_label_file(path, preprocess=False):
         names = [field.strip() for field in line.split(',')]
         if len(names) != 3 or not all(names):
             raise utils.UserError(f'{path}:{number}: expected "image,label,mask", found "{line}"')
-        paths = [os.path.join(folder, name) for folder, name in zip(folders, names)]
+        paths = [os.path.join(folder, name) for folder, name in zip(folders, names, strict=True)]
         for file in paths:
             if not os.path.isfile(file):
                 raise utils.UserError(f'{path}:{number}: listed file {file} not found')
@@ -101,7 +101,7 @@ def _stack(examples, margin):
         stack[i, margin:margin + h, margin:margin + w] = block
         fov.append(np.flatnonzero(stack[i, :, :, -1]).astype(np.int64))
     if not all(len(f) for f in fov):
-        empty = next(e.name for e, f in zip(examples, fov) if not len(f))
+        empty = next(e.name for e, f in zip(examples, fov, strict=True) if not len(f))
         raise utils.UserError(f'{empty}: its FOV mask is empty')
     return tf.constant(stack), tf.ragged.constant(fov, dtype=tf.int64)
 

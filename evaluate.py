@@ -128,7 +128,8 @@ def format_scores(scores):
 def evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir):
     """Predicts every example, prints progress, returns (per-image rows, whole-set result)."""
     rows, all_labels, all_probabilities, second = [], [], [], []
-    for index, (sample, example, rgb) in enumerate(zip(samples, examples, rgb_samples), 1):
+    triples = zip(samples, examples, rgb_samples, strict=True)
+    for index, (sample, example, rgb) in enumerate(triples, 1):
         started = time.time()
         probability = predict(example.image.astype(np.float32) / 255.0)
         fov = example.mask.astype(bool)

@@ -3,7 +3,9 @@
 Changes from Ronneberger et al. (2015), as in the original: half the channels (32-64-128-256,
 512 at the bottom), 'same' padding (no cropping at the skip connections), and a choice of
 Conv2DTranspose or nearest-neighbour upsampling + 1x1 conv. Every 3x3 conv is followed by batch
-norm and ReLU; a 1x1 head gives `num_classes` logits.
+norm and ReLU; a 1x1 head gives `num_classes` logits. Batch norm uses momentum 0.9 (usable moving
+statistics after a few hundred steps, not thousands) and is synchronised across replicas, so
+every replica and worker normalises with the global batch and ends with the same weights.
 """
 import json
 import os
@@ -24,7 +26,7 @@ ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preproce
 def _conv_block(x, channels, name):
     for i in (1, 2):
         x = layers.Conv2D(channels, 3, padding='same', use_bias=False, name=f'{name}_conv{i}')(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f'{name}_bn{i}')(x)
+        x = layers.BatchNormalization(momentum=0.9, synchronized=True, name=f'{name}_bn{i}')(x)
         x = layers.ReLU(name=f'{name}_relu{i}')(x)
     return x
 

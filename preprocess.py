@@ -259,7 +259,7 @@ def draw_figures(sample, figure_dir):
     os.makedirs(figure_dir, exist_ok=True)
     for filename, panels in figures.items():
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
-        for axis, (title, panel) in zip(axes, panels):
+        for axis, (title, panel) in zip(axes, panels, strict=True):
             axis.imshow(panel, cmap='gray', vmin=0, vmax=255)
             axis.set_title(title)
             axis.axis('off')

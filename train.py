@@ -69,8 +69,9 @@ def acquire_lock(logdir):
             if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
                 os.remove(path)  # left by a process that is gone
                 continue
-            raise utils.UserError(f'--logdir={logdir}: another train.py (host {host}, pid {pid})'
-                                  f' is writing it; remove {path} if that process is gone')
+            message = (f'--logdir={logdir}: another train.py (host {host}, pid {pid}) is writing '
+                       f'it; remove {path} if that process is gone')
+            raise utils.UserError(message) from None
         with os.fdopen(descriptor, 'w') as stream:
             stream.write(owner)
         return path
@@ -170,11 +171,13 @@ def write_summaries(writer, pending, preview, unet, step):
 def save(manager, unet, logdir, chief, step):
     """Saves a checkpoint and the Keras weights evaluate.py loads, each atomically."""
     manager.save(checkpoint_number=step)
-    if chief:
-        path = os.path.join(logdir, model.WEIGHTS_FILE)
-        temporary = utils.temporary_path(path)
-        unet.save_weights(temporary)
-        os.replace(temporary, path)
+    if not chief:  # every worker must save; only the chief's copy is kept
+        tf.io.gfile.rmtree(manager.directory)
+        return
+    path = os.path.join(logdir, model.WEIGHTS_FILE)
+    temporary = utils.temporary_path(path)
+    unet.save_weights(temporary)
+    os.replace(temporary, path)
 
 
 def _format_seconds(seconds):
@@ -247,9 +250,11 @@ def _train(strategy, examples, chief):
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
     start = int(optimizer.iterations.numpy())
-    logging.info('%s at step %d of %d, %d replicas, %d training images, %s parameters',
-                 'resuming' if latest else 'starting', start, FLAGS.max_iters,
-                 strategy.num_replicas_in_sync, len(examples), f'{unet.count_params():,}')
+    replicas = strategy.num_replicas_in_sync
+    logging.info('%s at step %d of %d: global batch %d = %d replicas x %d, %d training images, '
+                 '%s parameters', 'resuming' if latest else 'starting', start, FLAGS.max_iters,
+                 global_batch, replicas, global_batch // replicas, len(examples),
+                 f'{unet.count_params():,}')
     if start >= FLAGS.max_iters:
         logging.info('already trained to --max_iters=%d', FLAGS.max_iters)
         return
@@ -289,8 +294,10 @@ def _train(strategy, examples, chief):
             logging.info('signal %d: stopped at step %d after saving; rerun to resume',
                          stop.received, step)
             raise SystemExit(128 + stop.received)
-    logging.info('done: %d steps in %s; weights in %s', FLAGS.max_iters - start,
-                 _format_seconds(time.time() - started), os.path.join(logdir, model.WEIGHTS_FILE))
+    checksum = sum(float(tf.reduce_sum(tf.cast(w, tf.float64))) for w in unet.weights)
+    logging.info('done: %d steps in %s; weights in %s (checksum %.12g)', FLAGS.max_iters - start,
+                 _format_seconds(time.time() - started), os.path.join(logdir, model.WEIGHTS_FILE),
+                 checksum)
 
 
 def main(argv):

@@ -58,10 +58,10 @@ def drive(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory, synthetic):
-    """The logdir of a tiny model trained 40 steps on the synthetic set."""
+    """The logdir of a tiny model trained 200 steps on the synthetic set."""
     logdir = str(tmp_path_factory.mktemp('run') / 'log')
     result = run_script('train.py', f'--logdir={logdir}',
-                        f'--label_file_path={synthetic["training"]}', '--max_iters=40',
-                        '--save_interval=20', *TINY_TRAINING)
+                        f'--label_file_path={synthetic["training"]}', '--max_iters=200',
+                        '--save_interval=100', *TINY_TRAINING)
     assert result.returncode == 0, result.stderr[-3000:]
     return logdir

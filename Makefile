@@ -1,0 +1,52 @@
+# retina-unet: the usual jobs. Variables can be set on the command line:
+#   make preprocess DATA=~/downloads      make train DATASET=CHASEDB LOGDIR=log/chase
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+DATA ?= downloads
+DATASET ?= DRIVE
+LOGDIR ?= log/$(DATASET)
+# The CPU recipe: 64px FOV patches, base width 16, Adam 1e-3 decayed linearly (see README).
+CPU_RECIPE = --preprocess=True --patch_size=64 --batch_size=32 --base_channels=16 \
+	--initial_lr=1e-3 --augmentation=True
+
+.PHONY: help install preprocess train train_distribute tensorboard evaluate demo test lint figures bench
+
+help:
+	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install:  ## create .venv and install requirements.txt
+	python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt
+
+preprocess:  ## DATA=folder with DRIVE/ and/or CHASEDB1/ -> data/{DRIVE,CHASEDB}
+	$(PYTHON) preprocess.py --data_dir=$(DATA)
+
+train:  ## train on DATASET with the CPU recipe into LOGDIR
+	$(PYTHON) train.py --logdir=$(LOGDIR) --label_file_path=data/$(DATASET)/training.txt \
+		$(CPU_RECIPE) --max_iters=4000
+
+train_distribute:  ## the original's settings on every GPU of this machine
+	$(PYTHON) train_distribute.py --logdir=$(LOGDIR) --label_file_path=data/$(DATASET)/training.txt \
+		--batch_size=8 --max_iters=1000 --preprocess=True --transpose_conv=True
+
+tensorboard:  ## serve LOGDIR's training curves
+	$(PYTHON) -m tensorboard.main --logdir $(LOGDIR)/train_logs
+
+evaluate:  ## metrics, overlays and curves of LOGDIR on DATASET's test split
+	$(PYTHON) evaluate.py --logdir=$(LOGDIR) --label_file_path=data/$(DATASET)/test.txt --visulize=True
+
+demo:  ## the whole job on the synthetic set: generate, preprocess, train 300 steps, evaluate
+	$(PYTHON) preprocess.py --synthetic --data_dir=data/raw
+	$(PYTHON) train.py --logdir=log/demo --label_file_path=data/SYNTH/training.txt \
+		$(CPU_RECIPE) --max_iters=300 --save_interval=100
+	$(PYTHON) evaluate.py --logdir=log/demo --label_file_path=data/SYNTH/test.txt --visulize=True
+
+lint:  ## ruff
+	$(PYTHON) -m ruff check .
+
+test: lint  ## lint, then the test suite
+	$(PYTHON) -m pytest -q
+
+figures:  ## regenerate the README's figures in images/ (real data from ../shared/data)
+	$(PYTHON) bench/figures.py
+
+bench:  ## speed and accuracy benchmarks into bench/results/
+	$(PYTHON) bench/throughput.py

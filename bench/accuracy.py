@@ -1,0 +1,119 @@
+"""Accuracy within a CPU budget, with the project's own scripts on real data (../shared/data).
+
+  python bench/accuracy.py drive           # DRIVE: train on training, evaluate on test
+  python bench/accuracy.py chase --folds=5 # CHASE_DB1: subject-wise 5-fold CV on its 20 images
+
+Writes bench/results/accuracy_{drive,chase}.json and prints a Markdown table row.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+WORK = os.path.join(ROOT, 'bench', 'work')
+RESULTS = os.path.join(ROOT, 'bench', 'results')
+CPU_RECIPE = ['--preprocess=True', '--patch_size=64', '--batch_size=32', '--base_channels=16',
+              '--initial_lr=1e-3', '--augmentation=True', '--save_interval=500']
+REFERENCES = {
+    'orobix/retina-unet (about 20 GPU-hours)': {'F1': 0.816, 'AUC_ROC': 0.979},
+    'second human observer (DRIVE test)': {'F1': 0.79},
+    'in-FOV U-Nets, 1000+ GPU epochs': {'F1': '0.825-0.828'},
+}
+
+
+def run(script, *args):
+    """Runs a project script, echoing its output; returns (stdout, seconds)."""
+    started = time.time()
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                            capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f'{script} failed:\n{result.stderr[-3000:]}')
+    return result.stdout, time.time() - started
+
+
+def train_and_evaluate(name, training, test, steps):
+    logdir = os.path.join(WORK, f'log_{name}')
+    log, train_seconds = run('train.py', f'--logdir={logdir}', f'--label_file_path={training}',
+                             f'--max_iters={steps}', *CPU_RECIPE)
+    _, eval_seconds = run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={test}',
+                          '--visulize=True')
+    with open(os.path.join(logdir, 'metrics.json')) as stream:
+        metrics = json.load(stream)
+    return {'train_seconds': round(train_seconds, 1), 'eval_seconds': round(eval_seconds, 1),
+            'steps': steps, 'scores': metrics['scores'],
+            'second_observer': metrics.get('second_observer'), 'logdir': logdir}
+
+
+def write_label_file(path, folder, names):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as stream:
+        stream.write(f'{folder}/images,{folder}/labels,{folder}/masks\n')
+        stream.writelines(f'{n}.png,{n}.png,{n}.png\n' for n in names)
+
+
+def chase_folds(data, folds, steps):
+    """Subject-wise folds: both eyes of a child stay in the same fold."""
+    names = sorted(os.path.splitext(n)[0] for n in
+                   os.listdir(os.path.join(data, 'CHASEDB', 'training', 'images')))
+    subjects = sorted({re.match(r'Image_(\d+)', n).group(1) for n in names})
+    results = []
+    for fold in range(folds):
+        held_out = set(subjects[fold::folds])
+        test = [n for n in names if n[6:8] in held_out]
+        train = [n for n in names if n[6:8] not in held_out]
+        prefix = os.path.join(data, 'CHASEDB', f'fold{fold}')
+        write_label_file(f'{prefix}_training.txt', 'training', train)
+        write_label_file(f'{prefix}_test.txt', 'training', test)
+        result = train_and_evaluate(f'chase_fold{fold}', f'{prefix}_training.txt',
+                                    f'{prefix}_test.txt', steps)
+        results.append({'fold': fold, 'test_images': test, **result})
+        print(f'fold {fold}: {result["scores"]["F1"]:.4f} F1', flush=True)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('dataset', choices=['drive', 'chase'])
+    parser.add_argument('--steps', type=int, default=4000,
+                        help='training steps (the CPU recipe: about 20 minutes on 2 cores)')
+    parser.add_argument('--folds', type=int, default=5)
+    args = parser.parse_args()
+    folder = {'drive': 'DRIVE', 'chase': 'CHASEDB1'}[args.dataset]
+    if not os.path.isdir(os.path.join(SHARED, folder)):
+        sys.exit(f'{os.path.join(SHARED, folder)} is not here: nothing to measure')
+    raw, data = os.path.join(WORK, 'raw'), os.path.join(WORK, 'data')
+    os.makedirs(raw, exist_ok=True)
+    link = os.path.join(raw, folder)
+    if not os.path.exists(link):
+        os.symlink(os.path.join(SHARED, folder), link)
+    run('preprocess.py', f'--data_dir={raw}', f'--output_dir={data}')
+    record = {'dataset': folder, 'recipe': CPU_RECIPE, 'machine': platform.processor() or
+              platform.machine(), 'cpus': os.cpu_count(), 'date': time.strftime('%Y-%m-%d')}
+    if args.dataset == 'drive':
+        record.update(train_and_evaluate('drive', os.path.join(data, 'DRIVE', 'training.txt'),
+                                         os.path.join(data, 'DRIVE', 'test.txt'), args.steps))
+        record['references'] = REFERENCES
+    else:
+        record['folds'] = chase_folds(data, args.folds, args.steps)
+        keys = record['folds'][0]['scores']
+        record['mean_scores'] = {k: sum(f['scores'][k] for f in record['folds']) / args.folds
+                                 for k in keys}
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f'accuracy_{args.dataset}.json')
+    with open(path, 'w') as stream:
+        json.dump(record, stream, indent=2)
+    scores = record.get('scores') or record['mean_scores']
+    print('| dataset | steps | F1 | AUC-ROC | IoU | Se | Sp | Acc |')
+    print(f"| {folder} | {args.steps} | " + ' | '.join(
+        f'{scores[k]:.4f}' for k in ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')) + ' |')
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    main()

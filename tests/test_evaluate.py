@@ -1,0 +1,149 @@
+"""evaluate.py as users run it: the original's printout, FOV metrics, overlays, the second observer
+on real DRIVE, tiled inference, prediction on new images, the SavedModel export, bad input."""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import evaluate
+import model
+import utils
+from conftest import SHARED_DATA, last_line, run_script
+
+
+def fov_pixels(label_file):
+    masks = glob.glob(os.path.join(os.path.dirname(label_file), 'test', 'masks', '*.png'))
+    return sum(int((cv2.imread(path, cv2.IMREAD_GRAYSCALE) > 0).sum()) for path in masks)
+
+
+def test_evaluate_prints_the_original_lines_and_writes_everything(trained, synthetic):
+    result = run_script('evaluate.py', f'--logdir={trained}',
+                        f'--label_file_path={synthetic["test"]}', '--batch_size=1',
+                        '--preprocess=True', '--base_channels=4', '--visulize=True')
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == 'confuse mat:' and lines[3].startswith('IoU:  ')
+    assert lines[4].startswith('mIoU:  ')
+    metrics = json.load(open(os.path.join(trained, 'metrics.json')))
+    assert np.sum(metrics['confusion_matrix']) == fov_pixels(synthetic['test'])
+    assert [row['image'] for row in metrics['per_image']] == ['05_test', '06_test']
+    assert metrics['scores']['F1'] > 0.5 and metrics['scores']['AUC_ROC'] > 0.9
+    assert float(lines[3].split()[1]) == pytest.approx(metrics['scores']['IoU'])
+    csv_lines = open(os.path.join(trained, 'metrics.csv')).read().splitlines()
+    assert csv_lines[0].startswith('image,F1,Acc,Se,Sp') and csv_lines[-1].startswith('all,')
+    overlays = sorted(os.listdir(os.path.join(trained, 'visulize')))
+    assert overlays == ['05_test.png', '05_test_prob.png', '06_test.png', '06_test_prob.png',
+                        'pr.png', 'roc.png']
+    stacked = utils.read_image(os.path.join(trained, 'visulize', '05_test.png'))
+    assert stacked.shape == (192, 96, 3)  # input above, coloured comparison below
+    events = glob.glob(os.path.join(trained, 'eval_logs', 'events.out.tfevents.*'))
+    assert len(events) == 1
+
+
+def test_correctly_spelt_alias_and_architecture_conflicts(trained, synthetic, tmp_path):
+    logdir = tmp_path / 'log'
+    shutil.copytree(trained, logdir)
+    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
+                        '--visualize', '--transpose_conv=True')
+    assert result.returncode == 2
+    assert last_line(result.stderr) == (f'error: --logdir={logdir} holds a model of another '
+                                        'architecture: --transpose_conv=True (trained with False)')
+    architecture = json.load(open(logdir / 'architecture.json'))
+    (logdir / 'architecture.json').write_text(json.dumps({**architecture, 'base_channels': 8}))
+    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}')
+    assert result.returncode == 2
+    assert last_line(result.stderr).startswith(
+        f'error: {logdir}/model.weights.h5: does not fit the architecture in architecture.json')
+    result = run_script('evaluate.py', f'--logdir={tmp_path}', f'--label_file_path={synthetic["test"]}')
+    assert result.returncode == 2 and 'no trained model' in last_line(result.stderr)
+
+
+def test_tiled_inference_equals_whole_image_inference():
+    unet = model.build_unet(base_channels=4, in_channels=3)
+    image = np.random.default_rng(0).random((301, 333, 3)).astype(np.float32)
+    predict = evaluate.make_predictor(unet, 3)
+    whole = evaluate.predict_image(predict, image)
+    tiled = evaluate.predict_image(predict, image, tile_size=64, overlap=128)
+    assert tiled.shape == whole.shape == (301, 333)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    too_little_context = evaluate.predict_image(predict, image, tile_size=64, overlap=16)
+    assert np.abs(too_little_context - whole).max() > 1e-4  # the check above can fail
+
+
+def test_real_drive_test_set_and_second_observer(trained, drive):
+    result = run_script('evaluate.py', f'--logdir={trained}', f'--label_file_path={drive["test"]}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    # DRIVE's human baseline computed here straight from the shipped GIFs, inside the FOV.
+    def read(folder, name):
+        path = os.path.join(SHARED_DATA, 'DRIVE', 'test', folder, f'{name}.gif')
+        return cv2.imread(path, cv2.IMREAD_GRAYSCALE) >= 128
+
+    matrix = np.zeros((2, 2), np.int64)
+    for number in range(1, 21):
+        fov = read('mask', f'{number:02d}_test_mask')
+        first = read('1st_manual', f'{number:02d}_manual1')[fov]
+        second = read('2nd_manual', f'{number:02d}_manual2')[fov]
+        matrix += np.array([[np.sum(~first & ~second), np.sum(~first & second)],
+                            [np.sum(first & ~second), np.sum(first & second)]])
+    human_f1 = 2 * matrix[1, 1] / (2 * matrix[1, 1] + matrix[0, 1] + matrix[1, 0])
+    assert 0.77 < human_f1 < 0.81  # DRIVE's known second-observer F1, about 0.79
+    observer = next(line for line in result.stdout.splitlines() if 'second observer' in line)
+    assert f'F1 {human_f1:.4f}' in observer
+    metrics = json.load(open(os.path.join(trained, 'metrics.json')))
+    assert metrics['images'] == 20 and np.sum(metrics['confusion_matrix']) == fov_pixels(drive['test'])
+
+
+def test_predict_new_images_of_any_format(trained, tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    image = np.zeros((70, 90, 3), np.uint8)
+    cv2.circle(image, (45, 35), 30, (40, 90, 200), -1)
+    image = np.clip(image + rng.integers(0, 20, image.shape), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(folder / 'a.jpg'), image)
+    cv2.imwrite(str(folder / 'b.tif'), image[:50])
+    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
+                        f'--predict_dir={tmp_path / "out"}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / 'out')) == ['a_mask.png', 'a_prob.png', 'b_mask.png',
+                                                   'b_prob.png']
+    assert utils.read_image(str(tmp_path / 'out' / 'b_prob.png'), gray=True).shape == (50, 90)
+    mask = utils.read_binary(str(tmp_path / 'out' / 'a_mask.png'))
+    assert not mask[0, 0] and mask.shape == (70, 90)  # outside the derived FOV: never vessel
+    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/*.nope')
+    assert result.returncode == 2 and 'matches no files' in last_line(result.stderr)
+
+
+def test_exported_savedmodel_matches_keras_in_a_fresh_process(trained, tmp_path, drive):
+    export_dir = tmp_path / 'export'
+    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/none*',
+                        f'--export_dir={export_dir}')
+    assert result.returncode == 2  # nothing to predict, but the export came first
+    assert os.path.exists(export_dir / 'saved_model.pb')
+    path = os.path.join(os.path.dirname(drive['test']), 'test', 'images_pre', '01_test.png')
+    script = ('import sys, numpy as np, tensorflow as tf, cv2\n'
+              'image = cv2.imread(sys.argv[2], cv2.IMREAD_GRAYSCALE)[None, ..., None] / 255.0\n'
+              'loaded = tf.saved_model.load(sys.argv[1])\n'
+              'served = loaded.serve(tf.constant(image, tf.float32))\n'
+              'np.save(sys.argv[3], served.numpy())\n')
+    subprocess.run([sys.executable, '-c', script, str(export_dir), path, str(tmp_path / 'p.npy')],
+                   check=True, env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+    served = np.load(tmp_path / 'p.npy')
+    unet, _ = load_trained(trained)
+    image = utils.read_image(path, gray=True)[None, ..., None].astype(np.float32) / 255.0
+    expected = model.predict_probabilities(unet, image).numpy()[..., 1]
+    assert served.shape == (1, 584, 565)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def load_trained(logdir):
+    architecture = model.load_architecture(logdir)
+    unet = model.build_from_architecture(architecture)
+    unet.load_weights(os.path.join(logdir, model.WEIGHTS_FILE))
+    return unet, architecture

@@ -1,0 +1,243 @@
+"""train.py and train_distribute.py as users run them: learning, TensorBoard, resume, signals,
+non-finite losses, the logdir lock, bad flags, two CPU replicas and two worker processes."""
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, TINY_TRAINING, last_line, run_script
+
+SCALARS = {'train/loss', 'train/learning_rate', 'train/global_steps_per_sec'}
+IMAGES = {'train/input', 'train/label', 'train/vessel_probability'}
+
+
+def read_events(logdir):
+    """{tag: [(step, value)]} over every event file in {logdir}/train_logs, oldest file first."""
+    events = {}
+    for path in sorted(glob.glob(os.path.join(logdir, 'train_logs', 'events.out.tfevents.*'))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                events.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
+    return events
+
+
+def steps_of(events, tag):
+    return [step for step, _ in events[tag]]
+
+
+def train(logdir, label_file, *args, script='train.py', env=None):
+    return run_script(script, f'--logdir={logdir}', f'--label_file_path={label_file}',
+                      *TINY_TRAINING, *args, env=env)
+
+
+def checkpoint_step(logdir):
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, 'checkpoints'))
+    return int(latest.rsplit('-', 1)[1]) if latest else 0
+
+
+def test_loss_falls_and_summaries_are_complete(trained):
+    events = read_events(trained)
+    assert SCALARS | IMAGES <= set(events)
+    for tag in SCALARS:
+        assert steps_of(events, tag) == list(range(1, 201)), tag
+    for tag in IMAGES:
+        assert steps_of(events, tag) == [100, 200], tag
+    losses = [float(value) for _, value in events['train/loss']]
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:10])
+    rates = [float(value) for _, value in events['train/learning_rate']]
+    assert rates[0] == pytest.approx(3e-3) and rates[100] == pytest.approx(3e-3 * 100 / 200)
+    assert {'architecture.json', 'checkpoints', 'model.weights.h5', 'train_logs'} <= set(
+        os.listdir(trained))
+    assert json.load(open(os.path.join(trained, 'architecture.json'))) == {
+        'base_channels': 4, 'num_classes': 2, 'preprocess': True, 'transpose_conv': False}
+
+
+def test_tensorboard_serves_the_scalars(trained):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, '-m', 'tensorboard.main', '--logdir',
+                               os.path.join(trained, 'train_logs'), '--host', '127.0.0.1',
+                               '--port', str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(
+                        f'http://127.0.0.1:{port}/data/plugin/scalars/tags') as response:
+                    tags = json.load(response)
+                if tags:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert SCALARS <= set(next(iter(tags.values())))
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_resume_continues_the_step_counter(tmp_path, synthetic):
+    logdir = tmp_path / 'log'
+    assert train(logdir, synthetic['training'], '--max_iters=20', '--save_interval=10').returncode == 0
+    result = train(logdir, synthetic['training'], '--max_iters=30', '--save_interval=10')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'resuming at step 20 of 30' in result.stderr
+    assert steps_of(read_events(logdir), 'train/loss') == list(range(1, 31))
+    again = train(logdir, synthetic['training'], '--max_iters=30')
+    assert again.returncode == 0 and 'already trained to --max_iters=30' in again.stderr
+    other = train(logdir, synthetic['training'], '--max_iters=40', '--transpose_conv=True')
+    assert other.returncode == 2
+    assert 'another architecture: --transpose_conv=True (trained with False)' in last_line(
+        other.stderr)
+
+
+def start_training(logdir, label_file, *args):
+    stderr = open(os.path.join(os.path.dirname(logdir), 'stderr.txt'), 'w')
+    command = [sys.executable, os.path.join(ROOT, 'train.py'), f'--logdir={logdir}',
+               f'--label_file_path={label_file}', *TINY_TRAINING, *args]
+    return subprocess.Popen(command, cwd=ROOT, stderr=stderr, stdout=subprocess.DEVNULL)
+
+
+def wait_for(condition, timeout=180):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, 'timed out'
+        time.sleep(0.05)
+
+
+def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, synthetic):
+    logdir = str(tmp_path / 'log')
+    process = start_training(logdir, synthetic['training'], '--max_iters=100000',
+                             '--save_interval=15')
+    wait_for(lambda: checkpoint_step(logdir) >= 30)
+    time.sleep(0.3)  # well into the steps after that checkpoint
+    process.kill()
+    process.wait()
+    killed_at = checkpoint_step(logdir)
+    assert os.path.exists(os.path.join(logdir, 'train.lock'))  # left behind by the killed run
+    result = train(logdir, synthetic['training'], f'--max_iters={killed_at + 20}',
+                   '--save_interval=15')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f'resuming at step {killed_at} of' in result.stderr
+    events = read_events(logdir)
+    assert steps_of(events, 'train/loss') == list(range(1, killed_at + 21))
+    assert not os.path.exists(os.path.join(logdir, 'train.lock'))
+
+
+@pytest.mark.parametrize('signal_number', [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_stops(tmp_path, synthetic, signal_number):
+    logdir = str(tmp_path / 'log')
+    process = start_training(logdir, synthetic['training'], '--max_iters=100000',
+                             '--save_interval=100000')
+    stderr = tmp_path / 'stderr.txt'
+    wait_for(lambda: 'step 10/' in stderr.read_text())
+    process.send_signal(signal_number)
+    assert process.wait(timeout=120) == 128 + signal_number
+    saved = checkpoint_step(logdir)
+    assert saved >= 10
+    assert f'signal {signal_number}: stopped at step {saved} after saving' in stderr.read_text()
+    assert steps_of(read_events(logdir), 'train/loss') == list(range(1, saved + 1))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synthetic):
+    logdir = tmp_path / 'log'
+    result = train(logdir, synthetic['training'], '--initial_lr=1e30', '--max_iters=50',
+                   '--save_interval=1')
+    assert result.returncode == 2
+    message = last_line(result.stderr)
+    match = re.fullmatch(r'error: the loss became (nan|inf) at step (\d+); stopped without saving '
+                         r'\(the last good checkpoint is .*ckpt-(\d+)\); try a lower --initial_lr',
+                         message)
+    assert match, message
+    assert int(match.group(3)) == int(match.group(2)) - 1 == checkpoint_step(logdir)
+
+
+def test_a_second_run_on_a_busy_logdir_is_refused(tmp_path, synthetic):
+    logdir = tmp_path / 'log'
+    logdir.mkdir()
+    (logdir / 'train.lock').write_text(f'{socket.gethostname()} {os.getpid()}')  # alive: us
+    result = train(logdir, synthetic['training'], '--max_iters=2')
+    assert result.returncode == 2
+    assert re.fullmatch(rf'error: --logdir={logdir}: another train.py \(host .*, pid {os.getpid()}\)'
+                        rf' is writing it; remove .*train.lock if that process is gone',
+                        last_line(result.stderr))
+    gone = subprocess.Popen(['true'])
+    gone.wait()
+    (logdir / 'train.lock').write_text(f'{socket.gethostname()} {gone.pid}')  # a dead owner
+    assert train(logdir, synthetic['training'], '--max_iters=2').returncode == 0
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--batch_size=0'], 'flag --batch_size=0: 0 is not a positive integer'),
+    (['--max_iters=-5'], 'flag --max_iters=-5'),
+    (['--image_size=100', '--patch_size=0'], '--image_size must be a positive multiple of 16'),
+    (['--patch_size=20'], '--patch_size must be 0 or a multiple of 16'),
+    (['--patch_size=112'], '--patch_size=112 is larger than the smallest image side (96)'),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, synthetic, args, message):
+    result = train(tmp_path / 'log', synthetic['training'], *args)
+    assert result.returncode in (1, 2)
+    assert message in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_missing_inputs(tmp_path, synthetic):
+    result = run_script('train.py', f'--label_file_path={synthetic["training"]}')
+    assert result.returncode == 2 and last_line(result.stderr) == 'error: --logdir is required'
+    result = train(tmp_path / 'log', tmp_path / 'none.txt')
+    assert result.returncode == 2
+    assert last_line(result.stderr) == f'error: --label_file_path={tmp_path}/none.txt: file not found'
+
+
+def test_two_cpu_replicas_train_with_the_same_loop(tmp_path, synthetic):
+    logdir = tmp_path / 'log'
+    result = train(logdir, synthetic['training'], '--max_iters=12', '--save_interval=6',
+                   '--cpu_replicas=2', script='train_distribute.py')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'global batch 8 = 2 replicas x 4' in result.stderr
+    events = read_events(logdir)
+    assert steps_of(events, 'train/loss') == list(range(1, 13))
+    assert all(np.isfinite(float(value)) for _, value in events['train/loss'])
+    assert len(glob.glob(str(logdir / 'train_logs' / '*'))) == 1
+    odd = train(tmp_path / 'odd', synthetic['training'], '--batch_size=3', '--cpu_replicas=2',
+                script='train_distribute.py')
+    assert odd.returncode == 2
+    assert last_line(odd.stderr) == 'error: --batch_size=3 is not divisible by the 2 replicas'
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def test_two_workers_end_with_identical_weights(tmp_path, synthetic):
+    workers = [f'127.0.0.1:{free_port()}' for _ in range(2)]
+    logdir = tmp_path / 'log'
+    processes = []
+    for index in range(2):
+        config = {'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': index}}
+        command = [sys.executable, os.path.join(ROOT, 'train_distribute.py'), f'--logdir={logdir}',
+                   f'--label_file_path={synthetic["training"]}', *TINY_TRAINING,
+                   '--max_iters=8', '--save_interval=4']
+        processes.append(subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'TF_CONFIG': json.dumps(config)}))
+    outputs = [process.communicate(timeout=300)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs[1][-3000:]
+    checksums = [re.search(r'checksum (\S+)\)', output).group(1) for output in outputs]
+    assert checksums[0] == checksums[1]
+    assert 'global batch 8 = 2 replicas x 4' in outputs[0]
+    assert sorted(os.listdir(logdir / 'checkpoints')) == [
+        'checkpoint', 'ckpt-4.data-00000-of-00001', 'ckpt-4.index',
+        'ckpt-8.data-00000-of-00001', 'ckpt-8.index']
+    assert len(os.listdir(logdir / 'train_logs')) == 1
+    assert steps_of(read_events(logdir), 'train/loss') == list(range(1, 9))
