@@ -66,28 +66,28 @@ def define_flags(*names):
 # ----------------------------------------------------------------------------- image I/O
 
 def read_image(path, gray=False):
-    """Reads PNG/JPEG/TIFF/GIF/BMP as uint8: HxWx3 RGB, or HxW when `gray` (first channel of
-    an RGB file, which is what DRIVE's and CHASE's label and mask files are)."""
+    """Reads PNG/JPEG/TIFF/GIF/BMP as uint8: HxWx3 RGB, or HxW when `gray` (a label or mask
+    stored as RGB, as DRIVE's GIFs, must have nearly equal channels: its 2nd_manual palette is
+    (4, 2, 4) and (252, 254, 252))."""
     if not os.path.isfile(path):
         raise UserError(f'{path}: file not found')
-    if os.path.getsize(path) == 0:
+    with open(path, 'rb') as stream:
+        data = stream.read()
+    if not data:
         raise UserError(f'{path}: file is empty')
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # OpenCV fills a truncated JPEG with grey instead of failing: require the end marker.
+    if image is None or (data[:2] == b'\xff\xd8' and data.rstrip(b'\0')[-2:] != b'\xff\xd9'):
         raise UserError(f'{path}: not a readable image (corrupt or unsupported format)')
     if image.dtype != np.uint8:
         raise UserError(f'{path}: expected 8-bit pixels, found {image.dtype}')
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim == 3 and image.shape[2] not in (1, 3):
-        raise UserError(f'{path}: expected 1 or 3 channels, found {image.shape[2]}')
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if gray:
-        return image if image.ndim == 2 else image[:, :, 0]
-    if image.ndim == 2:
-        return np.stack([image] * 3, axis=-1)
-    return image[:, :, ::-1].copy()  # OpenCV's BGR to RGB
+    if image.ndim == 3:
+        image = image[:, :, 2::-1]  # OpenCV's BGR(A) to RGB
+    if not gray:
+        return np.ascontiguousarray(image if image.ndim == 3 else np.stack([image] * 3, axis=-1))
+    if image.ndim == 3 and np.ptp(image.astype(np.int16), axis=-1).max() > 8:
+        raise UserError(f'{path}: a colour image where a gray one is expected')
+    return np.ascontiguousarray(image if image.ndim == 2 else image[..., 0])
 
 
 def read_binary(path):

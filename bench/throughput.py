@@ -1,0 +1,177 @@
+"""Training and inference speed on this machine, written to bench/results/throughput.json.
+
+Training, for (a) whole images, image_size 512, batch 2, base 32 (the original's net) and
+(b) 64px patches, batch 32, base 16 (the CPU recipe), in steps/s and megapixels/s:
+  train.py          the real script (median of its per-step rate after warm-up),
+  pure compute      the same @tf.function step on one batch already in memory,
+  model.fit         Keras' own loop on that batch,
+  pipeline          dataset.py's batches alone.
+Inference: evaluate.py on the 20 DRIVE test images (base 16 and base 32), and the peak memory
+(RSS) of predicting one 1024x1024 image. Needs DRIVE in ../shared/data and a quiet machine.
+
+  python bench/throughput.py
+"""
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import dataset  # noqa: E402
+import model  # noqa: E402
+import train  # noqa: E402
+from bench.accuracy import RESULTS, SHARED, WORK, run  # noqa: E402
+
+SETTINGS = {
+    'a_whole_512_batch2_base32': {'patch_size': 0, 'image_size': 512, 'batch': 2, 'base': 32,
+                                  'steps': 12},
+    'b_patch64_batch32_base16': {'patch_size': 64, 'image_size': 1024, 'batch': 32, 'base': 16,
+                                 'steps': 60},
+}
+WARMUP = 4
+
+
+def drive_data():
+    raw, data = os.path.join(WORK, 'raw'), os.path.join(WORK, 'data')
+    os.makedirs(raw, exist_ok=True)
+    if not os.path.exists(os.path.join(raw, 'DRIVE')):
+        os.symlink(os.path.join(SHARED, 'DRIVE'), os.path.join(raw, 'DRIVE'))
+    if not os.path.exists(os.path.join(data, 'DRIVE', 'test.txt')):
+        run('preprocess.py', f'--data_dir={raw}', f'--output_dir={data}')
+    return os.path.join(data, 'DRIVE')
+
+
+def timed_steps(step, steps):
+    for _ in range(WARMUP):
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - started)
+
+
+def in_memory_rates(examples, setting):
+    """Pure compute, model.fit and the pipeline alone, in steps (batches) per second."""
+    stream = dataset.training_dataset(examples, setting['batch'], setting['patch_size'],
+                                      setting['image_size'], augmentation=True)
+    batch = next(iter(stream))
+    unet = model.build_unet(base_channels=setting['base'], in_channels=1)
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(unet.trainable_variables)
+    strategy = tf.distribute.get_strategy()
+    step = train.make_train_step(strategy, unet, optimizer, setting['batch'], fov_loss=True)
+    in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    pure = timed_steps(lambda: step(in_memory).numpy(), setting['steps'])
+
+    fit_model = model.build_unet(base_channels=setting['base'], in_channels=1)
+    fit_model.compile(keras.optimizers.Adam(1e-3),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    data = tf.data.Dataset.from_tensors(batch[:2]).repeat()
+    fit_model.fit(data, steps_per_epoch=WARMUP, epochs=1, verbose=0)
+    started = time.perf_counter()
+    fit_model.fit(data, steps_per_epoch=setting['steps'], epochs=1, verbose=0)
+    fit = setting['steps'] / (time.perf_counter() - started)
+
+    iterator = iter(stream)
+    pipeline = timed_steps(lambda: next(iterator), setting['steps'] * 5)
+    return {'pure_compute': pure, 'model_fit': fit, 'pipeline_only': pipeline}
+
+
+def train_script_rate(label_file, setting, name):
+    """train.py's own median per-step rate after warm-up, from its TensorBoard events."""
+    logdir = os.path.join(WORK, f'throughput_{name}')
+    subprocess.run(['rm', '-rf', logdir], check=True)
+    run('train.py', f'--logdir={logdir}', f'--label_file_path={label_file}', '--preprocess=True',
+        f'--patch_size={setting["patch_size"]}', f'--image_size={setting["image_size"]}',
+        f'--batch_size={setting["batch"]}', f'--base_channels={setting["base"]}',
+        '--augmentation=True', f'--max_iters={setting["steps"] + WARMUP}',
+        f'--save_interval={setting["steps"] + WARMUP}')
+    rates = []
+    for path in os.listdir(os.path.join(logdir, 'train_logs')):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, 'train_logs', path)):
+            for value in event.summary.value:
+                if value.tag == 'train/global_steps_per_sec' and event.step > WARMUP:
+                    rates.append(float(tf.make_ndarray(value.tensor)))
+    return float(np.median(rates))
+
+
+def evaluation_seconds(drive, base):
+    """evaluate.py's own timing of the 20 test images (model loaded, TensorFlow started)."""
+    logdir = os.path.join(WORK, f'inference_base{base}')
+    os.makedirs(logdir, exist_ok=True)
+    architecture = {'num_classes': 2, 'base_channels': base, 'transpose_conv': False,
+                    'preprocess': True}
+    model.save_architecture(logdir, architecture)
+    model.build_from_architecture(architecture).save_weights(
+        os.path.join(logdir, model.WEIGHTS_FILE))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate.py'),
+                             f'--logdir={logdir}', f'--label_file_path={drive}/test.txt'],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+    return float(re.search(r'evaluated 20 images in ([\d.]+)s', result.stderr).group(1))
+
+
+PEAK_MEMORY_SCRIPT = '''
+import os, resource, sys
+sys.path.insert(0, sys.argv[1])
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import numpy as np, model, evaluate
+unet = model.build_unet(base_channels=int(sys.argv[2]))
+predict = evaluate.make_predictor(unet, 1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+evaluate.predict_image(predict, np.random.default_rng(0).random((1024, 1024, 1), np.float32))
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+'''
+
+
+def peak_memory_mib(base):
+    out = subprocess.run([sys.executable, '-c', PEAK_MEMORY_SCRIPT, ROOT, str(base)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return {'before_predict': int(out[0]) / 1024, 'peak': int(out[1]) / 1024}
+
+
+def main():
+    if not os.path.isdir(os.path.join(SHARED, 'DRIVE')):
+        sys.exit('DRIVE is not in ../shared/data: nothing to measure')
+    drive = drive_data()
+    examples = dataset.load_label_file(os.path.join(drive, 'training.txt'), preprocess=True)
+    record = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+              'tensorflow': tf.__version__, 'date': time.strftime('%Y-%m-%d'), 'training': {}}
+    for name, setting in SETTINGS.items():
+        side = setting['patch_size'] or setting['image_size']
+        megapixels = setting['batch'] * side * side / 1e6
+        rates = {'train.py': train_script_rate(os.path.join(drive, 'training.txt'), setting, name),
+                 **in_memory_rates(examples, setting)}
+        record['training'][name] = {
+            'setting': setting,
+            'steps_per_sec': {k: round(v, 3) for k, v in rates.items()},
+            'megapixels_per_sec': {k: round(v * megapixels, 3) for k, v in rates.items()
+                                   if k != 'pipeline_only'},
+            'train_py_over_pure_compute': round(rates['train.py'] / rates['pure_compute'], 3)}
+        print(name, json.dumps(record['training'][name]), flush=True)
+    record['inference'] = {f'base{base}': {'drive_test_20_images_seconds':
+                                           evaluation_seconds(drive, base),
+                                           'rss_mib_1024x1024': peak_memory_mib(base)}
+                           for base in (16, 32)}
+    record['reference'] = {'original TF 2.3 eager loop, setting (a), 2-core CPU': 0.224}
+    record['max_rss_mib_this_process'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, 'throughput.json')
+    with open(path, 'w') as stream:
+        json.dump(record, stream, indent=2)
+    print(json.dumps(record['inference'], indent=1))
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    main()
