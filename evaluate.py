@@ -43,6 +43,7 @@ for _name in ('tile_size', 'tile_overlap'):
 METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
 OVERLAY_DIR = 'visulize'
 SUMMARY_DIR = 'eval_logs'
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.gif', '.bmp')
 REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')
 
 
@@ -181,7 +182,7 @@ def write_results(logdir, rows, result, step):
 
 
 def trained_step(logdir):
-    latest = tf.train.latest_checkpoint(os.path.join(logdir, 'checkpoints'))
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, model.CHECKPOINT_DIR))
     return int(latest.rsplit('-', 1)[1]) if latest else 0
 
 
@@ -199,10 +200,7 @@ def write_overlay(directory, name, rgb, label, probability, fov, threshold):
 
 def write_curves(directory, labels, probabilities, scores, second_observer):
     """ROC and precision-recall curves, with the second observer as a point where known."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = utils.pyplot()
     points = utils.curves(labels, probabilities)
     panels = {'roc.png': ('fpr', 'tpr', 'AUC_ROC', 'false positive rate (1 - Sp)',
                           'true positive rate (Se)', lambda s: (1 - s['Sp'], s['Se'])),
@@ -217,20 +215,18 @@ def write_curves(directory, labels, probabilities, scores, second_observer):
         axis.set(xlabel=x_label, ylabel=y_label, xlim=(0, 1), ylim=(0, 1.01))
         axis.legend(loc='lower right' if filename == 'roc.png' else 'lower left')
         axis.grid(alpha=0.3)
-        fig.tight_layout()
-        path = os.path.join(directory, filename)
-        temporary = utils.temporary_path(path)
-        fig.savefig(temporary, dpi=100, format='png')
-        plt.close(fig)
-        os.replace(temporary, path)
+        utils.save_figure(fig, os.path.join(directory, filename))
 
 
 # ----------------------------------------------------------------------------- new images
 
 def predict_files(predict, pattern, preprocess, out_dir, threshold):
     """Probability maps and binary masks for unlabelled images, with derived FOV masks."""
-    paths = sorted(glob.glob(os.path.join(pattern, '*')) if os.path.isdir(pattern)
-                   else glob.glob(pattern))
+    if os.path.isdir(pattern):
+        paths = sorted(path for path in glob.glob(os.path.join(pattern, '*'))
+                       if path.lower().endswith(IMAGE_EXTENSIONS))
+    else:
+        paths = sorted(glob.glob(pattern))
     if not paths:
         raise utils.UserError(f'--predict={pattern}: matches no files')
     for index, path in enumerate(paths, 1):

@@ -20,6 +20,7 @@ DEPTH = 4
 MULTIPLE = 2 ** DEPTH  # input sides must be multiples of this
 ARCHITECTURE_FILE = 'architecture.json'
 WEIGHTS_FILE = 'model.weights.h5'
+CHECKPOINT_DIR = 'checkpoints'
 ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preprocess')
 
 

@@ -241,10 +241,7 @@ def generate_synthetic(root, num_train, num_test, size, seed):
 
 def draw_figures(sample, figure_dir):
     """The four preprocessing steps side by side, and an image / label / mask sample figure."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = utils.pyplot()
     image = utils.read_image(sample.image)
     stages = utils.preprocess_image(image)
     label = utils.read_binary(sample.label)
@@ -264,12 +261,8 @@ def draw_figures(sample, figure_dir):
             axis.set_title(title)
             axis.axis('off')
         fig.suptitle(os.path.basename(sample.image))
-        fig.tight_layout()
         path = os.path.join(figure_dir, filename)
-        temporary = utils.temporary_path(path)
-        fig.savefig(temporary, dpi=100, format='png')
-        plt.close(fig)
-        os.replace(temporary, path)
+        utils.save_figure(fig, path)
         print(f'wrote {path}')
 
 

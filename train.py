@@ -48,7 +48,6 @@ flags.register_validator('image_size', lambda size: size > 0 and size % model.MU
 flags.register_validator('patch_size', lambda size: size % model.MULTIPLE == 0,
                          message=f'--patch_size must be 0 or a multiple of {model.MULTIPLE}')
 
-CHECKPOINT_DIR = 'checkpoints'
 SUMMARY_DIR = 'train_logs'
 LOCK_FILE = 'train.lock'
 GRADIENT_CLIP_NORM = 10.0
@@ -231,8 +230,9 @@ def train(strategy):
             os.remove(lock)
 
 
-def _train(strategy, examples, chief):
-    logdir, global_batch = FLAGS.logdir, FLAGS.batch_size
+def build_and_restore(strategy, chief):
+    """Model, schedule, optimizer and checkpoint manager, built under the strategy's scope and
+    restored from the logdir's last checkpoint where there is one."""
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy('mixed_bfloat16')
     with strategy.scope():
@@ -240,19 +240,25 @@ def _train(strategy, examples, chief):
         schedule = keras.optimizers.schedules.PolynomialDecay(FLAGS.initial_lr, FLAGS.max_iters,
                                                               end_learning_rate=0.0)
         optimizer = keras.optimizers.Adam(schedule)
-        optimizer.build(unet.trainable_variables)
+        optimizer.build(unet.trainable_variables)  # before the first step, under the scope
         checkpoint = tf.train.Checkpoint(model=unet, optimizer=optimizer)
-    directory = os.path.join(logdir, CHECKPOINT_DIR)
+    directory = os.path.join(FLAGS.logdir, model.CHECKPOINT_DIR)
+    latest = tf.train.latest_checkpoint(directory)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
     if not chief:  # other workers must save too, but somewhere private
         directory = os.path.join(directory, f'.worker{strategy.cluster_resolver.task_id}')
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
-    latest = tf.train.latest_checkpoint(os.path.join(logdir, CHECKPOINT_DIR))
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+    return unet, schedule, optimizer, manager, bool(latest)
+
+
+def _train(strategy, examples, chief):
+    logdir, global_batch = FLAGS.logdir, FLAGS.batch_size
+    unet, schedule, optimizer, manager, resumed = build_and_restore(strategy, chief)
     start = int(optimizer.iterations.numpy())
     replicas = strategy.num_replicas_in_sync
     logging.info('%s at step %d of %d: global batch %d = %d replicas x %d, %d training images, '
-                 '%s parameters', 'resuming' if latest else 'starting', start, FLAGS.max_iters,
+                 '%s parameters', 'resuming' if resumed else 'starting', start, FLAGS.max_iters,
                  global_batch, replicas, global_batch // replicas, len(examples),
                  f'{unet.count_params():,}')
     if start >= FLAGS.max_iters:

@@ -141,6 +141,23 @@ def write_png(path, image):
     write_atomic(path, encoded.tobytes())
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported on first use (it is slow)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(figure, path, dpi=100):
+    """Lays out a matplotlib figure, saves it as PNG atomically, and closes it."""
+    figure.tight_layout()
+    temporary = temporary_path(path)
+    figure.savefig(temporary, dpi=dpi, format='png')
+    pyplot().close(figure)
+    os.replace(temporary, path)
+
+
 def write_json(path, value):
     write_atomic(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
 

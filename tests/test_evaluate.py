@@ -108,6 +108,7 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
     image = np.clip(image + rng.integers(0, 20, image.shape), 0, 255).astype(np.uint8)
     cv2.imwrite(str(folder / 'a.jpg'), image)
     cv2.imwrite(str(folder / 'b.tif'), image[:50])
+    (folder / 'notes.txt').write_text('not an image: skipped in folder mode')
     result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
                         f'--predict_dir={tmp_path / "out"}')
     assert result.returncode == 0, result.stderr[-3000:]

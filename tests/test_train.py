@@ -88,6 +88,10 @@ def test_tensorboard_serves_the_scalars(trained):
 def test_resume_continues_the_step_counter(tmp_path, synthetic):
     logdir = tmp_path / 'log'
     assert train(logdir, synthetic['training'], '--max_iters=20', '--save_interval=10').returncode == 0
+    # A save killed half-way: its files exist, but the checkpoint state (renamed into place
+    # last) still names step 20.
+    (logdir / 'checkpoints' / 'ckpt-25.index').write_bytes(b'partial')
+    (logdir / 'checkpoints' / 'ckpt-25.data-00000-of-00001').write_bytes(b'')
     result = train(logdir, synthetic['training'], '--max_iters=30', '--save_interval=10')
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'resuming at step 20 of 30' in result.stderr

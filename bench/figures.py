@@ -1,0 +1,90 @@
+"""Regenerates the README's figures in images/ with the project's own code and real data.
+
+  python bench/figures.py      # after bench/accuracy.py drive (for the curves and overlays)
+
+preprocess.png, dataset_sample.png (DRIVE), dataset_sample_chase.png: preprocess.py's figures.
+training_curve.png: train/loss and train/learning_rate read from the DRIVE run's event files.
+overlay_drive.png, roc_drive.png, pr_drive.png: evaluate.py --visulize's outputs for DRIVE test.
+"""
+import os
+import shutil
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import preprocess  # noqa: E402
+import utils  # noqa: E402
+from bench.accuracy import SHARED, WORK  # noqa: E402
+
+IMAGES = os.path.join(ROOT, 'images')
+DRIVE_RUN = os.path.join(WORK, 'log_drive')
+
+
+def dataset_figures():
+    found = preprocess.find_datasets(SHARED)
+    with tempfile.TemporaryDirectory() as scratch:
+        if 'DRIVE' in found:
+            preprocess.draw_figures(found['DRIVE']['training'][0], scratch)
+            for name in ('preprocess.png', 'dataset_sample.png'):
+                shutil.copy(os.path.join(scratch, name), os.path.join(IMAGES, name))
+        if 'CHASEDB' in found:
+            preprocess.draw_figures(found['CHASEDB']['training'][0], scratch)
+            shutil.copy(os.path.join(scratch, 'dataset_sample.png'),
+                        os.path.join(IMAGES, 'dataset_sample_chase.png'))
+
+
+def read_scalars(logdir, tags):
+    values = {tag: {} for tag in tags}
+    folder = os.path.join(logdir, 'train_logs')
+    for name in sorted(os.listdir(folder)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            for value in event.summary.value:
+                if value.tag in values:
+                    values[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+    return {tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)]))
+            for tag, v in values.items()}
+
+
+def training_curve():
+    scalars = read_scalars(DRIVE_RUN, ['train/loss', 'train/learning_rate'])
+    steps, loss = scalars['train/loss']
+    smooth = np.convolve(loss, np.ones(50) / 50, mode='valid')
+    fig, (left, right) = utils.pyplot().subplots(1, 2, figsize=(10, 3.4))
+    left.plot(steps, loss, color='tab:blue', alpha=0.25, label='train/loss')
+    left.plot(steps[49:], smooth, color='tab:blue', label='mean of 50 steps')
+    left.set(xlabel='step', ylabel='cross-entropy (FOV pixels)', yscale='log')
+    left.legend()
+    right.plot(*scalars['train/learning_rate'], color='tab:orange')
+    right.set(xlabel='step', ylabel='train/learning_rate')
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    fig.suptitle('DRIVE, CPU recipe (64px patches, batch 32, base 16)')
+    utils.save_figure(fig, os.path.join(IMAGES, 'training_curve.png'), dpi=90)
+
+
+def evaluation_figures():
+    folder = os.path.join(DRIVE_RUN, 'visulize')
+    for source, target in (('01_test.png', 'overlay_drive.png'), ('roc.png', 'roc_drive.png'),
+                           ('pr.png', 'pr_drive.png')):
+        shutil.copy(os.path.join(folder, source), os.path.join(IMAGES, target))
+
+
+def main():
+    os.makedirs(IMAGES, exist_ok=True)
+    dataset_figures()
+    if os.path.isdir(DRIVE_RUN):
+        training_curve()
+        evaluation_figures()
+    else:
+        print(f'{DRIVE_RUN} is missing: run bench/accuracy.py drive for the curves and overlays')
+    print(f'figures in {IMAGES}: ' + ', '.join(sorted(os.listdir(IMAGES))))
+
+
+if __name__ == '__main__':
+    main()
