@@ -31,14 +31,17 @@ def run_main(main):
 
 
 # The flags several scripts share, each defined once here; a script declares the ones it takes
-# with define_flags(...) at its top.
+# with define_flags(...) at its top, and they count as that script's own (--helpshort lists them).
+flags.disclaim_key_flags()
 _SHARED_FLAGS = {
     'logdir': (flags.DEFINE_string, None, 'Run folder: checkpoints, weights, architecture.json, '
                'train_logs/ and evaluation outputs.'),
     'label_file_path': (flags.DEFINE_string, None, 'Label file written by preprocess.py, e.g. '
                         'data/DRIVE/training.txt.'),
     'seed': (flags.DEFINE_integer, 0, 'Random seed.'),
-    'batch_size': (flags.DEFINE_integer, 4, 'Global batch size (split across replicas).'),
+    'batch_size': (flags.DEFINE_integer, 4, 'Global batch size of training, split across '
+                   "replicas (evaluate.py predicts one image at a time and accepts it for the "
+                   "original's commands)."),
     'preprocess': (flags.DEFINE_bool, False, 'Use the preprocessed gray images (the image '
                    "folder + '_pre') instead of RGB."),
     'transpose_conv': (flags.DEFINE_bool, False, 'Upsample with Conv2DTranspose instead of '
