@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import h5py  # Keras' own dependency, for its .weights.h5 files
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -245,3 +246,17 @@ def test_two_workers_end_with_identical_weights(tmp_path, synthetic):
         'ckpt-8.data-00000-of-00001', 'ckpt-8.index']
     assert len(os.listdir(logdir / 'train_logs')) == 1
     assert steps_of(read_events(logdir), 'train/loss') == list(range(1, 9))
+
+
+def test_mixed_precision_trains_with_float32_weights(tmp_path, synthetic):
+    logdir = tmp_path / 'log'
+    result = train(logdir, synthetic['training'], '--max_iters=6', '--save_interval=3',
+                   '--mixed_precision=True')
+    assert result.returncode == 0, result.stderr[-2000:]
+    losses = [float(value) for _, value in read_events(logdir)['train/loss']]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    with h5py.File(logdir / 'model.weights.h5') as weights:
+        dtypes = set()
+        weights.visititems(lambda _, item: dtypes.add(str(item.dtype))
+                           if isinstance(item, h5py.Dataset) else None)
+    assert dtypes == {'float32'}
