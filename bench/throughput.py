@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -122,22 +121,27 @@ def evaluation_seconds(drive, base):
 
 
 PEAK_MEMORY_SCRIPT = '''
-import os, resource, sys
+import os, sys
 sys.path.insert(0, sys.argv[1])
 os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
 import numpy as np, model, evaluate
+
+def high_water_mib():  # VmHWM starts afresh at exec, unlike ru_maxrss (inherited from the parent)
+    status = open('/proc/self/status').read()
+    return int(status.split('VmHWM:')[1].split()[0]) / 1024
+
 unet = model.build_unet(base_channels=int(sys.argv[2]))
 predict = evaluate.make_predictor(unet, 1)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = high_water_mib()
 evaluate.predict_image(predict, np.random.default_rng(0).random((1024, 1024, 1), np.float32))
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, high_water_mib())
 '''
 
 
 def peak_memory_mib(base):
     out = subprocess.run([sys.executable, '-c', PEAK_MEMORY_SCRIPT, ROOT, str(base)],
                          capture_output=True, text=True, check=True).stdout.split()
-    return {'before_predict': int(out[0]) / 1024, 'peak': int(out[1]) / 1024}
+    return {'before_predict': round(float(out[0])), 'peak': round(float(out[1]))}
 
 
 def main():
@@ -164,7 +168,6 @@ def main():
                                            'rss_mib_1024x1024': peak_memory_mib(base)}
                            for base in (16, 32)}
     record['reference'] = {'original TF 2.3 eager loop, setting (a), 2-core CPU': 0.224}
-    record['max_rss_mib_this_process'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, 'throughput.json')
     with open(path, 'w') as stream:
