@@ -147,7 +147,7 @@ def training_dataset(examples, batch_size, patch_size=0, image_size=1024, augmen
 
     def make_example(index):
         seed_pair = tf.stack([tf.constant(seed, tf.int64), index])
-        seeds = tf.random.experimental.stateless_split(seed_pair, 3)
+        seeds = tf.random.experimental.stateless_split(seed_pair, 2)  # position, augmentation
         epoch_order = tf.random.experimental.stateless_shuffle(
             tf.range(count), tf.stack([tf.constant(seed, tf.int64), index // count]))
         chosen = tf.cast(epoch_order[index % count], tf.int64)

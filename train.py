@@ -40,6 +40,9 @@ flags.DEFINE_integer('patch_size', 0, 'Train on square patches of this side (a m
                      'centred in the FOV; 0 trains on whole images.', lower_bound=0)
 flags.DEFINE_bool('fov_loss', True, 'Average the loss over pixels inside the FOV mask only (the '
                   'pixels that metrics count); False averages over every pixel, as the original.')
+flags.DEFINE_float('dice_weight', 0.0, 'Add this times the soft Dice loss of the vessel '
+                   'probability (over the same pixels) to the cross-entropy; 0: none.',
+                   lower_bound=0.0)
 flags.DEFINE_integer('log_interval', 20, 'Steps between progress lines.', lower_bound=1)
 flags.DEFINE_bool('mixed_precision', False, "Compute in bfloat16 (Keras policy "
                   "'mixed_bfloat16'), keeping float32 weights and logits.")
@@ -107,21 +110,29 @@ def architecture_from_flags():
             'transpose_conv': FLAGS.transpose_conv, 'preprocess': FLAGS.preprocess}
 
 
-def pixel_loss(labels, logits, masks, fov_loss):
-    """Per-example mean cross-entropy over the pixels that count (the FOV, or all)."""
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+def pixel_loss(labels, logits, masks, fov_loss, dice_weight=0.0):
+    """Per-example loss over the pixels that count (the FOV, or all): mean cross-entropy, plus
+    dice_weight times the soft Dice loss 1 - 2|P.Y| / (|P| + |Y|) of the vessel probability P."""
     weights = masks if fov_loss else tf.ones_like(masks)
-    return tf.reduce_sum(losses * weights, [1, 2]) / tf.maximum(tf.reduce_sum(weights, [1, 2]), 1)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    loss = tf.reduce_sum(losses * weights, [1, 2]) / tf.maximum(tf.reduce_sum(weights, [1, 2]), 1)
+    if dice_weight:
+        vessel = tf.nn.softmax(logits)[..., 1] * weights
+        truth = tf.cast(labels, tf.float32) * weights
+        overlap = 2 * tf.reduce_sum(vessel * truth, [1, 2]) + 1
+        loss += dice_weight * (1 - overlap / (tf.reduce_sum(vessel + truth, [1, 2]) + 1))
+    return loss
 
 
-def make_train_step(strategy, unet, optimizer, global_batch, fov_loss):
+def make_train_step(strategy, unet, optimizer, global_batch, fov_loss, dice_weight=0.0):
     """A @tf.function running one step on every replica; returns the global mean loss."""
 
     def replica_step(images, labels, masks):
         with tf.GradientTape() as tape:
             logits = unet(images, training=True)
-            loss = tf.nn.compute_average_loss(pixel_loss(labels, logits, masks, fov_loss),
-                                              global_batch_size=global_batch)
+            loss = tf.nn.compute_average_loss(
+                pixel_loss(labels, logits, masks, fov_loss, dice_weight),
+                global_batch_size=global_batch)
         gradients = tape.gradient(loss, unet.trainable_variables)
         # Clip the global gradient, not each replica's share: sum it here, and hand the
         # optimizer (which sums across replicas again) each replica's equal part of the result.
@@ -273,7 +284,8 @@ def _train(strategy, examples, chief):
     iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
     preview = next(iter(dataset.training_dataset(examples, min(global_batch, 3), FLAGS.patch_size,
                                                  FLAGS.image_size, seed=FLAGS.seed + 1)))
-    train_step = make_train_step(strategy, unet, optimizer, global_batch, FLAGS.fov_loss)
+    train_step = make_train_step(strategy, unet, optimizer, global_batch, FLAGS.fov_loss,
+                                 FLAGS.dice_weight)
     writer = (tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)) if chief
               else tf.summary.create_noop_writer())
     stop, pending = StopSignal(), []

@@ -37,10 +37,10 @@ def run(script, *args):
     return result.stdout, time.time() - started
 
 
-def train_and_evaluate(name, training, test, steps):
+def train_and_evaluate(name, training, test, steps, extra_flags=()):
     logdir = os.path.join(WORK, f'log_{name}')
-    log, train_seconds = run('train.py', f'--logdir={logdir}', f'--label_file_path={training}',
-                             f'--max_iters={steps}', *CPU_RECIPE)
+    _, train_seconds = run('train.py', f'--logdir={logdir}', f'--label_file_path={training}',
+                           f'--max_iters={steps}', *CPU_RECIPE, *extra_flags)
     _, eval_seconds = run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={test}',
                           '--visulize=True')
     with open(os.path.join(logdir, 'metrics.json')) as stream:
@@ -57,7 +57,7 @@ def write_label_file(path, folder, names):
         stream.writelines(f'{n}.png,{n}.png,{n}.png\n' for n in names)
 
 
-def chase_folds(data, folds, steps):
+def chase_folds(data, folds, steps, extra_flags):
     """Subject-wise folds: both eyes of a child stay in the same fold."""
     names = sorted(os.path.splitext(n)[0] for n in
                    os.listdir(os.path.join(data, 'CHASEDB', 'training', 'images')))
@@ -71,7 +71,7 @@ def chase_folds(data, folds, steps):
         write_label_file(f'{prefix}_training.txt', 'training', train)
         write_label_file(f'{prefix}_test.txt', 'training', test)
         result = train_and_evaluate(f'chase_fold{fold}', f'{prefix}_training.txt',
-                                    f'{prefix}_test.txt', steps)
+                                    f'{prefix}_test.txt', steps, extra_flags)
         results.append({'fold': fold, 'test_images': test, **result})
         print(f'fold {fold}: {result["scores"]["F1"]:.4f} F1', flush=True)
     return results
@@ -83,7 +83,12 @@ def main():
     parser.add_argument('--steps', type=int, default=4000,
                         help='training steps (the CPU recipe: about 20 minutes on 2 cores)')
     parser.add_argument('--folds', type=int, default=5)
+    parser.add_argument('--tag', default='', help='suffix of the run and result names')
+    parser.add_argument('--train_flags', default='', help='extra train.py flags, e.g. '
+                        '"--dice_weight=1"')
     args = parser.parse_args()
+    extra_flags = args.train_flags.split()
+    name = args.dataset + (f'_{args.tag}' if args.tag else '')
     folder = {'drive': 'DRIVE', 'chase': 'CHASEDB1'}[args.dataset]
     if not os.path.isdir(os.path.join(SHARED, folder)):
         sys.exit(f'{os.path.join(SHARED, folder)} is not here: nothing to measure')
@@ -93,19 +98,21 @@ def main():
     if not os.path.exists(link):
         os.symlink(os.path.join(SHARED, folder), link)
     run('preprocess.py', f'--data_dir={raw}', f'--output_dir={data}')
-    record = {'dataset': folder, 'recipe': CPU_RECIPE, 'machine': platform.processor() or
-              platform.machine(), 'cpus': os.cpu_count(), 'date': time.strftime('%Y-%m-%d')}
+    record = {'dataset': folder, 'recipe': CPU_RECIPE + extra_flags,
+              'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+              'date': time.strftime('%Y-%m-%d')}
     if args.dataset == 'drive':
-        record.update(train_and_evaluate('drive', os.path.join(data, 'DRIVE', 'training.txt'),
-                                         os.path.join(data, 'DRIVE', 'test.txt'), args.steps))
+        record.update(train_and_evaluate(name, os.path.join(data, 'DRIVE', 'training.txt'),
+                                         os.path.join(data, 'DRIVE', 'test.txt'), args.steps,
+                                         extra_flags))
         record['references'] = REFERENCES
     else:
-        record['folds'] = chase_folds(data, args.folds, args.steps)
+        record['folds'] = chase_folds(data, args.folds, args.steps, extra_flags)
         keys = record['folds'][0]['scores']
         record['mean_scores'] = {k: sum(f['scores'][k] for f in record['folds']) / args.folds
                                  for k in keys}
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f'accuracy_{args.dataset}.json')
+    path = os.path.join(RESULTS, f'accuracy_{name}.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)
     scores = record.get('scores') or record['mean_scores']

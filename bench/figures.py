@@ -4,7 +4,8 @@
 
 preprocess.png, dataset_sample.png (DRIVE), dataset_sample_chase.png: preprocess.py's figures.
 training_curve.png: train/loss and train/learning_rate read from the DRIVE run's event files.
-overlay_drive.png, roc_drive.png, pr_drive.png: evaluate.py --visulize's outputs for DRIVE test.
+overlay_drive.png, roc_drive.png, pr_drive.png: evaluate.py --visulize's outputs for DRIVE test;
+overlay_chase.png: the same for a held-out image of the first CHASE_DB1 cross-validation fold.
 """
 import os
 import shutil
@@ -24,6 +25,7 @@ from bench.accuracy import SHARED, WORK  # noqa: E402
 
 IMAGES = os.path.join(ROOT, 'images')
 DRIVE_RUN = os.path.join(WORK, 'log_drive')
+CHASE_RUN = os.path.join(WORK, 'log_chase_fold0')
 
 
 def dataset_figures():
@@ -73,6 +75,10 @@ def evaluation_figures():
     for source, target in (('01_test.png', 'overlay_drive.png'), ('roc.png', 'roc_drive.png'),
                            ('pr.png', 'pr_drive.png')):
         shutil.copy(os.path.join(folder, source), os.path.join(IMAGES, target))
+    chase = os.path.join(CHASE_RUN, 'visulize')
+    if os.path.isdir(chase):
+        first = sorted(n for n in os.listdir(chase) if n.startswith('Image_') and 'prob' not in n)
+        shutil.copy(os.path.join(chase, first[0]), os.path.join(IMAGES, 'overlay_chase.png'))
 
 
 def main():

@@ -260,3 +260,20 @@ def test_mixed_precision_trains_with_float32_weights(tmp_path, synthetic):
         weights.visititems(lambda _, item: dtypes.add(str(item.dtype))
                            if isinstance(item, h5py.Dataset) else None)
     assert dtypes == {'float32'}
+
+
+def test_pixel_loss_on_a_hand_worked_example():
+    import train as train_module
+    labels = tf.constant([[[1, 0], [0, 0]]])
+    masks = tf.constant([[[1.0, 1.0], [1.0, 0.0]]])  # the last pixel is outside the FOV
+    logits = tf.constant([[[[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 9.0]]]])
+    cross_entropy = np.log(2)  # p = 0.5 at the three FOV pixels
+    # Soft Dice over the FOV: P = 0.5 three times, Y = 1 once: 1 - (2 * 0.5 + 1) / (1.5 + 1 + 1)
+    dice = 1 - 2.0 / 3.5
+    assert float(train_module.pixel_loss(labels, logits, masks, True)[0]) == pytest.approx(
+        cross_entropy, rel=1e-6)
+    assert float(train_module.pixel_loss(labels, logits, masks, True, 2.0)[0]) == pytest.approx(
+        cross_entropy + 2 * dice, rel=1e-6)
+    everywhere = (3 * np.log(2) + np.log(1 + np.exp(9.0))) / 4  # the fourth pixel is labelled 0
+    assert float(train_module.pixel_loss(labels, logits, masks, False)[0]) == pytest.approx(
+        everywhere, rel=1e-5)
