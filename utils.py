@@ -33,7 +33,8 @@ def run_main(main):
 # The flags several scripts share, each defined once here; a script declares the ones it takes
 # with define_flags(...) at its top, and they count as that script's own (--helpshort lists them).
 flags.disclaim_key_flags()
-_SHARED_FLAGS = {
+_POSITIVE = {'lower_bound': 1}
+_SHARED_FLAGS = {  # name: (define, default, help[, bounds])
     'logdir': (flags.DEFINE_string, None, 'Run folder: checkpoints, weights, architecture.json, '
                'train_logs/ and evaluation outputs.'),
     'label_file_path': (flags.DEFINE_string, None, 'Label file written by preprocess.py, e.g. '
@@ -41,17 +42,17 @@ _SHARED_FLAGS = {
     'seed': (flags.DEFINE_integer, 0, 'Random seed.'),
     'batch_size': (flags.DEFINE_integer, 4, 'Global batch size of training, split across '
                    "replicas (evaluate.py predicts one image at a time and accepts it for the "
-                   "original's commands)."),
+                   "original's commands).", _POSITIVE),
     'preprocess': (flags.DEFINE_bool, False, 'Use the preprocessed gray images (the image '
                    "folder + '_pre') instead of RGB."),
     'transpose_conv': (flags.DEFINE_bool, False, 'Upsample with Conv2DTranspose instead of '
                        'nearest-neighbour + 1x1 conv.'),
     'base_channels': (flags.DEFINE_integer, 32, 'Channels of the first U-Net level (the original: '
-                      '32); 16 is about 4x cheaper.'),
-    'num_classes': (flags.DEFINE_integer, 2, 'Output classes (background, vessel).'),
+                      '32); 16 is about 4x cheaper.', _POSITIVE),
+    'num_classes': (flags.DEFINE_integer, 2, 'Output classes (background, vessel).',
+                    {'lower_bound': 2}),
     'visulize': (flags.DEFINE_bool, False, 'Write figures (alias --visualize).'),
 }
-_LOWER_BOUNDS = {'batch_size': 1, 'base_channels': 1, 'num_classes': 2}
 
 
 def define_flags(*names):
@@ -59,9 +60,8 @@ def define_flags(*names):
     for name in names:
         if name in flags.FLAGS:
             continue
-        define, default, help_text = _SHARED_FLAGS[name]
-        bounds = {'lower_bound': _LOWER_BOUNDS[name]} if name in _LOWER_BOUNDS else {}
-        define(name, default, help_text, **bounds)
+        define, default, help_text, *bounds = _SHARED_FLAGS[name]
+        define(name, default, help_text, **(bounds[0] if bounds else {}))
         if name == 'visulize':
             flags.DEFINE_alias('visualize', 'visulize')
 
