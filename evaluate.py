@@ -244,6 +244,25 @@ def predict_files(predict, pattern, preprocess, out_dir, threshold):
     print(f'wrote {2 * len(paths)} files to {out_dir}')
 
 
+def evaluate_label_file(predict, label_file, preprocess, channels):
+    """Evaluates the images a label file lists; prints and writes the results."""
+    if not label_file:
+        raise utils.UserError('--label_file_path is required (or --predict for unlabelled images)')
+    samples = dataset.parse_label_file(label_file, preprocess)
+    examples = dataset.load_examples(samples, channels)
+    rgb_samples = dataset.parse_label_file(label_file, preprocess=False)
+    overlay_dir = os.path.join(FLAGS.logdir, OVERLAY_DIR) if FLAGS.visulize else None
+    started = time.time()
+    rows, result = evaluate(predict, samples, examples, rgb_samples, FLAGS.threshold, overlay_dir)
+    logging.info('evaluated %d images in %.1fs', len(rows), time.time() - started)
+    print_result(result)
+    write_results(FLAGS.logdir, rows, result, trained_step(FLAGS.logdir))
+    print(f'metrics: {os.path.join(FLAGS.logdir, METRICS_JSON)}, '
+          f'{os.path.join(FLAGS.logdir, METRICS_CSV)}')
+    if overlay_dir:
+        print(f'overlays, probability maps and ROC/PR curves: {overlay_dir}/')
+
+
 def main(argv):
     del argv
     unet, architecture = load_model(FLAGS.logdir)
@@ -259,22 +278,8 @@ def main(argv):
         out_dir = FLAGS.predict_dir or os.path.join(FLAGS.logdir, 'predictions')
         predict_files(predict, FLAGS.predict, architecture['preprocess'], out_dir,
                       FLAGS.threshold)
-        return
-    if not FLAGS.label_file_path:
-        raise utils.UserError('--label_file_path is required (or --predict for unlabelled images)')
-    samples = dataset.parse_label_file(FLAGS.label_file_path, architecture['preprocess'])
-    examples = dataset.load_examples(samples, channels)
-    rgb_samples = dataset.parse_label_file(FLAGS.label_file_path, preprocess=False)
-    overlay_dir = os.path.join(FLAGS.logdir, OVERLAY_DIR) if FLAGS.visulize else None
-    started = time.time()
-    rows, result = evaluate(predict, samples, examples, rgb_samples, FLAGS.threshold, overlay_dir)
-    logging.info('evaluated %d images in %.1fs', len(rows), time.time() - started)
-    print_result(result)
-    write_results(FLAGS.logdir, rows, result, trained_step(FLAGS.logdir))
-    print(f'metrics: {os.path.join(FLAGS.logdir, METRICS_JSON)}, '
-          f'{os.path.join(FLAGS.logdir, METRICS_CSV)}')
-    if overlay_dir:
-        print(f'overlays, probability maps and ROC/PR curves: {overlay_dir}/')
+    else:
+        evaluate_label_file(predict, FLAGS.label_file_path, architecture['preprocess'], channels)
 
 
 if __name__ == '__main__':

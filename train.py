@@ -244,6 +244,7 @@ def train(strategy):
 def build_and_restore(strategy, chief):
     """Model, schedule, optimizer and checkpoint manager, built under the strategy's scope and
     restored from the logdir's last checkpoint where there is one."""
+    keras.utils.set_random_seed(FLAGS.seed)  # the initial weights too, not only the data
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy('mixed_bfloat16')
     with strategy.scope():

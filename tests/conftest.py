@@ -11,8 +11,9 @@ sys.path.insert(0, ROOT)
 
 import preprocess  # noqa: E402
 
-# Small enough for 2 CPU cores: 96px synthetic retinas, 32px patches, a base-4 U-Net.
-TINY_TRAINING = ['--preprocess=True', '--patch_size=32', '--batch_size=8', '--base_channels=4',
+# Small enough for 2 CPU cores: 96px synthetic retinas, 32px patches, a base-8 U-Net (base 4
+# is too fragile: F1 0.45-0.81 across seeds after 200 steps; base 8: 0.86-0.87).
+TINY_TRAINING = ['--preprocess=True', '--patch_size=32', '--batch_size=8', '--base_channels=8',
                  '--initial_lr=3e-3', '--log_interval=10']
 
 

@@ -25,7 +25,7 @@ def fov_pixels(label_file):
 def test_evaluate_prints_the_original_lines_and_writes_everything(trained, synthetic):
     result = run_script('evaluate.py', f'--logdir={trained}',
                         f'--label_file_path={synthetic["test"]}', '--batch_size=1',
-                        '--preprocess=True', '--base_channels=4', '--visulize=True')
+                        '--preprocess=True', '--base_channels=8', '--visulize=True')
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0] == 'confuse mat:' and lines[3].startswith('IoU:  ')
@@ -55,7 +55,7 @@ def test_correctly_spelt_alias_and_architecture_conflicts(trained, synthetic, tm
     assert last_line(result.stderr) == (f'error: --logdir={logdir} holds a model of another '
                                         'architecture: --transpose_conv=True (trained with False)')
     architecture = json.load(open(logdir / 'architecture.json'))
-    (logdir / 'architecture.json').write_text(json.dumps({**architecture, 'base_channels': 8}))
+    (logdir / 'architecture.json').write_text(json.dumps({**architecture, 'base_channels': 16}))
     result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}')
     assert result.returncode == 2
     assert last_line(result.stderr).startswith(

@@ -59,7 +59,7 @@ def test_loss_falls_and_summaries_are_complete(trained):
     assert {'architecture.json', 'checkpoints', 'model.weights.h5', 'train_logs'} <= set(
         os.listdir(trained))
     assert json.load(open(os.path.join(trained, 'architecture.json'))) == {
-        'base_channels': 4, 'num_classes': 2, 'preprocess': True, 'transpose_conv': False}
+        'base_channels': 8, 'num_classes': 2, 'preprocess': True, 'transpose_conv': False}
 
 
 def test_tensorboard_serves_the_scalars(trained):
