@@ -277,3 +277,13 @@ def test_pixel_loss_on_a_hand_worked_example():
     everywhere = (3 * np.log(2) + np.log(1 + np.exp(9.0))) / 4  # the fourth pixel is labelled 0
     assert float(train_module.pixel_loss(labels, logits, masks, False)[0]) == pytest.approx(
         everywhere, rel=1e-5)
+
+
+def test_same_seed_same_weights(tmp_path, synthetic):
+    def checksum(name, seed):
+        result = train(tmp_path / name, synthetic['training'], '--max_iters=10',
+                       f'--seed={seed}')
+        assert result.returncode == 0, result.stderr[-2000:]
+        return re.search(r'checksum (\S+)\)', result.stderr).group(1)
+
+    assert checksum('a', 0) == checksum('b', 0) != checksum('c', 1)
