@@ -48,5 +48,7 @@ test: lint  ## lint, then the test suite
 figures:  ## regenerate the README's figures in images/ (real data from ../shared/data)
 	$(PYTHON) bench/figures.py
 
-bench:  ## speed and accuracy benchmarks into bench/results/
+bench:  ## speed, then DRIVE accuracy (about 30 minutes on 2 cores) into bench/results/
 	$(PYTHON) bench/throughput.py
+	$(PYTHON) bench/accuracy.py drive
+	$(PYTHON) bench/report.py
