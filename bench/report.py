@@ -29,6 +29,10 @@ def accuracy_rows():
                     + ' | '.join(f'{scores[k]:.4f}' for k in METRICS) + ' |')
         if record.get('second_observer'):
             observers[record['dataset']] = record['second_observer']
+        elif all(f.get('second_observer') for f in record.get('folds', [{}])):
+            observers[f"{record['dataset']} (mean of folds)"] = {
+                k: sum(f['second_observer'][k] for f in record['folds']) / len(record['folds'])
+                for k in record['folds'][0]['second_observer']}
     for dataset, observer in observers.items():
         rows.append(f'| {dataset}: second observer vs first | | | | '
                     + ' | '.join(f'{observer[k]:.4f}' if k in observer else '' for k in METRICS)
