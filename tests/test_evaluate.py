@@ -77,8 +77,13 @@ def test_tiled_inference_equals_whole_image_inference():
 
 
 def test_real_drive_test_set_and_second_observer(trained, drive):
-    result = run_script('evaluate.py', f'--logdir={trained}', f'--label_file_path={drive["test"]}')
+    result = run_script('evaluate.py', f'--logdir={trained}', f'--label_file_path={drive["test"]}',
+                        '--visulize=True')
     assert result.returncode == 0, result.stderr[-3000:]
+    outputs = set(os.listdir(os.path.join(trained, 'visulize')))
+    assert {f'{n:02d}_test{kind}.png' for n in range(1, 21) for kind in ('', '_prob')} <= outputs
+    assert {'roc.png', 'pr.png'} <= outputs
+    assert utils.read_image(os.path.join(trained, 'visulize', '01_test.png')).shape == (1168, 565, 3)
     # DRIVE's human baseline computed here straight from the shipped GIFs, inside the FOV.
     def read(folder, name):
         path = os.path.join(SHARED_DATA, 'DRIVE', 'test', folder, f'{name}.gif')
