@@ -37,7 +37,7 @@ SPLITS = ('training', 'test')
 # ----------------------------------------------------------------------------- finding the data
 
 @dataclass
-class Sample:
+class RawSample:
     name: str
     image: str
     label: str
@@ -63,7 +63,7 @@ def find_drive_layout(split_dir):
                                   f'{os.path.join(split_dir, "1st_manual")}')
         mask = _first_match(os.path.join(split_dir, 'mask', f'{stem}_mask.*'))
         second = _first_match(os.path.join(split_dir, '2nd_manual', f'{number}_manual2.*'))
-        samples.append(Sample(stem, image, label, mask, second))
+        samples.append(RawSample(stem, image, label, mask, second))
     return samples
 
 
@@ -81,13 +81,13 @@ def find_chase(chase_dir):
             raise utils.UserError(f'{image}: no label {os.path.basename(label)} beside it')
         second = os.path.join(chase_dir, f'{stem}_2ndHO.png')
         split = 'training' if int(match.group(1)) <= 10 else 'test'
-        splits[split].append(Sample(stem, image, label, None,
+        splits[split].append(RawSample(stem, image, label, None,
                                     second if os.path.exists(second) else None))
     return splits
 
 
 def find_datasets(data_dir):
-    """{output name: {split: [Sample]}} for every dataset found under `data_dir`."""
+    """{output name: {split: [RawSample]}} for every dataset found under `data_dir`."""
     found = {}
     for folder, name in (('DRIVE', 'DRIVE'), ('SYNTH', 'SYNTH')):
         root = os.path.join(data_dir, folder)
