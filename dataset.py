@@ -70,12 +70,8 @@ def load_examples(samples, channels):
     for sample in samples:
         image = utils.read_image(sample.image, gray=channels == 1)
         image = image[..., None] if image.ndim == 2 else image
-        label, mask = utils.read_binary(sample.label), utils.read_binary(sample.mask)
-        for path, array in ((sample.label, label), (sample.mask, mask)):
-            if array.shape != image.shape[:2]:
-                raise utils.UserError(f'{path}: size {array.shape[1]}x{array.shape[0]} differs '
-                                      f'from its image {sample.image} '
-                                      f'({image.shape[1]}x{image.shape[0]})')
+        label = utils.read_binary_for(sample.label, image, sample.image)
+        mask = utils.read_binary_for(sample.mask, image, sample.image)
         examples.append(Example(sample.name, image, label, mask))
     return examples
 

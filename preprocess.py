@@ -105,18 +105,16 @@ def find_datasets(data_dir):
 def load_sample(sample):
     """Reads and checks one sample; returns the arrays to write (all uint8)."""
     image = utils.read_image(sample.image)
-    label = utils.read_binary(sample.label)
-    mask = utils.read_binary(sample.mask) if sample.mask else utils.derive_fov_mask(image)
+
+    def binary(path):
+        return utils.read_binary_for(path, image, sample.image)
+
+    label = binary(sample.label)
+    mask = binary(sample.mask) if sample.mask else utils.derive_fov_mask(image)
     arrays = {'images': image, 'images_pre': utils.preprocess_image(image)['gamma'],
               'labels': label * 255, 'masks': mask * 255}
     if sample.second_label:
-        arrays['labels_2nd'] = utils.read_binary(sample.second_label) * 255
-    for kind, path in (('labels', sample.label), ('masks', sample.mask),
-                       ('labels_2nd', sample.second_label)):
-        if path and arrays[kind].shape != image.shape[:2]:
-            raise utils.UserError(f'{path}: size {arrays[kind].shape[1]}x{arrays[kind].shape[0]} '
-                                  f'differs from its image {sample.image} '
-                                  f'({image.shape[1]}x{image.shape[0]})')
+        arrays['labels_2nd'] = binary(sample.second_label) * 255
     return arrays
 
 

@@ -107,6 +107,15 @@ def read_binary(path):
     raise UserError(f'{path}: not a binary image (values {shown}; expected 0/255 or 0/1)')
 
 
+def read_binary_for(path, image, image_path):
+    """read_binary(path), checked to be the size of `image` (read from image_path)."""
+    binary = read_binary(path)
+    if binary.shape != image.shape[:2]:
+        raise UserError(f'{path}: size {binary.shape[1]}x{binary.shape[0]} differs from its image '
+                        f'{image_path} ({image.shape[1]}x{image.shape[0]})')
+    return binary
+
+
 def temporary_path(path):
     """A fresh hidden name beside `path` that keeps its whole ending ('.weights.h5' stays)."""
     directory, name = os.path.split(os.path.abspath(path))
