@@ -31,6 +31,7 @@ import dataset  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
 from bench.accuracy import RESULTS, SHARED, WORK, run  # noqa: E402
+from bench.figures import read_scalars  # noqa: E402
 
 SETTINGS = {
     'a_whole_512_batch2_base32': {'patch_size': 0, 'image_size': 512, 'batch': 2, 'base': 32,
@@ -39,6 +40,7 @@ SETTINGS = {
                                  'steps': 60},
 }
 WARMUP = 4
+RATE = 'train/global_steps_per_sec'
 
 
 def drive_data():
@@ -96,13 +98,8 @@ def train_script_rate(label_file, setting, name):
         f'--batch_size={setting["batch"]}', f'--base_channels={setting["base"]}',
         '--augmentation=True', f'--max_iters={setting["steps"] + WARMUP}',
         f'--save_interval={setting["steps"] + WARMUP}')
-    rates = []
-    for path in os.listdir(os.path.join(logdir, 'train_logs')):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, 'train_logs', path)):
-            for value in event.summary.value:
-                if value.tag == 'train/global_steps_per_sec' and event.step > WARMUP:
-                    rates.append(float(tf.make_ndarray(value.tensor)))
-    return float(np.median(rates))
+    steps, rates = read_scalars(logdir, [RATE])[RATE]
+    return float(np.median(rates[steps > WARMUP]))
 
 
 def evaluation_seconds(drive, base):
