@@ -264,7 +264,8 @@ def scores_from_confusion(matrix):
 
 
 def _ranked_counts(labels, scores):
-    """Cumulative true/false positives at each distinct score, from the highest down."""
+    """Each distinct score from the highest down, with the true and false positives counted at
+    or above it."""
     labels = np.asarray(labels).astype(bool).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     order = np.argsort(-scores, kind='stable')
@@ -272,12 +273,12 @@ def _ranked_counts(labels, scores):
     last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
     true_positives = np.cumsum(labels)[last_of_tie]
     false_positives = (last_of_tie + 1) - true_positives
-    return true_positives, false_positives
+    return scores[last_of_tie], true_positives, false_positives
 
 
 def roc_auc(labels, scores):
     """Exact area under the ROC curve (ties count half), from every distinct score."""
-    tp, fp = _ranked_counts(labels, scores)
+    _, tp, fp = _ranked_counts(labels, scores)
     if tp.size == 0 or tp[-1] == 0 or fp[-1] == 0:
         return float('nan')
     tpr = np.r_[0.0, tp / tp[-1]]
@@ -287,7 +288,7 @@ def roc_auc(labels, scores):
 
 def pr_auc(labels, scores):
     """Area under the precision-recall curve as average precision (step-wise, no interpolation)."""
-    tp, fp = _ranked_counts(labels, scores)
+    _, tp, fp = _ranked_counts(labels, scores)
     if tp.size == 0 or tp[-1] == 0:
         return float('nan')
     precision = tp / (tp + fp)
@@ -297,13 +298,21 @@ def pr_auc(labels, scores):
 
 def curves(labels, scores, points=512):
     """ROC (fpr, tpr) and precision-recall (recall, precision) curves, thinned for plotting."""
-    tp, fp = _ranked_counts(labels, scores)
+    _, tp, fp = _ranked_counts(labels, scores)
     keep = np.unique(np.linspace(0, tp.size - 1, min(points, tp.size)).astype(int))
     tp, fp = tp[keep], fp[keep]
     return {
         'fpr': np.r_[0.0, fp / max(fp[-1], 1)], 'tpr': np.r_[0.0, tp / max(tp[-1], 1)],
         'recall': tp / max(tp[-1], 1), 'precision': tp / np.maximum(tp + fp, 1),
     }
+
+
+def best_f1_threshold(labels, scores):
+    """The threshold (inclusive) at which F1 is highest, and that F1."""
+    thresholds, tp, fp = _ranked_counts(labels, scores)
+    f1 = 2 * tp / (tp + fp + tp[-1])
+    best = int(np.argmax(f1))
+    return float(thresholds[best]), float(f1[best])
 
 
 def evaluate_pixels(labels, probabilities, mask, threshold=0.5):

@@ -74,6 +74,22 @@ def test_threshold_is_inclusive_and_mask_applies():
     assert scores['AUC_ROC'] == pytest.approx(0.5)  # positives 0.5, 0.2 vs negative 0.49
 
 
+def test_best_f1_threshold_on_hand_worked_ranking():
+    # At 0.9: TP 1, FP 0 -> F1 2/4; 0.8: 2, 0 -> 4/5; 0.7: 2, 1 -> 4/6; 0.6: 3, 1 -> 6/7;
+    # 0.2: 3, 2 -> 6/8. Best: 0.6.
+    labels, scores = np.array([1, 1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.6, 0.2])
+    assert utils.best_f1_threshold(labels, scores) == pytest.approx((0.6, 6 / 7))
+    assert utils.evaluate_pixels(labels, scores, np.ones(5), 0.6)[1]['F1'] == pytest.approx(6 / 7)
+
+
+def test_best_f1_threshold_never_splits_tied_scores():
+    # Half the tie at 0.5 would give F1 1 (TP 2, FP 0), but no threshold selects only that half:
+    # 0.5 gives TP 2, FP 1 -> 4/5, and 0.9 gives TP 1 -> 2/3.
+    labels, scores = np.array([1, 1, 0]), np.array([0.9, 0.5, 0.5])
+    assert utils.best_f1_threshold(labels, scores) == pytest.approx((0.5, 0.8))
+    assert utils.best_f1_threshold(labels[::-1], scores[::-1]) == pytest.approx((0.5, 0.8))
+
+
 def test_overlay_colours():
     image = np.full((1, 4, 3), 100, np.uint8)
     out = utils.overlay(image, label=[[1, 1, 0, 0]], prediction=[[1, 0, 1, 0]])
