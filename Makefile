@@ -31,13 +31,15 @@ tensorboard:  ## serve LOGDIR's training curves
 	$(PYTHON) -m tensorboard.main --logdir $(LOGDIR)/train_logs
 
 evaluate:  ## metrics, overlays and curves of LOGDIR on DATASET's test split
-	$(PYTHON) evaluate.py --logdir=$(LOGDIR) --label_file_path=data/$(DATASET)/test.txt --visulize=True
+	$(PYTHON) evaluate.py --logdir=$(LOGDIR) --label_file_path=data/$(DATASET)/test.txt \
+		--calibrate_on=data/$(DATASET)/training.txt --visulize=True
 
 demo:  ## the whole job on the synthetic set: generate, preprocess, train 300 steps, evaluate
 	$(PYTHON) preprocess.py --synthetic --data_dir=data/raw
 	$(PYTHON) train.py --logdir=log/demo --label_file_path=data/SYNTH/training.txt \
 		$(CPU_RECIPE) --max_iters=300 --save_interval=100
-	$(PYTHON) evaluate.py --logdir=log/demo --label_file_path=data/SYNTH/test.txt --visulize=True
+	$(PYTHON) evaluate.py --logdir=log/demo --label_file_path=data/SYNTH/test.txt \
+		--calibrate_on=data/SYNTH/training.txt --visulize=True
 
 lint:  ## ruff
 	$(PYTHON) -m ruff check .

@@ -2,9 +2,12 @@
 
   python evaluate.py --logdir=log/retina --label_file_path=data/CHASEDB/test.txt --visulize=True
   python evaluate.py --logdir=log/retina --predict='photos/*.jpg'
+  python evaluate.py --logdir=log/drive --label_file_path=data/DRIVE/test.txt \
+      --calibrate_on=data/DRIVE/training.txt --tta   # the benchmarks' evaluation
 
 The architecture comes from {logdir}/architecture.json (written by train.py); architecture flags
-are only checked against it. Metrics count the pixels inside the FOV mask, at --threshold.
+are only checked against it. Metrics count the pixels inside the FOV mask, at --threshold or at
+the threshold that --calibrate_on chooses on other (training) images.
 """
 import os
 
@@ -28,6 +31,10 @@ FLAGS = flags.FLAGS
 utils.define_flags('logdir', 'label_file_path', 'batch_size', 'preprocess', 'transpose_conv',
                    'base_channels', 'num_classes', 'visulize')
 flags.DEFINE_float('threshold', 0.5, 'Vessel probability at or above which a pixel is vessel.')
+flags.DEFINE_string('calibrate_on', None, 'A label file (the training set, never the test set): '
+                    'use the threshold that maximises F1 on its images instead of --threshold.')
+flags.DEFINE_bool('tta', False, 'Test-time augmentation: average the predictions for the image and '
+                  'its three flips (4x the inference time).')
 flags.DEFINE_integer('tile_size', 0, 'Predict in tiles of this side (a multiple of 16) for '
                      'images too large for memory; 0 predicts whole images.', lower_bound=0)
 flags.DEFINE_integer('tile_overlap', 128, 'Context (a multiple of 16) around each tile, cut '
@@ -101,6 +108,27 @@ def predict_image(predict, image, tile_size=0, overlap=128):
     return out[:height, :width]
 
 
+def predict_flipped(predict, image):
+    """The mean of `predict` over the image and its vertical, horizontal and double flips, each
+    prediction flipped back."""
+    flips = ((), (0,), (1,), (0, 1))
+    return sum(np.flip(predict(np.flip(image, axes)), axes) for axes in flips) / len(flips)
+
+
+def calibrate_threshold(predict, label_file, preprocess, channels):
+    """The threshold with the best F1 over the FOV pixels of the images `label_file` lists."""
+    examples = dataset.load_examples(dataset.parse_label_file(label_file, preprocess), channels)
+    labels, probabilities = [], []
+    for example in examples:
+        fov = example.mask.astype(bool)
+        labels.append(example.label[fov])
+        probabilities.append(predict(example.image.astype(np.float32) / 255.0)[fov])
+    threshold, f1 = utils.best_f1_threshold(np.concatenate(labels), np.concatenate(probabilities))
+    print(f'--calibrate_on: threshold {threshold:.4f}, the best F1 ({f1:.4f}) on the '
+          f'{len(examples)} images of {label_file}')
+    return threshold
+
+
 def export(unet, channels, export_dir):
     """A SavedModel whose `serve` signature maps a float batch [N, H, W, C] in [0, 1] of any size
     to vessel probabilities [N, H, W] (padding to a multiple of 16 inside)."""
@@ -163,7 +191,10 @@ def print_result(result):
     print('confuse mat:\n', np.array(result['confusion_matrix']))
     print('IoU: ', result['scores']['IoU'])
     print('mIoU: ', result['scores']['mIoU'])
-    print(f"inside the FOV, threshold {result['threshold']}, {result['images']} images:")
+    how = [f"best F1 on {result['calibrated_on']}"] if result['calibrated_on'] else []
+    how += ['test-time flips'] if result['tta'] else []
+    print(f"inside the FOV, threshold {result['threshold']:.4g}"
+          + (f" ({', '.join(how)})" if how else '') + f", {result['images']} images:")
     print('  model:          ', format_scores(result['scores']))
     if 'second_observer' in result:
         print('  second observer:', format_scores(result['second_observer']))
@@ -244,7 +275,7 @@ def predict_files(predict, pattern, preprocess, out_dir, threshold):
     print(f'wrote {2 * len(paths)} files to {out_dir}')
 
 
-def evaluate_label_file(predict, label_file, preprocess, channels):
+def evaluate_label_file(predict, label_file, preprocess, channels, threshold):
     """Evaluates the images a label file lists; prints and writes the results."""
     if not label_file:
         raise utils.UserError('--label_file_path is required (or --predict for unlabelled images)')
@@ -253,8 +284,9 @@ def evaluate_label_file(predict, label_file, preprocess, channels):
     rgb_samples = dataset.parse_label_file(label_file, preprocess=False)
     overlay_dir = os.path.join(FLAGS.logdir, OVERLAY_DIR) if FLAGS.visulize else None
     started = time.time()
-    rows, result = evaluate(predict, samples, examples, rgb_samples, FLAGS.threshold, overlay_dir)
+    rows, result = evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir)
     logging.info('evaluated %d images in %.1fs', len(rows), time.time() - started)
+    result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta)
     print_result(result)
     write_results(FLAGS.logdir, rows, result, trained_step(FLAGS.logdir))
     print(f'metrics: {os.path.join(FLAGS.logdir, METRICS_JSON)}, '
@@ -272,14 +304,22 @@ def main(argv):
         export(unet, channels, FLAGS.export_dir)
 
     def predict(image):
-        return predict_image(traced, image, FLAGS.tile_size, FLAGS.tile_overlap)
+        def once(view):
+            return predict_image(traced, view, FLAGS.tile_size, FLAGS.tile_overlap)
+        return predict_flipped(once, image) if FLAGS.tta else once(image)
 
+    threshold = FLAGS.threshold
+    if FLAGS.calibrate_on:
+        if FLAGS['threshold'].present:
+            raise utils.UserError('give --threshold or --calibrate_on, not both')
+        threshold = calibrate_threshold(predict, FLAGS.calibrate_on, architecture['preprocess'],
+                                        channels)
     if FLAGS.predict:
         out_dir = FLAGS.predict_dir or os.path.join(FLAGS.logdir, 'predictions')
-        predict_files(predict, FLAGS.predict, architecture['preprocess'], out_dir,
-                      FLAGS.threshold)
+        predict_files(predict, FLAGS.predict, architecture['preprocess'], out_dir, threshold)
     else:
-        evaluate_label_file(predict, FLAGS.label_file_path, architecture['preprocess'], channels)
+        evaluate_label_file(predict, FLAGS.label_file_path, architecture['preprocess'], channels,
+                            threshold)
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@ on real DRIVE, tiled inference, prediction on new images, the SavedModel export,
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+import dataset
 import evaluate
 import model
 import utils
@@ -74,6 +76,55 @@ def test_tiled_inference_equals_whole_image_inference():
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     too_little_context = evaluate.predict_image(predict, image, tile_size=64, overlap=16)
     assert np.abs(too_little_context - whole).max() > 1e-4  # the check above can fail
+
+
+def test_flip_averaging_flips_each_prediction_back():
+    image = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
+    # A predictor that follows the image is unchanged by the averaging...
+    np.testing.assert_array_equal(evaluate.predict_flipped(lambda x: x[..., 0] ** 2, image),
+                                  image[..., 0] ** 2)
+    # ...and one that ignores it averages its map with the map's three flips.
+    fixed = np.array([[0.0, 1, 2], [3, 4, 5]])
+    np.testing.assert_allclose(evaluate.predict_flipped(lambda x: fixed, image), np.full((2, 3), 2.5))
+
+
+def test_threshold_calibrated_on_training_images_with_flips(trained, synthetic, tmp_path):
+    logdir = tmp_path / 'log'
+    shutil.copytree(trained, logdir)
+    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
+                        f'--calibrate_on={synthetic["training"]}', '--tta')
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(logdir / 'metrics.json'))
+    assert metrics['calibrated_on'] == synthetic['training'] and metrics['tta'] is True
+    # Recomputed here: flip-averaged probabilities of the saved model, the F1 of every threshold
+    # on a 0.005 grid over the training images, and the test confusion matrix.
+    unet = model.build_from_architecture(model.load_architecture(str(logdir)))
+    unet.load_weights(str(logdir / model.WEIGHTS_FILE))
+
+    def pixels(label_file):
+        examples = dataset.load_examples(dataset.parse_label_file(label_file, True), 1)
+        images = np.stack([e.image for e in examples]).astype(np.float32) / 255
+        flipped_back = [
+            np.flip(model.predict_probabilities(unet, np.flip(images, axes))[..., 1].numpy(), axes)
+            for axes in ((), (1,), (2,), (1, 2))]
+        fov = np.stack([e.mask for e in examples]).astype(bool)
+        return np.stack([e.label for e in examples])[fov], np.mean(flipped_back, axis=0)[fov]
+
+    labels, probabilities = pixels(synthetic['training'])
+    def f1(threshold):
+        return utils.evaluate_pixels(labels, probabilities, np.ones_like(labels), threshold)[1]['F1']
+    chosen = metrics['threshold']
+    assert f1(chosen) >= max(f1(t) for t in np.arange(0.005, 1, 0.005)) - 1e-4
+    printed = re.search(r'threshold ([\d.]+), the best F1 \(([\d.]+)\)', result.stdout).groups()
+    assert float(printed[0]) == pytest.approx(chosen, abs=1e-4)
+    assert float(printed[1]) == pytest.approx(f1(chosen), abs=1e-3)  # batched vs one by one
+    labels, probabilities = pixels(synthetic['test'])
+    expected = utils.confusion_matrix(labels, probabilities >= chosen)
+    assert np.abs(np.array(metrics['confusion_matrix']) - expected).max() <= 3  # float rounding
+    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
+                        f'--calibrate_on={synthetic["training"]}', '--threshold=0.3')
+    assert result.returncode == 2
+    assert last_line(result.stderr) == 'error: give --threshold or --calibrate_on, not both'
 
 
 def test_real_drive_test_set_and_second_observer(trained, drive):
