@@ -3,23 +3,36 @@
   python bench/accuracy.py drive           # DRIVE: train on training, evaluate on test
   python bench/accuracy.py chase --folds=5 # CHASE_DB1: subject-wise 5-fold CV on its 20 images
 
-Writes bench/results/accuracy_{drive,chase}.json and prints a Markdown table row.
+Each run trains from scratch in bench/work/log_{name} (--evaluate_only reuses it) and is
+evaluated three ways: at threshold 0.5; at the threshold with the best F1 on its own training
+images (evaluate.py --calibrate_on, the reported figures); and the same with test-time flips
+(--tta). Writes bench/results/accuracy_{name}.json and prints a Markdown table.
 """
 import argparse
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 WORK = os.path.join(ROOT, 'bench', 'work')
 RESULTS = os.path.join(ROOT, 'bench', 'results')
 CPU_RECIPE = ['--preprocess=True', '--patch_size=64', '--batch_size=32', '--base_channels=16',
               '--initial_lr=1e-3', '--augmentation=True', '--save_interval=500']
+EVALUATIONS = {  # the last one leaves its metrics, overlays and curves in the logdir
+    'threshold 0.5': lambda training: [],
+    'calibrated + flips': lambda training: [f'--calibrate_on={training}', '--tta'],
+    'calibrated': lambda training: [f'--calibrate_on={training}'],
+}
+MAIN_EVALUATION = 'calibrated'
 REFERENCES = {
     'orobix/retina-unet (about 20 GPU-hours)': {'F1': 0.816, 'AUC_ROC': 0.979},
     'second human observer (DRIVE test)': {'F1': 0.79},
@@ -37,17 +50,35 @@ def run(script, *args):
     return result.stdout, time.time() - started
 
 
-def train_and_evaluate(name, training, test, steps, extra_flags=()):
+def trained_steps_and_seconds(logdir):
+    """The run's last step and the wall-clock of train.py's loop: the sum of its per-step times
+    (start-up not counted), from its event files."""
+    from bench.figures import read_scalars  # here: bench.figures imports this module
+    rate = 'train/global_steps_per_sec'
+    steps, rates = read_scalars(logdir, [rate])[rate]
+    return int(steps.max()), float(np.sum(1.0 / rates))
+
+
+def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_only=False):
     logdir = os.path.join(WORK, f'log_{name}')
-    _, train_seconds = run('train.py', f'--logdir={logdir}', f'--label_file_path={training}',
-                           f'--max_iters={steps}', *CPU_RECIPE, *extra_flags)
-    _, eval_seconds = run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={test}',
-                          '--visulize=True')
-    with open(os.path.join(logdir, 'metrics.json')) as stream:
-        metrics = json.load(stream)
-    return {'train_seconds': round(train_seconds, 1), 'eval_seconds': round(eval_seconds, 1),
-            'steps': steps, 'scores': metrics['scores'],
-            'second_observer': metrics.get('second_observer'), 'logdir': logdir}
+    if not evaluate_only:
+        shutil.rmtree(logdir, ignore_errors=True)
+        run('train.py', f'--logdir={logdir}', f'--label_file_path={training}',
+            f'--max_iters={steps}', *CPU_RECIPE, *extra_flags)
+    steps, seconds = trained_steps_and_seconds(logdir)
+    record = {'steps': steps, 'train_seconds': round(seconds, 1), 'logdir': logdir,
+              'evaluations': {}}
+    for evaluation, flags in EVALUATIONS.items():
+        _, seconds = run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={test}',
+                         '--visulize=True', *flags(training))
+        with open(os.path.join(logdir, 'metrics.json')) as stream:
+            metrics = json.load(stream)
+        record['evaluations'][evaluation] = {'threshold': metrics['threshold'],
+                                             'seconds': round(seconds, 1),
+                                             'scores': metrics['scores']}
+    record['scores'] = record['evaluations'][MAIN_EVALUATION]['scores']
+    record['second_observer'] = metrics.get('second_observer')
+    return record
 
 
 def write_label_file(path, folder, names):
@@ -57,7 +88,7 @@ def write_label_file(path, folder, names):
         stream.writelines(f'{n}.png,{n}.png,{n}.png\n' for n in names)
 
 
-def chase_folds(data, folds, steps, extra_flags):
+def chase_folds(data, folds, steps, extra_flags, evaluate_only):
     """Subject-wise folds: both eyes of a child stay in the same fold."""
     names = sorted(os.path.splitext(n)[0] for n in
                    os.listdir(os.path.join(data, 'CHASEDB', 'training', 'images')))
@@ -71,7 +102,7 @@ def chase_folds(data, folds, steps, extra_flags):
         write_label_file(f'{prefix}_training.txt', 'training', train)
         write_label_file(f'{prefix}_test.txt', 'training', test)
         result = train_and_evaluate(f'chase_fold{fold}', f'{prefix}_training.txt',
-                                    f'{prefix}_test.txt', steps, extra_flags)
+                                    f'{prefix}_test.txt', steps, extra_flags, evaluate_only)
         results.append({'fold': fold, 'test_images': test, **result})
         print(f'fold {fold}: {result["scores"]["F1"]:.4f} F1', flush=True)
     return results
@@ -86,6 +117,8 @@ def main():
     parser.add_argument('--tag', default='', help='suffix of the run and result names')
     parser.add_argument('--train_flags', default='', help='extra train.py flags, e.g. '
                         '"--dice_weight=1"')
+    parser.add_argument('--evaluate_only', action='store_true',
+                        help='evaluate the models an earlier run trained, without training')
     args = parser.parse_args()
     extra_flags = args.train_flags.split()
     name = args.dataset + (f'_{args.tag}' if args.tag else '')
@@ -104,21 +137,26 @@ def main():
     if args.dataset == 'drive':
         record.update(train_and_evaluate(name, os.path.join(data, 'DRIVE', 'training.txt'),
                                          os.path.join(data, 'DRIVE', 'test.txt'), args.steps,
-                                         extra_flags))
+                                         extra_flags, args.evaluate_only))
         record['references'] = REFERENCES
     else:
-        record['folds'] = chase_folds(data, args.folds, args.steps, extra_flags)
-        keys = record['folds'][0]['scores']
-        record['mean_scores'] = {k: sum(f['scores'][k] for f in record['folds']) / args.folds
-                                 for k in keys}
+        record['folds'] = chase_folds(data, args.folds, args.steps, extra_flags,
+                                      args.evaluate_only)
+        record['evaluations'] = {
+            evaluation: {'scores': {k: np.mean([f['evaluations'][evaluation]['scores'][k]
+                                                for f in record['folds']])
+                                    for k in record['folds'][0]['scores']}}
+            for evaluation in EVALUATIONS}
+        record['mean_scores'] = record['evaluations'][MAIN_EVALUATION]['scores']
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f'accuracy_{name}.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)
-    scores = record.get('scores') or record['mean_scores']
-    print('| dataset | steps | F1 | AUC-ROC | IoU | Se | Sp | Acc |')
-    print(f"| {folder} | {args.steps} | " + ' | '.join(
-        f'{scores[k]:.4f}' for k in ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')) + ' |')
+    steps = record['steps'] if 'steps' in record else record['folds'][0]['steps']
+    print(f'| {folder}, {steps} steps | F1 | AUC-ROC | IoU | Se | Sp | Acc |')
+    for evaluation, entry in record['evaluations'].items():
+        print(f'| {evaluation} | ' + ' | '.join(f"{entry['scores'][k]:.4f}" for k in
+                                                ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')) + ' |')
     print(f'wrote {path}')
 
 

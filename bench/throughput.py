@@ -4,8 +4,12 @@ Training, for (a) whole images, image_size 512, batch 2, base 32 (the original's
 (b) 64px patches, batch 32, base 16 (the CPU recipe), in steps/s and megapixels/s:
   train.py          the real script (median of its per-step rate after warm-up),
   pure compute      the same @tf.function step on one batch already in memory,
-  model.fit         Keras' own loop on that batch,
+  model.fit         Keras' own loop on that batch, and with XLA (jit_compile=True),
   pipeline          dataset.py's batches alone.
+Setting (c) is (b) in bfloat16 (train.py --mixed_precision). Where a GPU is visible, also the
+original's settings on it (train_distribute.py: MirroredStrategy, image_size 1024, batch 4,
+base 32, transposed convolutions) in float32 and bfloat16; results then go to
+throughput_gpu.json, with the card's name.
 Inference: evaluate.py on the 20 DRIVE test images (base 16 and base 32), and the peak memory
 (RSS) of predicting one 1024x1024 image. Needs DRIVE in ../shared/data and a quiet machine.
 
@@ -38,7 +42,14 @@ SETTINGS = {
                                   'steps': 12},
     'b_patch64_batch32_base16': {'patch_size': 64, 'image_size': 1024, 'batch': 32, 'base': 16,
                                  'steps': 60},
+    'c_patch64_batch32_base16_bf16': {'patch_size': 64, 'image_size': 1024, 'batch': 32,
+                                      'base': 16, 'steps': 60, 'mixed_precision': True},
 }
+GPU_SETTINGS = {
+    f'gpu_whole_1024_batch4_base32{suffix}': {
+        'patch_size': 0, 'image_size': 1024, 'batch': 4, 'base': 32, 'transpose_conv': True,
+        'steps': 50, 'script': 'train_distribute.py', 'mixed_precision': mixed}
+    for suffix, mixed in (('', False), ('_bf16', True))}
 WARMUP = 4
 RATE = 'train/global_steps_per_sec'
 
@@ -62,41 +73,56 @@ def timed_steps(step, steps):
     return steps / (time.perf_counter() - started)
 
 
+def fit_rate(batch, setting, jit_compile):
+    """Keras model.fit on one batch in memory, in steps per second."""
+    fit_model = model.build_unet(base_channels=setting['base'],
+                                 transpose_conv=setting.get('transpose_conv', False))
+    fit_model.compile(keras.optimizers.Adam(1e-3),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=jit_compile)
+    data = tf.data.Dataset.from_tensors(batch[:2]).repeat()
+    fit_model.fit(data, steps_per_epoch=WARMUP, epochs=1, verbose=0)
+    started = time.perf_counter()
+    fit_model.fit(data, steps_per_epoch=setting['steps'], epochs=1, verbose=0)
+    return setting['steps'] / (time.perf_counter() - started)
+
+
 def in_memory_rates(examples, setting):
-    """Pure compute, model.fit and the pipeline alone, in steps (batches) per second."""
+    """Pure compute, model.fit (without and with XLA) and the pipeline alone, in steps (batches)
+    per second, under the setting's precision policy."""
+    keras.mixed_precision.set_global_policy(
+        'mixed_bfloat16' if setting.get('mixed_precision') else 'float32')
     stream = dataset.training_dataset(examples, setting['batch'], setting['patch_size'],
                                       setting['image_size'], augmentation=True)
     batch = next(iter(stream))
-    unet = model.build_unet(base_channels=setting['base'], in_channels=1)
+    unet = model.build_unet(base_channels=setting['base'],
+                            transpose_conv=setting.get('transpose_conv', False))
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(unet.trainable_variables)
     strategy = tf.distribute.get_strategy()
     step = train.make_train_step(strategy, unet, optimizer, setting['batch'], fov_loss=True)
     in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
     pure = timed_steps(lambda: step(in_memory).numpy(), setting['steps'])
-
-    fit_model = model.build_unet(base_channels=setting['base'], in_channels=1)
-    fit_model.compile(keras.optimizers.Adam(1e-3),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    data = tf.data.Dataset.from_tensors(batch[:2]).repeat()
-    fit_model.fit(data, steps_per_epoch=WARMUP, epochs=1, verbose=0)
-    started = time.perf_counter()
-    fit_model.fit(data, steps_per_epoch=setting['steps'], epochs=1, verbose=0)
-    fit = setting['steps'] / (time.perf_counter() - started)
-
+    rates = {'pure_compute': pure, 'model_fit': fit_rate(batch, setting, jit_compile=False),
+             'model_fit_xla': fit_rate(batch, setting, jit_compile=True)}
+    keras.mixed_precision.set_global_policy('float32')
     iterator = iter(stream)
-    pipeline = timed_steps(lambda: next(iterator), setting['steps'] * 5)
-    return {'pure_compute': pure, 'model_fit': fit, 'pipeline_only': pipeline}
+    rates['pipeline_only'] = timed_steps(lambda: next(iterator), setting['steps'] * 5)
+    return rates
 
 
 def train_script_rate(label_file, setting, name):
-    """train.py's own median per-step rate after warm-up, from its TensorBoard events."""
+    """The train script's own median per-step rate after warm-up, from its TensorBoard
+    events."""
     logdir = os.path.join(WORK, f'throughput_{name}')
     subprocess.run(['rm', '-rf', logdir], check=True)
-    run('train.py', f'--logdir={logdir}', f'--label_file_path={label_file}', '--preprocess=True',
+    run(setting.get('script', 'train.py'), f'--logdir={logdir}', f'--label_file_path={label_file}',
+        '--preprocess=True',
         f'--patch_size={setting["patch_size"]}', f'--image_size={setting["image_size"]}',
         f'--batch_size={setting["batch"]}', f'--base_channels={setting["base"]}',
         '--augmentation=True', f'--max_iters={setting["steps"] + WARMUP}',
+        f'--mixed_precision={setting.get("mixed_precision", False)}',
+        f'--transpose_conv={setting.get("transpose_conv", False)}',
         f'--save_interval={setting["steps"] + WARMUP}')
     steps, rates = read_scalars(logdir, [RATE])[RATE]
     return float(np.median(rates[steps > WARMUP]))
@@ -146,19 +172,24 @@ def main():
         sys.exit('DRIVE is not in ../shared/data: nothing to measure')
     drive = drive_data()
     examples = dataset.load_label_file(os.path.join(drive, 'training.txt'), preprocess=True)
+    gpus = tf.config.list_physical_devices('GPU')
     record = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+              'gpu': tf.config.experimental.get_device_details(gpus[0]).get('device_name')
+              if gpus else None,
               'tensorflow': tf.__version__, 'date': time.strftime('%Y-%m-%d'), 'training': {}}
-    for name, setting in SETTINGS.items():
+    for name, setting in {**SETTINGS, **(GPU_SETTINGS if gpus else {})}.items():
         side = setting['patch_size'] or setting['image_size']
         megapixels = setting['batch'] * side * side / 1e6
-        rates = {'train.py': train_script_rate(os.path.join(drive, 'training.txt'), setting, name),
+        rates = {'train_script': train_script_rate(os.path.join(drive, 'training.txt'), setting,
+                                                   name),
                  **in_memory_rates(examples, setting)}
         record['training'][name] = {
             'setting': setting,
             'steps_per_sec': {k: round(v, 3) for k, v in rates.items()},
             'megapixels_per_sec': {k: round(v * megapixels, 3) for k, v in rates.items()
                                    if k != 'pipeline_only'},
-            'train_py_over_pure_compute': round(rates['train.py'] / rates['pure_compute'], 3)}
+            'train_script_over_pure_compute': round(rates['train_script'] / rates['pure_compute'],
+                                                    3)}
         print(name, json.dumps(record['training'][name]), flush=True)
     record['inference'] = {f'base{base}': {'drive_test_20_images_seconds':
                                            evaluation_seconds(drive, base),
@@ -166,7 +197,7 @@ def main():
                            for base in (16, 32)}
     record['reference'] = {'original TF 2.3 eager loop, setting (a), 2-core CPU': 0.224}
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, 'throughput.json')
+    path = os.path.join(RESULTS, 'throughput_gpu.json' if gpus else 'throughput.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)
     print(json.dumps(record['inference'], indent=1))
