@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import cv2
+import keras
 import numpy as np
 import pytest
 
@@ -67,6 +68,7 @@ def test_correctly_spelt_alias_and_architecture_conflicts(trained, synthetic, tm
 
 
 def test_tiled_inference_equals_whole_image_inference():
+    keras.utils.set_random_seed(0)  # some initial weights barely look 16 px away (CI saw 5e-5)
     unet = model.build_unet(base_channels=4, in_channels=3)
     image = np.random.default_rng(0).random((301, 333, 3)).astype(np.float32)
     predict = evaluate.make_predictor(unet, 3)
