@@ -76,7 +76,6 @@ def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_onl
         record['evaluations'][evaluation] = {'threshold': metrics['threshold'],
                                              'seconds': round(seconds, 1),
                                              'scores': metrics['scores']}
-    record['scores'] = record['evaluations'][MAIN_EVALUATION]['scores']
     record['second_observer'] = metrics.get('second_observer')
     return record
 
@@ -104,8 +103,14 @@ def chase_folds(data, folds, steps, extra_flags, evaluate_only):
         result = train_and_evaluate(f'chase_fold{fold}', f'{prefix}_training.txt',
                                     f'{prefix}_test.txt', steps, extra_flags, evaluate_only)
         results.append({'fold': fold, 'test_images': test, **result})
-        print(f'fold {fold}: {result["scores"]["F1"]:.4f} F1', flush=True)
+        scores = result['evaluations'][MAIN_EVALUATION]['scores']
+        print(f'fold {fold}: {scores["F1"]:.4f} F1 ({MAIN_EVALUATION})', flush=True)
     return results
+
+
+def mean_scores(runs, evaluation):
+    per_run = [run['evaluations'][evaluation]['scores'] for run in runs]
+    return {key: float(np.mean([scores[key] for scores in per_run])) for key in per_run[0]}
 
 
 def main():
@@ -142,17 +147,13 @@ def main():
     else:
         record['folds'] = chase_folds(data, args.folds, args.steps, extra_flags,
                                       args.evaluate_only)
-        record['evaluations'] = {
-            evaluation: {'scores': {k: np.mean([f['evaluations'][evaluation]['scores'][k]
-                                                for f in record['folds']])
-                                    for k in record['folds'][0]['scores']}}
-            for evaluation in EVALUATIONS}
-        record['mean_scores'] = record['evaluations'][MAIN_EVALUATION]['scores']
+        record['evaluations'] = {evaluation: {'scores': mean_scores(record['folds'], evaluation)}
+                                 for evaluation in EVALUATIONS}
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f'accuracy_{name}.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)
-    steps = record['steps'] if 'steps' in record else record['folds'][0]['steps']
+    steps = record.get('folds', [record])[0]['steps']
     print(f'| {folder}, {steps} steps | F1 | AUC-ROC | IoU | Se | Sp | Acc |')
     for evaluation, entry in record['evaluations'].items():
         print(f'| {evaluation} | ' + ' | '.join(f"{entry['scores'][k]:.4f}" for k in
