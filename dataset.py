@@ -1,59 +1,17 @@
 """Label file -> decoded images in memory -> tf.data for training (whole images or FOV patches).
 
-A label file's first line names the image, label and mask folders relative to the file; every
-other line is `image,label,mask` file names. With `preprocess`, the image folder gets `_pre`.
+Label files are read by utils.parse_label_file.
 
 Training batches are a pure function of (seed, step): sample i of the stream is drawn with the
 stateless seed (seed, i) from the images decoded once. So a run is reproducible, parallel maps
 stay deterministic, and a resumed run continues with exactly the batches it would have seen.
 """
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 import utils
-
-
-@dataclass(frozen=True)
-class Sample:
-    name: str
-    image: str
-    label: str
-    mask: str
-
-
-def parse_label_file(path, preprocess=False):
-    """The samples a label file lists, with absolute paths; a UserError names file and line."""
-    if not os.path.isfile(path):
-        raise utils.UserError(f'--label_file_path={path}: file not found')
-    with open(path, encoding='utf-8', errors='replace') as stream:
-        lines = [(number, line.strip()) for number, line in enumerate(stream, 1)]
-    lines = [(number, line) for number, line in lines if line]
-    if not lines:
-        raise utils.UserError(f'{path}: empty label file')
-    root = os.path.dirname(os.path.abspath(path))
-    folders = [field.strip() for field in lines[0][1].split(',')]
-    if len(folders) != 3 or not all(folders):
-        raise utils.UserError(f'{path}:{lines[0][0]}: expected the folders "images,labels,masks",'
-                              f' found "{lines[0][1]}"')
-    if preprocess:
-        folders[0] += '_pre'
-    folders = [os.path.join(root, folder) for folder in folders]
-    samples = []
-    for number, line in lines[1:]:
-        names = [field.strip() for field in line.split(',')]
-        if len(names) != 3 or not all(names):
-            raise utils.UserError(f'{path}:{number}: expected "image,label,mask", found "{line}"')
-        paths = [os.path.join(folder, name) for folder, name in zip(folders, names, strict=True)]
-        for file in paths:
-            if not os.path.isfile(file):
-                raise utils.UserError(f'{path}:{number}: listed file {file} not found')
-        samples.append(Sample(os.path.splitext(names[0])[0], *paths))
-    if not samples:
-        raise utils.UserError(f'{path}: lists no images')
-    return samples
 
 
 @dataclass
@@ -72,12 +30,14 @@ def load_examples(samples, channels):
         image = image[..., None] if image.ndim == 2 else image
         label = utils.read_binary_for(sample.label, image, sample.image)
         mask = utils.read_binary_for(sample.mask, image, sample.image)
+        if not mask.any():
+            raise utils.UserError(f'{sample.mask}: the FOV mask is empty (all zero)')
         examples.append(Example(sample.name, image, label, mask))
     return examples
 
 
 def load_label_file(path, preprocess):
-    return load_examples(parse_label_file(path, preprocess), channels=1 if preprocess else 3)
+    return load_examples(utils.parse_label_file(path, preprocess), channels=1 if preprocess else 3)
 
 
 # ----------------------------------------------------------------------------- training stream
@@ -96,9 +56,6 @@ def _stack(examples, margin):
                                 example.mask[..., None]], axis=-1)
         stack[i, margin:margin + h, margin:margin + w] = block
         fov.append(np.flatnonzero(stack[i, :, :, -1]).astype(np.int64))
-    if not all(len(f) for f in fov):
-        empty = next(e.name for e, f in zip(examples, fov, strict=True) if not len(f))
-        raise utils.UserError(f'{empty}: its FOV mask is empty')
     return tf.constant(stack), tf.ragged.constant(fov, dtype=tf.int64)
 
 

@@ -16,7 +16,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import csv  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -29,8 +31,9 @@ import utils  # noqa: E402
 
 FLAGS = flags.FLAGS
 utils.define_flags('logdir', 'label_file_path', 'batch_size', 'preprocess', 'transpose_conv',
-                   'base_channels', 'num_classes', 'visulize')
-flags.DEFINE_float('threshold', 0.5, 'Vessel probability at or above which a pixel is vessel.')
+                   'base_channels', 'num_classes', 'visulize', 'output_dir')
+flags.DEFINE_float('threshold', 0.5, 'Vessel probability at or above which a pixel is vessel '
+                   '(0 to 1).')
 flags.DEFINE_string('calibrate_on', None, 'A label file (the training set, never the test set): '
                     'use the threshold that maximises F1 on its images instead of --threshold.')
 flags.DEFINE_bool('tta', False, 'Test-time augmentation: average the predictions for the image and '
@@ -41,8 +44,11 @@ flags.DEFINE_integer('tile_overlap', 128, 'Context (a multiple of 16) around eac
                      'away after predicting; 128 covers the U-Net receptive field.', lower_bound=0)
 flags.DEFINE_string('predict', None, 'Predict images with no labels instead of evaluating: a '
                     'folder or a glob of PNG/JPEG/TIFF/GIF/BMP files.')
-flags.DEFINE_string('predict_dir', None, 'Where --predict writes (default {logdir}/predictions).')
+flags.DEFINE_string('predict_dir', None, 'Where --predict writes (default {logdir}/predictions; '
+                    'not the folder of the input images).')
 flags.DEFINE_string('export_dir', None, 'Also export a SavedModel for serving to this folder.')
+flags.register_validator('threshold', lambda value: 0 <= value <= 1,
+                         message='--threshold must be a probability between 0 and 1')
 for _name in ('tile_size', 'tile_overlap'):
     flags.register_validator(_name, lambda value: value % model.MULTIPLE == 0,
                              message=f'--{_name} must be a multiple of {model.MULTIPLE}')
@@ -70,12 +76,20 @@ def load_model(logdir):
     model.check_architecture(architecture, given, f'--logdir={logdir}')
     unet = model.build_from_architecture(architecture)
     try:
-        unet.load_weights(weights)
-    except (ValueError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0]
+        with warnings.catch_warnings():  # Keras warns once per layer before it raises
+            warnings.simplefilter('ignore')
+            unet.load_weights(weights)
+    except OSError as error:
+        raise utils.UserError(f'{weights}: not a readable weights file, truncated or corrupt '
+                              f'({_first_line(error)})') from None
+    except ValueError as error:
         raise utils.UserError(f'{weights}: does not fit the architecture in '
-                              f'{model.ARCHITECTURE_FILE} ({first_line})') from None
+                              f'{model.ARCHITECTURE_FILE} ({_first_line(error)})') from None
     return unet, architecture
+
+
+def _first_line(error):
+    return str(error).strip().splitlines()[0]
 
 
 def make_predictor(unet, channels):
@@ -117,7 +131,7 @@ def predict_flipped(predict, image):
 
 def calibrate_threshold(predict, label_file, preprocess, channels):
     """The threshold with the best F1 over the FOV pixels of the images `label_file` lists."""
-    examples = dataset.load_examples(dataset.parse_label_file(label_file, preprocess), channels)
+    examples = dataset.load_examples(utils.parse_label_file(label_file, preprocess), channels)
     labels, probabilities = [], []
     for example in examples:
         fov = example.mask.astype(bool)
@@ -143,15 +157,13 @@ def export(unet, channels, export_dir):
 
 # ----------------------------------------------------------------------------- evaluation
 
-def second_observer_path(sample):
-    """labels/X.png -> labels_2nd/X.png, where preprocess.py put the second observer's labels."""
-    folder, name = os.path.split(sample.label)
-    path = os.path.join(f'{folder}_2nd', name)
-    return path if os.path.exists(path) else None
+def format_score(value):
+    """A metric to 4 decimals, or 'undefined' (NaN: e.g. F1 with no vessel labelled or found)."""
+    return 'undefined' if np.isnan(value) else f'{value:.4f}'
 
 
 def format_scores(scores):
-    return '  '.join(f'{key} {scores[key]:.4f}' for key in REPORTED if key in scores)
+    return '  '.join(f'{key} {format_score(scores[key])}' for key in REPORTED if key in scores)
 
 
 def evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir):
@@ -166,7 +178,7 @@ def evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir):
         rows.append({'image': example.name, **scores})
         all_labels.append(example.label[fov])
         all_probabilities.append(probability[fov])
-        second_path = second_observer_path(sample)
+        second_path = utils.second_observer_path(sample)
         if second_path:
             second.append(utils.confusion_matrix(example.label, utils.read_binary(second_path),
                                                  fov))
@@ -189,8 +201,9 @@ def evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir):
 def print_result(result):
     """The original's printout, then the metrics papers report."""
     print('confuse mat:\n', np.array(result['confusion_matrix']))
-    print('IoU: ', result['scores']['IoU'])
-    print('mIoU: ', result['scores']['mIoU'])
+    for key in ('IoU', 'mIoU'):
+        value = result['scores'][key]
+        print(f'{key}: ', 'undefined' if np.isnan(value) else value)
     how = [f"best F1 on {result['calibrated_on']}"] if result['calibrated_on'] else []
     how += ['test-time flips'] if result['tta'] else []
     print(f"inside the FOV, threshold {result['threshold']:.4g}"
@@ -205,11 +218,14 @@ def write_results(logdir, rows, result, step):
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=['image', *REPORTED], extrasaction='ignore')
     writer.writeheader()
-    writer.writerows(rows + [{'image': 'all', **result['scores']}])
+    for row in rows + [{'image': 'all', **result['scores']}]:  # undefined: an empty cell
+        writer.writerow({key: '' if isinstance(value, float) and np.isnan(value) else value
+                         for key, value in row.items()})
     utils.write_atomic(os.path.join(logdir, METRICS_CSV), text.getvalue())
     with tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)).as_default():
         for key in REPORTED:
-            tf.summary.scalar(f'eval/{key}', result['scores'][key], step=step)
+            if not np.isnan(result['scores'][key]):
+                tf.summary.scalar(f'eval/{key}', result['scores'][key], step=step)
 
 
 def trained_step(logdir):
@@ -251,46 +267,86 @@ def write_curves(directory, labels, probabilities, scores, second_observer):
 
 # ----------------------------------------------------------------------------- new images
 
-def predict_files(predict, pattern, preprocess, out_dir, threshold):
-    """Probability maps and binary masks for unlabelled images, with derived FOV masks."""
+def find_images(pattern):
+    """The image files --predict names: a file, a folder (its image files), or a glob pattern."""
+    if os.path.isfile(pattern):
+        return [pattern]
     if os.path.isdir(pattern):
-        paths = sorted(path for path in glob.glob(os.path.join(pattern, '*'))
-                       if path.lower().endswith(IMAGE_EXTENSIONS))
+        paths = sorted(os.path.join(pattern, name) for name in os.listdir(pattern)
+                       if name.lower().endswith(IMAGE_EXTENSIONS))
     else:
         paths = sorted(glob.glob(pattern))
     if not paths:
         raise utils.UserError(f'--predict={pattern}: matches no files')
-    for index, path in enumerate(paths, 1):
-        rgb = utils.read_image(path)
-        image = utils.preprocess_image(rgb)['gamma'][..., None] if preprocess else rgb
-        fov = utils.derive_fov_mask(rgb).astype(bool)
-        probability = predict(image.astype(np.float32) / 255.0) * fov
-        stem = os.path.splitext(os.path.basename(path))[0]
-        utils.write_png(os.path.join(out_dir, f'{stem}_prob.png'),
-                        np.rint(255 * probability).astype(np.uint8))
-        utils.write_png(os.path.join(out_dir, f'{stem}_mask.png'),
-                        (probability >= threshold).astype(np.uint8) * 255)
+    return paths
+
+
+def output_names(paths):
+    """{path: output stem}: the file's stem, or its whole name where two inputs share a stem
+    (eye.png and eye.jpg); inputs whose outputs would still collide are refused."""
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    names = [os.path.basename(path) if stems.count(stem) > 1 else stem
+             for path, stem in zip(paths, stems, strict=True)]
+    for name in set(names):
+        same = [path for path, other in zip(paths, names, strict=True) if other == name]
+        if len(same) > 1:
+            raise utils.UserError(f'--predict: {same[0]} and {same[1]} would write the same '
+                                  'outputs; predict them separately')
+    return dict(zip(paths, names, strict=True))
+
+
+def predict_files(predict, pattern, preprocess, out_dir, threshold):
+    """Probability maps and binary masks for unlabelled images, with derived FOV masks. A file
+    that cannot be read is reported and skipped; the run then ends with an error."""
+    paths = find_images(pattern)
+    if any(os.path.samefile(os.path.dirname(path) or '.', out_dir) for path in paths):
+        raise utils.UserError(f'--predict_dir={out_dir}: the folder of the input images; choose '
+                              'another folder')
+    failed = 0
+    for index, (path, name) in enumerate(output_names(paths).items(), 1):
+        try:
+            share = predict_file(predict, path, preprocess, out_dir, name, threshold)
+        except utils.UserError as error:
+            print(f'error: {error}', file=sys.stderr)
+            failed += 1
+            continue
         logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel', index, len(paths), path,
-                     100 * (probability[fov] >= threshold).mean())
-    print(f'wrote {2 * len(paths)} files to {out_dir}')
+                     100 * share)
+    print(f'wrote {2 * (len(paths) - failed)} files to {out_dir}')
+    if failed:
+        raise utils.UserError(f'{failed} of {len(paths)} images could not be predicted (named '
+                              'above)')
 
 
-def evaluate_label_file(predict, label_file, preprocess, channels, threshold):
-    """Evaluates the images a label file lists; prints and writes the results."""
-    if not label_file:
-        raise utils.UserError('--label_file_path is required (or --predict for unlabelled images)')
-    samples = dataset.parse_label_file(label_file, preprocess)
+def predict_file(predict, path, preprocess, out_dir, name, threshold):
+    """Writes {name}_prob.png and {name}_mask.png for one image; returns the vessel share of
+    its FOV."""
+    rgb = utils.read_image(path)
+    fov = utils.derive_fov_mask(rgb).astype(bool)
+    if not fov.any():
+        raise utils.UserError(f'{path}: no field of view found (the image is black)')
+    image = utils.preprocess_image(rgb)['gamma'][..., None] if preprocess else rgb
+    probability = predict(image.astype(np.float32) / 255.0) * fov
+    utils.write_png(os.path.join(out_dir, f'{name}_prob.png'),
+                    np.rint(255 * probability).astype(np.uint8))
+    utils.write_png(os.path.join(out_dir, f'{name}_mask.png'),
+                    (probability >= threshold).astype(np.uint8) * 255)
+    return float((probability[fov] >= threshold).mean())
+
+
+def evaluate_label_file(predict, label_file, preprocess, channels, threshold, out_dir):
+    """Evaluates the images a label file lists; prints the results and writes them to out_dir."""
+    samples = utils.parse_label_file(label_file, preprocess)
     examples = dataset.load_examples(samples, channels)
-    rgb_samples = dataset.parse_label_file(label_file, preprocess=False)
-    overlay_dir = os.path.join(FLAGS.logdir, OVERLAY_DIR) if FLAGS.visulize else None
+    rgb_samples = utils.parse_label_file(label_file, preprocess=False)
+    overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if FLAGS.visulize else None
     started = time.time()
     rows, result = evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir)
     logging.info('evaluated %d images in %.1fs', len(rows), time.time() - started)
     result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta)
     print_result(result)
-    write_results(FLAGS.logdir, rows, result, trained_step(FLAGS.logdir))
-    print(f'metrics: {os.path.join(FLAGS.logdir, METRICS_JSON)}, '
-          f'{os.path.join(FLAGS.logdir, METRICS_CSV)}')
+    write_results(out_dir, rows, result, trained_step(FLAGS.logdir))
+    print(f'metrics: {os.path.join(out_dir, METRICS_JSON)}, {os.path.join(out_dir, METRICS_CSV)}')
     if overlay_dir:
         print(f'overlays, probability maps and ROC/PR curves: {overlay_dir}/')
 
@@ -298,6 +354,7 @@ def evaluate_label_file(predict, label_file, preprocess, channels, threshold):
 def main(argv):
     del argv
     unet, architecture = load_model(FLAGS.logdir)
+    out_dir = check_outputs()
     channels = model.in_channels(architecture['preprocess'])
     traced = make_predictor(unet, channels)
     if FLAGS.export_dir:
@@ -310,16 +367,25 @@ def main(argv):
 
     threshold = FLAGS.threshold
     if FLAGS.calibrate_on:
-        if FLAGS['threshold'].present:
-            raise utils.UserError('give --threshold or --calibrate_on, not both')
         threshold = calibrate_threshold(predict, FLAGS.calibrate_on, architecture['preprocess'],
                                         channels)
     if FLAGS.predict:
-        out_dir = FLAGS.predict_dir or os.path.join(FLAGS.logdir, 'predictions')
         predict_files(predict, FLAGS.predict, architecture['preprocess'], out_dir, threshold)
     else:
         evaluate_label_file(predict, FLAGS.label_file_path, architecture['preprocess'], channels,
-                            threshold)
+                            threshold, out_dir)
+
+
+def check_outputs():
+    """Checks the flags and that the output folder is writable before any work; returns it."""
+    if FLAGS.calibrate_on and FLAGS['threshold'].present:
+        raise utils.UserError('give --threshold or --calibrate_on, not both')
+    if FLAGS.predict:
+        return utils.writable_dir(FLAGS.predict_dir or os.path.join(FLAGS.logdir, 'predictions'),
+                                  '--predict_dir')
+    if not FLAGS.label_file_path:
+        raise utils.UserError('--label_file_path is required (or --predict for unlabelled images)')
+    return utils.writable_dir(FLAGS.output_dir or FLAGS.logdir, '--output_dir')
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ ARCHITECTURE_FILE = 'architecture.json'
 WEIGHTS_FILE = 'model.weights.h5'
 CHECKPOINT_DIR = 'checkpoints'
 ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preprocess')
+_SMALLEST = {'num_classes': 2, 'base_channels': 1}  # integer keys; the others are booleans
 
 
 def _conv_block(x, channels, name):
@@ -94,9 +95,18 @@ def load_architecture(logdir):
     try:
         with open(path) as stream:
             saved = json.load(stream)
-        return {key: saved[key] for key in ARCHITECTURE_KEYS}
-    except (ValueError, KeyError) as error:
-        raise utils.UserError(f'{path}: not a valid architecture file ({error})') from None
+        architecture = {key: saved[key] for key in ARCHITECTURE_KEYS}
+    except (ValueError, KeyError, TypeError) as error:
+        raise utils.UserError(f'{path}: not a valid architecture file ({error!r})') from None
+    for key, value in architecture.items():
+        if key in _SMALLEST:
+            if type(value) is not int or value < _SMALLEST[key]:
+                raise utils.UserError(f'{path}: "{key}" must be an integer >= {_SMALLEST[key]}, '
+                                      f'found {json.dumps(value)}')
+        elif type(value) is not bool:
+            raise utils.UserError(f'{path}: "{key}" must be true or false, found '
+                                  f'{json.dumps(value)}')
+    return architecture
 
 
 def check_architecture(saved, requested, where):

@@ -20,7 +20,6 @@ import utils
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', None, 'Folder holding DRIVE/ and/or CHASEDB1/ as downloaded '
                     '(and SYNTH/ once generated).')
-flags.DEFINE_string('output_dir', 'data', 'Where the PNG folders and label files are written.')
 flags.DEFINE_bool('synthetic', False, 'Generate the synthetic retina set under {data_dir}/SYNTH '
                   'first.')
 flags.DEFINE_integer('synthetic_train', 8, 'Synthetic training images.', lower_bound=1)
@@ -29,7 +28,8 @@ flags.DEFINE_integer('synthetic_size', 512, 'Side of the synthetic images in pix
                      lower_bound=32)
 flags.DEFINE_string('figure_dir', 'images', 'Where --visualize writes the preprocessing-steps and '
                     'dataset-sample figures of the first image.')
-utils.define_flags('seed', 'visulize')
+utils.define_flags('seed', 'visulize', 'output_dir')
+DEFAULT_OUTPUT_DIR = 'data'
 
 SPLITS = ('training', 'test')
 
@@ -45,8 +45,14 @@ class RawSample:
     second_label: str | None = None
 
 
-def _first_match(pattern):
-    matches = sorted(glob.glob(pattern))
+def _files(folder, pattern):
+    """Sorted files in `folder` matching the glob `pattern` (the folder's own name may hold glob
+    characters such as '[v2]')."""
+    return sorted(glob.glob(os.path.join(glob.escape(folder), pattern)))
+
+
+def _first_match(folder, pattern):
+    matches = _files(folder, pattern)
     return matches[0] if matches else None
 
 
@@ -54,15 +60,16 @@ def find_drive_layout(split_dir):
     """Samples of one split laid out as DRIVE: images/NN_split.*, 1st_manual/NN_manual1.*,
     mask/NN_split_mask.*, 2nd_manual/NN_manual2.*."""
     samples = []
-    for image in sorted(glob.glob(os.path.join(split_dir, 'images', '*'))):
+    for image in _files(os.path.join(split_dir, 'images'), '*'):
         stem = os.path.splitext(os.path.basename(image))[0]
-        number = stem.split('_')[0]
-        label = _first_match(os.path.join(split_dir, '1st_manual', f'{number}_manual1.*'))
+        utils.check_listable(stem, image)
+        number = glob.escape(stem.split('_')[0])
+        label = _first_match(os.path.join(split_dir, '1st_manual'), f'{number}_manual1.*')
         if label is None:
             raise utils.UserError(f'{image}: no label {number}_manual1.* in '
                                   f'{os.path.join(split_dir, "1st_manual")}')
-        mask = _first_match(os.path.join(split_dir, 'mask', f'{stem}_mask.*'))
-        second = _first_match(os.path.join(split_dir, '2nd_manual', f'{number}_manual2.*'))
+        mask = _first_match(os.path.join(split_dir, 'mask'), f'{glob.escape(stem)}_mask.*')
+        second = _first_match(os.path.join(split_dir, '2nd_manual'), f'{number}_manual2.*')
         samples.append(RawSample(stem, image, label, mask, second))
     return samples
 
@@ -71,7 +78,7 @@ def find_chase(chase_dir):
     """CHASE_DB1's flat folder: Image_NNX.jpg with Image_NNX_1stHO.png (and _2ndHO.png).
     Images 01-10 are the standard training split, 11-14 the test split."""
     splits = {split: [] for split in SPLITS}
-    for image in sorted(glob.glob(os.path.join(chase_dir, 'Image_*.jpg'))):
+    for image in _files(chase_dir, 'Image_*.jpg'):
         stem = os.path.splitext(os.path.basename(image))[0]
         match = re.fullmatch(r'Image_(\d+)[LR]', stem)
         if not match:
@@ -110,11 +117,18 @@ def load_sample(sample):
         return utils.read_binary_for(path, image, sample.image)
 
     label = binary(sample.label)
-    mask = binary(sample.mask) if sample.mask else utils.derive_fov_mask(image)
-    arrays = {'images': image, 'images_pre': utils.preprocess_image(image)['gamma'],
-              'labels': label * 255, 'masks': mask * 255}
+    if sample.mask:
+        mask = binary(sample.mask)
+        if not mask.any():
+            raise utils.UserError(f'{sample.mask}: the FOV mask is empty (all zero)')
+    else:
+        mask = utils.derive_fov_mask(image)
+        if not mask.any():
+            raise utils.UserError(f'{sample.image}: no field of view found (the image is black)')
+    arrays = {'images': image, 'images' + utils.PREPROCESSED_SUFFIX:
+              utils.preprocess_image(image)['gamma'], 'labels': label * 255, 'masks': mask * 255}
     if sample.second_label:
-        arrays['labels_2nd'] = binary(sample.second_label) * 255
+        arrays['labels' + utils.SECOND_OBSERVER_SUFFIX] = binary(sample.second_label) * 255
     return arrays
 
 
@@ -122,12 +136,12 @@ def write_split(split_dir, loaded):
     """Writes the PNG folders of one split, then its label file (last, so it never names a file
     that is not there yet)."""
     split = os.path.basename(split_dir)
-    lines = [f'{split}/images,{split}/labels,{split}/masks']
+    folders = [f'{split}/images', f'{split}/labels', f'{split}/masks']
+    text = utils.label_file_text(folders, [[f'{name}.png'] * 3 for name, _ in loaded])
     for name, arrays in loaded:
         for kind, array in arrays.items():
             utils.write_png(os.path.join(split_dir, kind, f'{name}.png'), array)
-        lines.append(f'{name}.png,{name}.png,{name}.png')
-    utils.write_atomic(f'{split_dir}.txt', '\n'.join(lines) + '\n')
+    utils.write_atomic(f'{split_dir}.txt', text)
 
 
 def process(data_dir, output_dir):
@@ -272,10 +286,11 @@ def main(argv):
                            FLAGS.synthetic_size, FLAGS.seed)
         print(f'generated {FLAGS.synthetic_train} training + {FLAGS.synthetic_test} test '
               f'synthetic images in {root}')
-    counts = process(FLAGS.data_dir, FLAGS.output_dir)
+    output_dir = FLAGS.output_dir or DEFAULT_OUTPUT_DIR
+    counts = process(FLAGS.data_dir, output_dir)
     for name, splits in counts.items():
         found = ', '.join(f'{count} {split}' for split, count in splits.items())
-        written = ', '.join(os.path.join(FLAGS.output_dir, name, f'{split}.txt')
+        written = ', '.join(os.path.join(output_dir, name, f'{split}.txt')
                             for split, count in splits.items() if count)
         print(f'{name}: {found} -> {written}')
     if FLAGS.visulize:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -18,16 +19,47 @@ class UserError(Exception):
 
 
 def run_main(main):
-    """Wraps an absl `main` so that a UserError ends the program with one line and exit code 2."""
+    """Wraps an absl `main`: refuses leftover positional arguments and contradictory aliases, and
+    ends the program with one line and exit code 2 on a UserError."""
 
     def wrapped(argv):
         try:
+            if len(argv) > 1:
+                raise UserError(f'unexpected argument {argv[1]!r}: flags are written '
+                                '--name=value (a space before the value leaves it unused)')
+            check_aliases(sys.argv[1:])
             return main(argv)
         except UserError as error:
             print(f'error: {error}', file=sys.stderr)
             sys.exit(2)
 
     return wrapped
+
+
+def exit_at_once(message):
+    """Prints the one-line error and ends the process with exit code 2 without the interpreter's
+    clean-up, for a library left in a state that would crash it there (HDF5 after a failed
+    write)."""
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
+
+
+def check_aliases(args):
+    """Raises when a boolean flag and its alias are both given with different values (absl would
+    silently keep the last)."""
+    for name, alias in _ALIASES.items():
+        given = {}
+        for arg in args:
+            key, has_value, value = arg.lstrip('-').partition('=')
+            negated = key.startswith('no') and key[2:] in (name, alias)
+            if not arg.startswith('-') or (key not in (name, alias) and not negated):
+                continue
+            given[key[2:] if negated else key] = (not negated if not has_value
+                                                  else flags.BooleanParser().parse(value))
+        if len(given) == 2 and len(set(given.values())) == 2:
+            raise UserError(f'--{name}={given[name]} and --{alias}={given[alias]} contradict each '
+                            f'other (--{alias} is another spelling of --{name})')
 
 
 # The flags several scripts share, each defined once here; a script declares the ones it takes
@@ -52,7 +84,13 @@ _SHARED_FLAGS = {  # name: (define, default, help[, bounds])
     'num_classes': (flags.DEFINE_integer, 2, 'Output classes (background, vessel).',
                     {'lower_bound': 2}),
     'visulize': (flags.DEFINE_bool, False, 'Write figures (alias --visualize).'),
+    'output_dir': (flags.DEFINE_string, None, 'Where this script writes. preprocess.py: the PNG '
+                   'folders and label files (default: data). evaluate.py: metrics, eval_logs/ and '
+                   'visulize/ (default: the logdir; another folder when it is read-only).'),
 }
+
+
+_ALIASES = {'visulize': 'visualize'}
 
 
 def define_flags(*names):
@@ -62,8 +100,8 @@ def define_flags(*names):
             continue
         define, default, help_text, *bounds = _SHARED_FLAGS[name]
         define(name, default, help_text, **(bounds[0] if bounds else {}))
-        if name == 'visulize':
-            flags.DEFINE_alias('visualize', 'visulize')
+        if name in _ALIASES:
+            flags.DEFINE_alias(_ALIASES[name], name)
 
 
 # ----------------------------------------------------------------------------- image I/O
@@ -82,8 +120,7 @@ def read_image(path, gray=False):
     # OpenCV fills a truncated JPEG with grey instead of failing: require the end marker.
     if image is None or (data[:2] == b'\xff\xd8' and data.rstrip(b'\0')[-2:] != b'\xff\xd9'):
         raise UserError(f'{path}: not a readable image (corrupt or unsupported format)')
-    if image.dtype != np.uint8:
-        raise UserError(f'{path}: expected 8-bit pixels, found {image.dtype}')
+    image = _to_8_bits(image, path)
     if image.ndim == 3:
         image = image[:, :, 2::-1]  # OpenCV's BGR(A) to RGB
     if not gray:
@@ -91,6 +128,18 @@ def read_image(path, gray=False):
     if image.ndim == 3 and np.ptp(image.astype(np.int16), axis=-1).max() > 8:
         raise UserError(f'{path}: a colour image where a gray one is expected')
     return np.ascontiguousarray(image if image.ndim == 2 else image[..., 0])
+
+
+def _to_8_bits(image, path):
+    """uint8 as is; 16-bit scaled by 255/65535 (rounded), except an image of only 0s and 1s (a
+    0/1 label), which stays 0/1; any other depth is an error naming the file."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype != np.uint16:
+        raise UserError(f'{path}: expected 8- or 16-bit integer pixels, found {image.dtype}')
+    if image.max(initial=0) <= 1:
+        return image.astype(np.uint8)
+    return np.rint(image / 257.0).astype(np.uint8)
 
 
 def read_binary(path):
@@ -114,6 +163,18 @@ def read_binary_for(path, image, image_path):
         raise UserError(f'{path}: size {binary.shape[1]}x{binary.shape[0]} differs from its image '
                         f'{image_path} ({image.shape[1]}x{image.shape[0]})')
     return binary
+
+
+def writable_dir(path, flag):
+    """Creates folder `path` if needed and checks that a file can be written there; a UserError
+    names the flag otherwise. Returns the path."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UserError(f'{flag}={path}: cannot write there ({error.strerror})') from None
+    return path
 
 
 def temporary_path(path):
@@ -171,7 +232,91 @@ def save_figure(figure, path, dpi=100):
 
 
 def write_json(path, value):
-    write_atomic(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
+    """Writes strict JSON atomically: NaN (an undefined metric) becomes null."""
+    write_atomic(path, json.dumps(_nan_to_none(value), indent=2, sort_keys=True,
+                                  allow_nan=False) + '\n')
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------- label files
+# A label file's first line names the image, label and mask folders relative to the file; every
+# other line is `image,label,mask` file names. `--preprocess` reads the image folder + '_pre'; a
+# second observer's labels, where there are some, lie in the label folder + '_2nd'.
+
+PREPROCESSED_SUFFIX = '_pre'
+SECOND_OBSERVER_SUFFIX = '_2nd'
+
+
+def check_listable(name, source):
+    """Refuses a file name that a label file cannot hold (its separators: comma, line break)."""
+    if any(character in name for character in ',\n\r'):
+        raise UserError(f'{source}: a comma or line break in a file name cannot be listed in a '
+                        'label file; rename the file')
+
+
+def label_file_text(folders, rows):
+    """The text of a label file: `folders` (image, label, mask) and one row of names per image."""
+    for row in rows:
+        for name in row:
+            check_listable(name, name)
+    return '\n'.join(','.join(fields) for fields in [folders, *rows]) + '\n'
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: str
+    label: str
+    mask: str
+
+
+def parse_label_file(path, preprocess=False):
+    """The samples a label file lists, with absolute paths; a UserError names file and line."""
+    if not os.path.isfile(path):
+        raise UserError(f'--label_file_path={path}: file not found')
+    with open(path, encoding='utf-8-sig', errors='replace') as stream:  # -sig: a BOM is dropped
+        lines = [(number, line.strip()) for number, line in enumerate(stream, 1)]
+    lines = [(number, line) for number, line in lines if line]
+    if not lines:
+        raise UserError(f'{path}: empty label file')
+    root = os.path.dirname(os.path.abspath(path))
+    folders = [field.strip() for field in lines[0][1].split(',')]
+    if len(folders) != 3 or not all(folders):
+        raise UserError(f'{path}:{lines[0][0]}: expected the folders "images,labels,masks",'
+                        f' found "{lines[0][1]}"')
+    if preprocess:
+        folders[0] += PREPROCESSED_SUFFIX
+    folders = [os.path.join(root, folder) for folder in folders]
+    samples = []
+    for number, line in lines[1:]:
+        names = [field.strip() for field in line.split(',')]
+        if len(names) != 3 or not all(names):
+            raise UserError(f'{path}:{number}: expected "image,label,mask", found "{line}"')
+        paths = [os.path.join(folder, name) for folder, name in zip(folders, names, strict=True)]
+        for file in paths:
+            if not os.path.isfile(file):
+                raise UserError(f'{path}:{number}: listed file {file} not found')
+        samples.append(Sample(os.path.splitext(names[0])[0], *paths))
+    if not samples:
+        raise UserError(f'{path}: lists no images')
+    return samples
+
+
+def second_observer_path(sample):
+    """labels/X.png -> labels_2nd/X.png, where preprocess.py puts the second observer's labels;
+    None where there is no such file."""
+    folder, name = os.path.split(sample.label)
+    path = os.path.join(folder + SECOND_OBSERVER_SUFFIX, name)
+    return path if os.path.exists(path) else None
 
 
 # ------------------------------------------------------------------- the four steps and the FOV
@@ -244,17 +389,22 @@ def confusion_matrix(labels, predictions, mask=None):
 
 
 def _ratio(numerator, denominator):
-    return float(numerator) / float(denominator) if denominator else 0.0
+    """numerator / denominator, NaN (undefined) when the denominator is 0: F1 of an image with no
+    vessel that is predicted to have none is undefined, not 0."""
+    return float(numerator) / float(denominator) if denominator else float('nan')
 
 
 def scores_from_confusion(matrix):
-    """The field's threshold metrics from a 2x2 confusion matrix; vessel is the positive class."""
+    """The field's threshold metrics from a 2x2 confusion matrix; vessel is the positive class.
+    A ratio with nothing to count (F1, IoU, Se, Precision of an image with no vessel labelled or
+    predicted) is NaN, reported as undefined (null in JSON); mIoU averages the defined IoUs."""
     (tn, fp), (fn, tp) = np.asarray(matrix, dtype=np.int64)
     iou_vessel = _ratio(tp, tp + fp + fn)
     iou_background = _ratio(tn, tn + fn + fp)
+    defined = [iou for iou in (iou_vessel, iou_background) if not np.isnan(iou)]
     return {
         'IoU': iou_vessel,
-        'mIoU': (iou_vessel + iou_background) / 2,
+        'mIoU': sum(defined) / len(defined) if defined else float('nan'),  # over defined classes
         'F1': _ratio(2 * tp, 2 * tp + fp + fn),
         'Acc': _ratio(tp + tn, tp + tn + fp + fn),
         'Se': _ratio(tp, tp + fn),
@@ -268,6 +418,8 @@ def _ranked_counts(labels, scores):
     or above it."""
     labels = np.asarray(labels).astype(bool).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
+    if not scores.size:
+        return scores, np.zeros(0, np.int64), np.zeros(0, np.int64)
     order = np.argsort(-scores, kind='stable')
     scores, labels = scores[order], labels[order]
     last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]

@@ -24,11 +24,11 @@ def write_label_file(root, text, files=('a b.png', 'c.png')):
 
 def test_parses_header_lines_crlf_blank_lines_and_spaces(tmp_path):
     path = write_label_file(tmp_path, 'imgs,labs,msks\r\n\r\na b.png, c.png ,c.png\r\n\nc.png,c.png,c.png')
-    samples = dataset.parse_label_file(path)
+    samples = utils.parse_label_file(path)
     assert [s.name for s in samples] == ['a b', 'c']
-    assert samples[0] == dataset.Sample('a b', str(tmp_path / 'imgs/a b.png'),
+    assert samples[0] == utils.Sample('a b', str(tmp_path / 'imgs/a b.png'),
                                         str(tmp_path / 'labs/c.png'), str(tmp_path / 'msks/c.png'))
-    assert dataset.parse_label_file(path, preprocess=True)[1].image == str(tmp_path / 'imgs_pre/c.png')
+    assert utils.parse_label_file(path, preprocess=True)[1].image == str(tmp_path / 'imgs_pre/c.png')
 
 
 @pytest.mark.parametrize('text, message', [
@@ -41,12 +41,12 @@ def test_parses_header_lines_crlf_blank_lines_and_spaces(tmp_path):
 ])
 def test_bad_label_files_name_file_and_line(tmp_path, text, message):
     with pytest.raises(utils.UserError, match=message):
-        dataset.parse_label_file(write_label_file(tmp_path, text))
+        utils.parse_label_file(write_label_file(tmp_path, text))
 
 
 def test_missing_label_file(tmp_path):
     with pytest.raises(utils.UserError, match=r'--label_file_path=.*nope.txt: file not found'):
-        dataset.parse_label_file(str(tmp_path / 'nope.txt'))
+        utils.parse_label_file(str(tmp_path / 'nope.txt'))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -54,7 +54,7 @@ def test_missing_label_file(tmp_path):
 def test_parser_fuzz_parses_or_raises_its_own_error(tmp_path, text):
     path = write_label_file(tmp_path, text)
     try:
-        samples = dataset.parse_label_file(path)
+        samples = utils.parse_label_file(path)
     except utils.UserError as error:
         assert '\n' not in str(error).strip() or 'found' in str(error)
     else:

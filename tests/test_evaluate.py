@@ -104,7 +104,7 @@ def test_threshold_calibrated_on_training_images_with_flips(trained, synthetic, 
     unet.load_weights(str(logdir / model.WEIGHTS_FILE))
 
     def pixels(label_file):
-        examples = dataset.load_examples(dataset.parse_label_file(label_file, True), 1)
+        examples = dataset.load_examples(utils.parse_label_file(label_file, True), 1)
         images = np.stack([e.image for e in examples]).astype(np.float32) / 255
         flipped_back = [
             np.flip(model.predict_probabilities(unet, np.flip(images, axes))[..., 1].numpy(), axes)
@@ -206,3 +206,87 @@ def load_trained(logdir):
     unet = model.build_from_architecture(architecture)
     unet.load_weights(os.path.join(logdir, model.WEIGHTS_FILE))
     return unet, architecture
+
+
+def test_predict_reports_bad_files_and_goes_on_with_the_rest(trained, tmp_path):
+    folder = tmp_path / 'photos [1]'  # glob characters in the folder's name
+    folder.mkdir()
+    image = np.zeros((64, 80, 3), np.uint8)
+    cv2.circle(image, (40, 32), 28, (40, 90, 200), -1)
+    cv2.imwrite(str(folder / 'eye.png'), image)
+    cv2.imwrite(str(folder / 'eye.jpg'), image)  # the same stem: must not overwrite eye.png's
+    cv2.imwrite(str(folder / 'deep.png'), image.astype(np.uint16) * 257)  # 16-bit
+    cv2.imwrite(str(folder / 'black.png'), np.zeros((64, 80, 3), np.uint8))
+    (folder / 'broken.jpg').write_bytes((folder / 'eye.jpg').read_bytes()[:200])
+    out = tmp_path / 'out'
+    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
+                        f'--predict_dir={out}')
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+    assert errors == [f'error: {folder}/black.png: no field of view found (the image is black)',
+                      f'error: {folder}/broken.jpg: not a readable image (corrupt or unsupported '
+                      'format)',
+                      'error: 2 of 5 images could not be predicted (named above)']
+    assert 'wrote 6 files' in result.stdout
+    assert sorted(os.listdir(out)) == ['deep_mask.png', 'deep_prob.png', 'eye.jpg_mask.png',
+                                       'eye.jpg_prob.png', 'eye.png_mask.png', 'eye.png_prob.png']
+    # 16 bits scaled to 8 give the same image, so the same prediction.
+    np.testing.assert_array_equal(utils.read_image(str(out / 'deep_prob.png'), gray=True),
+                                  utils.read_image(str(out / 'eye.png_prob.png'), gray=True))
+    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={folder}/deep.png',
+                        f'--predict_dir={tmp_path / "single"}')
+    assert result.returncode == 0 and os.listdir(tmp_path / 'single')  # a file with '[' in its path
+    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={folder}/eye.png',
+                        f'--predict_dir={folder}')
+    assert result.returncode == 2
+    assert last_line(result.stderr) == (f'error: --predict_dir={folder}: the folder of the input '
+                                        'images; choose another folder')
+
+
+@pytest.mark.parametrize('threshold', ['1.5', '-1', 'nan'])
+def test_a_threshold_outside_0_1_is_refused_before_anything_is_written(trained, synthetic,
+                                                                      tmp_path, threshold):
+    logdir = tmp_path / 'log'
+    shutil.copytree(trained, logdir)
+    (logdir / 'metrics.json').write_text('{"kept": true}')
+    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
+                        f'--threshold={threshold}')
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert re.search(r'flag --threshold=\S+: --threshold must be a probability between 0 and 1',
+                     result.stderr)
+    assert (logdir / 'metrics.json').read_text() == '{"kept": true}'
+
+
+def test_corrupt_weights_and_a_mistyped_architecture_say_what_is_wrong(trained, synthetic,
+                                                                      tmp_path):
+    logdir = tmp_path / 'log'
+    shutil.copytree(trained, logdir)
+    weights = logdir / 'model.weights.h5'
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}')
+    assert result.returncode == 2
+    assert last_line(result.stderr).startswith(
+        f'error: {weights}: not a readable weights file, truncated or corrupt (')
+    architecture = json.load(open(logdir / 'architecture.json'))
+    for key, value, expected in (('base_channels', '8', 'an integer >= 1, found "8"'),
+                                 ('num_classes', 1, 'an integer >= 2, found 1'),
+                                 ('preprocess', 'yes', 'true or false, found "yes"')):
+        (logdir / 'architecture.json').write_text(json.dumps({**architecture, key: value}))
+        with pytest.raises(utils.UserError, match=f'architecture.json: "{key}" must be {expected}'):
+            model.load_architecture(str(logdir))
+
+
+def test_labels_without_vessels_report_undefined_not_nan(trained, synthetic, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(os.path.dirname(synthetic['test']), data)
+    for label in (data / 'test' / 'labels').glob('*.png'):
+        cv2.imwrite(str(label), np.zeros(cv2.imread(str(label)).shape[:2], np.uint8))
+    logdir = tmp_path / 'log'
+    shutil.copytree(trained, logdir)
+    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={data / "test.txt"}')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'Se undefined' in result.stdout and 'AUC_ROC undefined' in result.stdout
+    metrics = json.loads((logdir / 'metrics.json').read_text(), parse_constant=pytest.fail)
+    assert metrics['scores']['Se'] is None and metrics['scores']['AUC_ROC'] is None
+    assert metrics['scores']['Sp'] == pytest.approx(metrics['scores']['Acc'])  # all negatives
+    assert ',,' in (logdir / 'metrics.csv').read_text()  # undefined: an empty cell

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+import dataset
 import preprocess
 import utils
 from conftest import ROOT, TINY_TRAINING, last_line, run_script
@@ -69,3 +70,89 @@ def test_preprocess_killed_mid_run_leaves_no_half_file_and_reruns(tmp_path):
     assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
     lines = open(tmp_path / 'out' / 'SYNTH' / 'training.txt').read().splitlines()
     assert len(lines) == 17
+
+
+# ----------------------------------------------------------------------------- round 2
+
+def test_leftover_positional_arguments_are_refused(tmp_path):
+    # '--preprocess False' (a space, not '=') used to train with preprocess on, silently.
+    result = run_script('preprocess.py', f'--data_dir={tmp_path}', '--visulize', 'False')
+    assert result.returncode == 2
+    assert last_line(result.stderr) == ("error: unexpected argument 'False': flags are written "
+                                        '--name=value (a space before the value leaves it unused)')
+
+
+@pytest.mark.parametrize('args', [['--visulize=True', '--visualize=False'],
+                                  ['--visualize', '--novisulize']])
+def test_contradictory_aliases_are_refused(tmp_path, args):
+    result = run_script('preprocess.py', f'--data_dir={tmp_path}', *args)
+    assert result.returncode == 2
+    assert last_line(result.stderr).endswith(
+        'contradict each other (--visualize is another spelling of --visulize)')
+    utils.check_aliases(['--visulize', '--visualize=true', '--seed=1'])  # agreeing: accepted
+
+
+@pytest.mark.parametrize('extension', ['.png', '.tif'])
+def test_16_bit_images_are_scaled_to_8_bits_and_0_1_labels_kept(tmp_path, extension):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 65536, (8, 8, 3), dtype=np.uint16)
+    path = str(tmp_path / f'deep{extension}')
+    assert cv2.imwrite(path, image[..., ::-1])
+    np.testing.assert_array_equal(utils.read_image(path), np.rint(image / 257).astype(np.uint8))
+    label = (rng.random((8, 8)) < 0.3).astype(np.uint16)
+    for scale in (1, 65535):
+        cv2.imwrite(str(tmp_path / f'label{extension}'), label * scale)
+        np.testing.assert_array_equal(utils.read_binary(str(tmp_path / f'label{extension}')), label)
+
+
+def test_a_label_file_with_a_byte_order_mark_is_read(tmp_path, synthetic):
+    text = open(synthetic['training'], encoding='utf-8').read()
+    path = os.path.join(os.path.dirname(synthetic['training']), 'bom.txt')
+    with open(path, 'w', encoding='utf-8-sig') as stream:  # as Windows Notepad saves it
+        stream.write(text)
+    assert utils.parse_label_file(path) == utils.parse_label_file(synthetic['training'])
+
+
+def synthetic_raw(tmp_path, folder='raw', count=2):
+    root = tmp_path / folder
+    preprocess.generate_synthetic(str(root / 'SYNTH'), count, 1, 64, seed=0)
+    return root
+
+
+def test_a_comma_in_an_image_name_is_refused_before_anything_is_written(tmp_path):
+    raw = synthetic_raw(tmp_path)
+    images = raw / 'SYNTH' / 'training' / 'images'
+    (images / '01_training.png').rename(images / '01_training,v2.png')
+    (raw / 'SYNTH' / 'training' / 'mask' / '01_training_mask.png').rename(
+        raw / 'SYNTH' / 'training' / 'mask' / '01_training,v2_mask.png')
+    with pytest.raises(utils.UserError, match=r'01_training,v2.png: a comma or line break in a '
+                                              r'file name cannot be listed in a label file'):
+        preprocess.process(str(raw), str(tmp_path / 'out'))
+    assert not (tmp_path / 'out').exists()
+
+
+def test_folders_with_glob_characters_are_found(tmp_path):
+    raw = synthetic_raw(tmp_path, folder='br [v2]')
+    result = run_script('preprocess.py', f'--data_dir={raw}', f'--output_dir={tmp_path / "o [1]"}')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'SYNTH: 2 training, 1 test' in result.stdout
+
+
+def test_empty_fov_masks_are_refused_where_they_come_in(tmp_path, synthetic):
+    raw = synthetic_raw(tmp_path)
+    mask = raw / 'SYNTH' / 'training' / 'mask' / '01_training_mask.png'
+    cv2.imwrite(str(mask), np.zeros((64, 64), np.uint8))
+    with pytest.raises(utils.UserError, match=f'^{mask}: the FOV mask is empty \\(all zero\\)$'):
+        preprocess.process(str(raw), str(tmp_path / 'out'))
+    black = tmp_path / 'black.png'
+    cv2.imwrite(str(black), np.zeros((64, 64, 3), np.uint8))
+    sample = preprocess.RawSample('black', str(black), str(black))
+    with pytest.raises(utils.UserError, match='black.png: no field of view found'):
+        preprocess.load_sample(sample)
+    # An evaluation label file whose mask is empty: named, before any prediction.
+    samples = utils.parse_label_file(synthetic['test'], preprocess=True)
+    empty = tmp_path / 'empty_mask.png'
+    cv2.imwrite(str(empty), np.zeros((96, 96), np.uint8))
+    with pytest.raises(utils.UserError, match=f'^{empty}: the FOV mask is empty'):
+        dataset.load_examples([utils.Sample('x', samples[0].image, samples[0].label, str(empty))],
+                              channels=1)

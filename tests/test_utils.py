@@ -1,4 +1,6 @@
 """Metrics on hand-worked matrices, exact AUCs against independent formulas, I/O errors, overlays."""
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -32,9 +34,18 @@ def test_original_printout_numbers():
     assert scores['mIoU'] == pytest.approx(0.79538286)
 
 
-def test_empty_classes_give_zero_not_nan():
+def test_nothing_to_count_is_undefined_and_written_as_null(tmp_path):
+    # No vessel labelled, none predicted: F1, Se, Precision and vessel IoU have nothing to count.
     scores = utils.scores_from_confusion([[10, 0], [0, 0]])
-    assert scores['F1'] == 0 and scores['Se'] == 0 and scores['Sp'] == 1
+    assert all(np.isnan(scores[key]) for key in ('F1', 'Se', 'Precision', 'IoU'))
+    assert scores['Sp'] == 1 and scores['Acc'] == 1 and scores['mIoU'] == 1  # defined IoUs only
+    # One false alarm: precision and F1 are 0, sensitivity still undefined.
+    scores = utils.scores_from_confusion([[9, 1], [0, 0]])
+    assert scores['F1'] == 0 and scores['Precision'] == 0 and np.isnan(scores['Se'])
+    path = tmp_path / 'metrics.json'
+    utils.write_json(path, {'scores': scores, 'auc': utils.roc_auc([0, 0], [0.1, 0.2])})
+    assert json.loads(path.read_text(), parse_constant=pytest.fail) == {
+        'scores': {**scores, 'Se': None}, 'auc': None}
 
 
 def test_auc_on_known_example():
