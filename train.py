@@ -10,8 +10,16 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import contextlib  # noqa: E402
+import errno  # noqa: E402
+import fcntl  # noqa: E402
+import glob  # noqa: E402
+import io  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
@@ -59,35 +67,25 @@ GRADIENT_CLIP_NORM = 10.0
 # ----------------------------------------------------------------------------- the logdir lock
 
 def acquire_lock(logdir):
-    """Claims `logdir` for this process; refuses while another live process holds it."""
+    """Claims `logdir` with an OS lock (fcntl.flock), which the system releases when the process
+    ends, however it ends; refuses while another process holds it. Returns the open lock file."""
     path = os.path.join(logdir, LOCK_FILE)
-    owner = f'{socket.gethostname()} {os.getpid()}'
-    for _ in range(2):
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            with open(path) as stream:
-                host, _, pid = stream.read().strip().partition(' ')
-            if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
-                os.remove(path)  # left by a process that is gone
-                continue
-            message = (f'--logdir={logdir}: another train.py (host {host}, pid {pid}) is writing '
-                       f'it; remove {path} if that process is gone')
-            raise utils.UserError(message) from None
-        with os.fdopen(descriptor, 'w') as stream:
-            stream.write(owner)
-        return path
-    raise utils.UserError(f'--logdir={logdir}: could not take {path}')
-
-
-def _process_alive(pid):
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stream = open(path, 'a+')
+    except OSError as error:
+        raise utils.UserError(f'--logdir={logdir}: cannot write there ({error.strerror})') from None
+    try:
+        fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        stream.seek(0)
+        owner = stream.read().strip() or 'owner unknown'
+        stream.close()
+        raise utils.UserError(f'--logdir={logdir}: another train.py ({owner}) is writing it'
+                              ) from None
+    stream.truncate(0)
+    stream.write(f'host {socket.gethostname()}, pid {os.getpid()}\n')
+    stream.flush()
+    return stream
 
 
 class StopSignal:
@@ -161,8 +159,9 @@ def is_chief(strategy):
 
 
 def write_summaries(writer, pending, preview, unet, step):
-    """Writes the buffered scalars and an image summary, then flushes: event files only ever
-    hold steps up to the checkpoint just saved, so a resumed run never writes a step twice."""
+    """Writes the buffered scalars and an image summary, then flushes. Called just before each
+    checkpoint, so a kill loses no step that the checkpoint holds; steps written past the
+    checkpoint a run resumes from are trimmed then (trim_events)."""
     with writer.as_default():
         for values in pending:
             for name, value in values.items():
@@ -178,21 +177,151 @@ def write_summaries(writer, pending, preview, unet, step):
     pending.clear()
 
 
-def save(manager, unet, logdir, chief, step):
-    """Saves a checkpoint and the Keras weights evaluate.py loads, each atomically."""
-    manager.save(checkpoint_number=step)
-    if not chief:  # every worker must save; only the chief's copy is kept
-        tf.io.gfile.rmtree(manager.directory)
-        return
+def export_weights(unet, logdir):
+    """The Keras weights evaluate.py loads, written atomically."""
     path = os.path.join(logdir, model.WEIGHTS_FILE)
     temporary = utils.temporary_path(path)
-    unet.save_weights(temporary)
-    os.replace(temporary, path)
+    try:
+        unet.save_weights(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save(manager, unet, logdir, chief, step):
+    """Saves a checkpoint, then the weights evaluate.py loads; a full disk or another write
+    error ends the run with one line, leaving the last good checkpoint and no partial files."""
+    captured, reason = io.StringIO(), None  # h5py prints a failed write again as it frees
+    with contextlib.redirect_stderr(captured):
+        try:
+            manager.save(checkpoint_number=step)
+            if chief:
+                export_weights(unet, logdir)
+            else:  # every worker must save; only the chief's copy is kept
+                tf.io.gfile.rmtree(manager.directory)
+        except (OSError, tf.errors.OpError) as error:
+            text = str(error)
+            reason = ('no space left on device' if getattr(error, 'errno', None) == errno.ENOSPC
+                      or 'No space left' in text else text.strip().splitlines()[0][:200])
+    if reason is None:
+        sys.stderr.write(captured.getvalue())
+        return
+    remove_leftovers(logdir)
+    # HDF5 does not recover from a failed write (it crashes at exit): report and leave at once.
+    utils.exit_at_once(f'--logdir={logdir}: could not save step {step} ({reason}); the last good '
+                       f'checkpoint is {manager.latest_checkpoint}')
+
+
+def check_free_space(logdir, unet, manager, step):
+    """Stops before a save that cannot fit: a checkpoint (weights and Adam's two moments) and a
+    weights file, with a margin for summaries."""
+    weights = sum(int(np.prod(w.shape)) for w in unet.weights) * 4
+    trainable = sum(int(np.prod(w.shape)) for w in unet.trainable_weights) * 4
+    needed = int(1.1 * (weights + 2 * trainable + weights)) + 2 ** 21
+    free = shutil.disk_usage(logdir).free
+    if free < needed:
+        raise utils.UserError(f'--logdir={logdir}: the disk is full ({free / 2 ** 20:.1f} MiB '
+                              f'free, saving needs about {needed / 2 ** 20:.0f} MiB); stopped '
+                              f'before saving step {step}; the last good checkpoint is '
+                              f'{manager.latest_checkpoint}')
 
 
 def _format_seconds(seconds):
     minutes, seconds = divmod(int(seconds), 60)
     return f'{minutes // 60}h{minutes % 60:02d}m' if minutes >= 60 else f'{minutes}m{seconds:02d}s'
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+CHECKPOINT_INDEX = re.compile(r'ckpt-(\d+)\.index')
+
+
+def checkpoint_steps(directory):
+    """The steps of the checkpoints in `directory` whose index file exists, newest first."""
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted((int(match.group(1)) for match in map(CHECKPOINT_INDEX.fullmatch, names)
+                   if match), reverse=True)
+
+
+def restore_newest(checkpoint, directory):
+    """Restores the newest checkpoint that reads back whole and returns its step (0: there is
+    none). The `checkpoint` state file is not trusted: a corrupt one must not restart the run.
+    Unreadable checkpoints are skipped with a warning; if none can be read, a UserError."""
+    skipped = []
+    for step in checkpoint_steps(directory):
+        try:
+            checkpoint.restore(os.path.join(directory, f'ckpt-{step}')
+                               ).assert_existing_objects_matched()
+        except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
+            skipped.append(f'ckpt-{step}: {str(error).strip().splitlines()[0][:200]}')
+            continue
+        if skipped:
+            logging.warning('unreadable checkpoints skipped (%s); resuming from ckpt-%d',
+                            '; '.join(skipped), step)
+        return step
+    if skipped:
+        raise utils.UserError(f'{directory}: no checkpoint can be read ({"; ".join(skipped)}); '
+                              'nothing was changed')
+    return 0
+
+
+def repair_checkpoint_state(directory, restored):
+    """Rewrites the `checkpoint` state file to name the restored checkpoint and the older ones,
+    and removes the unreadable newer ones, so that CheckpointManager starts from a sound state."""
+    steps = checkpoint_steps(directory)
+    for step in steps:
+        if step > restored:
+            for path in glob.glob(os.path.join(glob.escape(directory), f'ckpt-{step}.*')):
+                os.remove(path)
+    state = os.path.join(directory, 'checkpoint')
+    kept = sorted(step for step in steps if step <= restored)
+    if not kept:
+        if os.path.exists(state):
+            os.remove(state)
+        return
+    # The manager prunes (max_to_keep) only checkpoints newer than last_preserved_timestamp.
+    times = [os.path.getmtime(os.path.join(directory, f'ckpt-{step}.index')) for step in kept]
+    lines = [f'model_checkpoint_path: "ckpt-{restored}"']
+    lines += [f'all_model_checkpoint_paths: "ckpt-{step}"' for step in kept]
+    lines += [f'all_model_checkpoint_timestamps: {time_!r}' for time_ in times]
+    lines += [f'last_preserved_timestamp: {min(times) - 1!r}']
+    utils.write_atomic(state, '\n'.join(lines) + '\n')
+
+
+def remove_leftovers(logdir):
+    """Removes what a killed save leaves: temporary files (.tmp.*) and TensorFlow's
+    checkpoints/*_temp folders."""
+    for pattern in ('.tmp.*', os.path.join(SUMMARY_DIR, '.tmp.*'),
+                    os.path.join(model.CHECKPOINT_DIR, '*_temp')):
+        for path in glob.glob(os.path.join(glob.escape(logdir), pattern)):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+
+def trim_events(directory, last_step):
+    """Drops from the event files in `directory` the summaries of steps after `last_step` (written
+    before a crash, past the checkpoint the run resumes from) and any record torn by a kill, so
+    that the resumed run writes every step exactly once."""
+    for path in sorted(glob.glob(os.path.join(glob.escape(directory), 'events.out.tfevents.*'))):
+        kept, changed = [], False
+        try:
+            for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                event = tf.compat.v1.Event.FromString(record)
+                if event.HasField('summary') and event.step > last_step:
+                    changed = True
+                else:
+                    kept.append(record)
+        except tf.errors.DataLossError:
+            changed = True
+        if changed:
+            temporary = utils.temporary_path(path)
+            with tf.io.TFRecordWriter(temporary) as writer:
+                for record in kept:
+                    writer.write(record)
+            os.replace(temporary, path)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -208,7 +337,8 @@ def check_settings(examples, replicas):
 
 
 def prepare_logdir(chief):
-    """Creates the logdir, takes its lock and records (or checks) the architecture."""
+    """Creates the logdir, takes its lock, clears leftovers of killed saves and records (or
+    checks) the architecture. Returns the lock (None on other workers)."""
     logdir = FLAGS.logdir
     if not logdir:
         raise utils.UserError('--logdir is required')
@@ -223,6 +353,8 @@ def prepare_logdir(chief):
         model.check_architecture(saved, architecture, f'--logdir={logdir}')
     elif chief:
         model.save_architecture(logdir, architecture)
+    if chief:
+        remove_leftovers(logdir)
     return lock
 
 
@@ -238,12 +370,12 @@ def train(strategy):
         _train(strategy, examples, chief)
     finally:
         if lock:
-            os.remove(lock)
+            lock.close()
 
 
 def build_and_restore(strategy, chief):
     """Model, schedule, optimizer and checkpoint manager, built under the strategy's scope and
-    restored from the logdir's last checkpoint where there is one."""
+    restored from the logdir's newest readable checkpoint where there is one."""
     keras.utils.set_random_seed(FLAGS.seed)  # the initial weights too, not only the data
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy('mixed_bfloat16')
@@ -255,13 +387,19 @@ def build_and_restore(strategy, chief):
         optimizer.build(unet.trainable_variables)  # before the first step, under the scope
         checkpoint = tf.train.Checkpoint(model=unet, optimizer=optimizer)
     directory = os.path.join(FLAGS.logdir, model.CHECKPOINT_DIR)
-    latest = tf.train.latest_checkpoint(directory)
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-    if not chief:  # other workers must save too, but somewhere private
+    restored = restore_newest(checkpoint, directory)
+    weights = os.path.join(FLAGS.logdir, model.WEIGHTS_FILE)
+    if not restored and os.path.exists(weights):
+        raise utils.UserError(f'--logdir={FLAGS.logdir} holds trained weights ({weights}) but no '
+                              f'checkpoint to resume from ({directory} is missing or empty); '
+                              'train into a new --logdir, or remove the weights to start over')
+    if chief:
+        repair_checkpoint_state(directory, restored)
+        trim_events(os.path.join(FLAGS.logdir, SUMMARY_DIR), restored)
+    else:  # other workers must save too, but somewhere private
         directory = os.path.join(directory, f'.worker{strategy.cluster_resolver.task_id}')
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
-    return unet, schedule, optimizer, manager, bool(latest)
+    return unet, schedule, optimizer, manager, restored
 
 
 def _train(strategy, examples, chief):
@@ -274,6 +412,8 @@ def _train(strategy, examples, chief):
                  global_batch, replicas, global_batch // replicas, len(examples),
                  f'{unet.count_params():,}')
     if start >= FLAGS.max_iters:
+        if chief:  # a run killed between its last checkpoint and weights export
+            export_weights(unet, logdir)
         logging.info('already trained to --max_iters=%d', FLAGS.max_iters)
         return
 
@@ -307,8 +447,10 @@ def _train(strategy, examples, chief):
                          FLAGS.max_iters, loss, pending[-1]['learning_rate'], rate,
                          _format_seconds((FLAGS.max_iters - step) / rate))
         if step % FLAGS.save_interval == 0 or step == FLAGS.max_iters or stop.received:
-            save(manager, unet, logdir, chief, step)
+            if chief:
+                check_free_space(logdir, unet, manager, step)
             write_summaries(writer, pending, preview, unet, step)
+            save(manager, unet, logdir, chief, step)
         if stop.received:
             logging.info('signal %d: stopped at step %d after saving; rerun to resume',
                          stop.received, step)

@@ -9,9 +9,12 @@ none); MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several tas
 """
 import json
 import os
+import signal
+import socket
+import time
 
 import tensorflow as tf
-from absl import app, flags
+from absl import app, flags, logging
 
 import train
 import utils
@@ -20,6 +23,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer('cpu_replicas', 0, 'Without GPUs: split the CPU into this many logical '
                      'devices and mirror over them (to test the distributed path).',
                      lower_bound=0)
+flags.DEFINE_float('cluster_timeout', 600, 'With TF_CONFIG: seconds to wait for the other tasks '
+                   'of the cluster to start before giving up.', lower_bound=0)
 
 
 def split_cpu(replicas):
@@ -30,14 +35,89 @@ def split_cpu(replicas):
     return [device.name for device in tf.config.list_logical_devices('CPU')]
 
 
-def cluster_size():
-    cluster = json.loads(os.environ.get('TF_CONFIG', '{}')).get('cluster', {})
-    return sum(len(tasks) for tasks in cluster.values())
+def read_tf_config():
+    """(cluster {type: [address]}, this task's address) from TF_CONFIG, checked; ({}, None)
+    without a cluster of several tasks."""
+    try:
+        config = json.loads(os.environ.get('TF_CONFIG') or '{}')
+    except ValueError as error:
+        raise utils.UserError(f'TF_CONFIG is not valid JSON ({error})') from None
+    cluster = config.get('cluster', {}) if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not all(
+            isinstance(tasks, list) and all(isinstance(a, str) and ':' in a for a in tasks)
+            for tasks in cluster.values()):
+        raise utils.UserError('TF_CONFIG: "cluster" must map task types to lists of "host:port"')
+    if sum(len(tasks) for tasks in cluster.values()) <= 1:
+        return {}, None
+    task = config.get('task')
+    if not isinstance(task, dict) or 'type' not in task or 'index' not in task:
+        raise utils.UserError('TF_CONFIG names a cluster but no "task" of this process, e.g. '
+                              '"task": {"type": "worker", "index": 0}')
+    tasks = cluster.get(task['type'], [])
+    if type(task['index']) is not int or not 0 <= task['index'] < len(tasks):
+        raise utils.UserError(f'TF_CONFIG: task {task["type"]} {task["index"]} is not in the '
+                              f'cluster (it has {len(tasks)} {task["type"]} tasks)')
+    return cluster, tasks[task['index']]
+
+
+def wait_for_peers(cluster, own_address, timeout, interval=10):
+    """Waits, in Python, until every other task of the cluster accepts connections on its port,
+    while listening on this task's own port for them; prints progress, honours SIGINT/SIGTERM
+    and gives up after `timeout` seconds. (TensorFlow's own wait cannot be interrupted.)"""
+    peers = [address for tasks in cluster.values() for address in tasks if address != own_address]
+    port = int(own_address.rsplit(':', 1)[1])
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _exit_on_signal)
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(('', port))
+        except OSError as error:
+            raise utils.UserError(f'TF_CONFIG: cannot listen on port {port} of this task '
+                                  f'({error.strerror})') from None
+        listener.listen()
+        listener.settimeout(0.2)
+        started, reported = time.time(), 0.0
+        while missing := [peer for peer in peers if not _accepts(peer)]:
+            waited = time.time() - started
+            if waited > timeout:
+                raise utils.UserError(f'TF_CONFIG: {", ".join(missing)} did not start within '
+                                      f'--cluster_timeout={timeout:g} s')
+            if waited - reported >= interval:
+                logging.info('waiting %.0f s (of --cluster_timeout=%g) for %s', waited, timeout,
+                             ', '.join(missing))
+                reported = waited
+            _answer(listener)
+    logging.info('all %d tasks of the cluster are up', len(peers) + 1)
+
+
+def _exit_on_signal(number, frame):
+    del frame
+    raise SystemExit(128 + number)
+
+
+def _accepts(address):
+    host, port = address.rsplit(':', 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _answer(listener):
+    try:
+        connection, _ = listener.accept()
+        connection.close()
+    except TimeoutError:
+        pass
 
 
 def choose_strategy():
     """The strategy for this machine; the only thing that differs from train.py."""
-    if cluster_size() > 1:
+    cluster, own_address = read_tf_config()
+    if cluster:
+        wait_for_peers(cluster, own_address, FLAGS.cluster_timeout)
         return tf.distribute.MultiWorkerMirroredStrategy()
     if FLAGS.cpu_replicas and not tf.config.list_physical_devices('GPU'):
         return tf.distribute.MirroredStrategy(split_cpu(FLAGS.cpu_replicas))

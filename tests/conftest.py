@@ -1,7 +1,11 @@
 """Shared fixtures: a tiny synthetic set, a briefly trained run, the real data when present."""
+import contextlib
+import glob
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,6 +31,71 @@ def run_script(script, *args, env=None, timeout=600):
 def last_line(text):
     return text.strip().splitlines()[-1] if text.strip() else ''
 
+
+def read_events(logdir):
+    """{tag: [(step, value)]} over every event file in {logdir}/train_logs, oldest file first."""
+    import tensorflow as tf
+    events = {}
+    for path in sorted(glob.glob(os.path.join(logdir, 'train_logs', 'events.out.tfevents.*'))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                events.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
+    return events
+
+
+def steps_of(events, tag):
+    return [step for step, _ in events[tag]]
+
+
+def train(logdir, label_file, *args, script='train.py', env=None):
+    return run_script(script, f'--logdir={logdir}', f'--label_file_path={label_file}',
+                      *TINY_TRAINING, *args, env=env)
+
+
+def checkpoint_step(logdir):
+    import tensorflow as tf
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, 'checkpoints'))
+    return int(latest.rsplit('-', 1)[1]) if latest else 0
+
+
+def start_training(logdir, label_file, *args):
+    """train.py in the background, its stderr in stderr.txt beside the logdir."""
+    stderr = open(os.path.join(os.path.dirname(logdir), 'stderr.txt'), 'w')
+    command = [sys.executable, os.path.join(ROOT, 'train.py'), f'--logdir={logdir}',
+               f'--label_file_path={label_file}', *TINY_TRAINING, *args]
+    return subprocess.Popen(command, cwd=ROOT, stderr=stderr, stdout=subprocess.DEVNULL)
+
+
+def wait_for(condition, timeout=180):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, 'timed out'
+        time.sleep(0.05)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+
+@contextlib.contextmanager
+def tmpfs(path, size, read_only_after=None):
+    """A tmpfs of `size` mounted at `path` (skips where mounting is not permitted); with
+    read_only_after, that function fills it first and it is then remounted read-only."""
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f'cannot mount a tmpfs here ({mounted.stderr.decode().strip()})')
+    try:
+        if read_only_after:
+            read_only_after(path)
+            subprocess.run(['mount', '-o', 'remount,ro', str(path)], check=True)
+        yield path
+    finally:
+        subprocess.run(['umount', '-l', str(path)], check=True)
 
 def require_shared(*parts):
     """The path under ../shared/data, or a clean skip where it is absent."""

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,34 +14,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, TINY_TRAINING, last_line, run_script
+from conftest import (
+    ROOT,
+    TINY_TRAINING,
+    checkpoint_step,
+    free_port,
+    last_line,
+    read_events,
+    run_script,
+    start_training,
+    steps_of,
+    train,
+    wait_for,
+)
 
 SCALARS = {'train/loss', 'train/learning_rate', 'train/global_steps_per_sec'}
 IMAGES = {'train/input', 'train/label', 'train/vessel_probability'}
-
-
-def read_events(logdir):
-    """{tag: [(step, value)]} over every event file in {logdir}/train_logs, oldest file first."""
-    events = {}
-    for path in sorted(glob.glob(os.path.join(logdir, 'train_logs', 'events.out.tfevents.*'))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                events.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
-    return events
-
-
-def steps_of(events, tag):
-    return [step for step, _ in events[tag]]
-
-
-def train(logdir, label_file, *args, script='train.py', env=None):
-    return run_script(script, f'--logdir={logdir}', f'--label_file_path={label_file}',
-                      *TINY_TRAINING, *args, env=env)
-
-
-def checkpoint_step(logdir):
-    latest = tf.train.latest_checkpoint(os.path.join(logdir, 'checkpoints'))
-    return int(latest.rsplit('-', 1)[1]) if latest else 0
 
 
 def test_loss_falls_and_summaries_are_complete(trained):
@@ -105,20 +92,6 @@ def test_resume_continues_the_step_counter(tmp_path, synthetic):
         other.stderr)
 
 
-def start_training(logdir, label_file, *args):
-    stderr = open(os.path.join(os.path.dirname(logdir), 'stderr.txt'), 'w')
-    command = [sys.executable, os.path.join(ROOT, 'train.py'), f'--logdir={logdir}',
-               f'--label_file_path={label_file}', *TINY_TRAINING, *args]
-    return subprocess.Popen(command, cwd=ROOT, stderr=stderr, stdout=subprocess.DEVNULL)
-
-
-def wait_for(condition, timeout=180):
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, 'timed out'
-        time.sleep(0.05)
-
-
 def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, synthetic):
     logdir = str(tmp_path / 'log')
     process = start_training(logdir, synthetic['training'], '--max_iters=100000',
@@ -128,14 +101,12 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, synthetic):
     process.kill()
     process.wait()
     killed_at = checkpoint_step(logdir)
-    assert os.path.exists(os.path.join(logdir, 'train.lock'))  # left behind by the killed run
     result = train(logdir, synthetic['training'], f'--max_iters={killed_at + 20}',
                    '--save_interval=15')
     assert result.returncode == 0, result.stderr[-2000:]
     assert f'resuming at step {killed_at} of' in result.stderr
     events = read_events(logdir)
     assert steps_of(events, 'train/loss') == list(range(1, killed_at + 21))
-    assert not os.path.exists(os.path.join(logdir, 'train.lock'))
 
 
 @pytest.mark.parametrize('signal_number', [signal.SIGTERM, signal.SIGINT])
@@ -164,21 +135,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synt
                          message)
     assert match, message
     assert int(match.group(3)) == int(match.group(2)) - 1 == checkpoint_step(logdir)
-
-
-def test_a_second_run_on_a_busy_logdir_is_refused(tmp_path, synthetic):
-    logdir = tmp_path / 'log'
-    logdir.mkdir()
-    (logdir / 'train.lock').write_text(f'{socket.gethostname()} {os.getpid()}')  # alive: us
-    result = train(logdir, synthetic['training'], '--max_iters=2')
-    assert result.returncode == 2
-    assert re.fullmatch(rf'error: --logdir={logdir}: another train.py \(host .*, pid {os.getpid()}\)'
-                        rf' is writing it; remove .*train.lock if that process is gone',
-                        last_line(result.stderr))
-    gone = subprocess.Popen(['true'])
-    gone.wait()
-    (logdir / 'train.lock').write_text(f'{socket.gethostname()} {gone.pid}')  # a dead owner
-    assert train(logdir, synthetic['training'], '--max_iters=2').returncode == 0
 
 
 @pytest.mark.parametrize('args, message', [
@@ -216,12 +172,6 @@ def test_two_cpu_replicas_train_with_the_same_loop(tmp_path, synthetic):
                 script='train_distribute.py')
     assert odd.returncode == 2
     assert last_line(odd.stderr) == 'error: --batch_size=3 is not divisible by the 2 replicas'
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
 
 
 def test_two_workers_end_with_identical_weights(tmp_path, synthetic):
@@ -287,3 +237,41 @@ def test_same_seed_same_weights(tmp_path, synthetic):
         return re.search(r'checksum (\S+)\)', result.stderr).group(1)
 
     assert checksum('a', 0) == checksum('b', 0) != checksum('c', 1)
+
+
+@pytest.mark.parametrize('config, message', [
+    ('{"cluster": {"worker": ["a:1", "b:2"]}', 'TF_CONFIG is not valid JSON (Expecting'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'TF_CONFIG names a cluster but no "task"'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+     'TF_CONFIG: task worker 2 is not in the cluster (it has 2 worker tasks)'),
+    ('{"cluster": {"worker": ["a", "b:2"]}, "task": {"type": "worker", "index": 0}}',
+     'TF_CONFIG: "cluster" must map task types to lists of "host:port"'),
+])
+def test_bad_tf_config_is_one_line(monkeypatch, config, message):
+    import train_distribute
+    import utils
+    monkeypatch.setenv('TF_CONFIG', config)
+    with pytest.raises(utils.UserError) as error:
+        train_distribute.read_tf_config()
+    assert str(error.value).startswith(message)
+
+
+def test_a_missing_peer_is_waited_for_with_progress_then_a_timeout(tmp_path, synthetic):
+    workers = [f'127.0.0.1:{free_port()}' for _ in range(2)]
+    config = json.dumps({'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': 0}})
+    result = train(tmp_path / 'log', synthetic['training'], '--cluster_timeout=3',
+                   script='train_distribute.py', env={'TF_CONFIG': config})
+    assert result.returncode == 2
+    assert last_line(result.stderr) == (f'error: TF_CONFIG: {workers[1]} did not start within '
+                                        '--cluster_timeout=3 s')
+    # Signals are honoured while waiting (TensorFlow's own wait ignores them).
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'train_distribute.py'), f'--logdir={tmp_path / "b"}',
+         f'--label_file_path={synthetic["training"]}', *TINY_TRAINING],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'TF_CONFIG': config})
+    for line in process.stderr:
+        if 'waiting' in line:  # the first progress line, after 10 s
+            break
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
