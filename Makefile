@@ -8,7 +8,8 @@ LOGDIR ?= log/$(DATASET)
 CPU_RECIPE = --preprocess=True --patch_size=64 --batch_size=32 --base_channels=16 \
 	--initial_lr=1e-3 --augmentation=True
 
-.PHONY: help install preprocess train train_distribute tensorboard evaluate demo test lint figures bench
+.PHONY: help install preprocess train train_distribute tensorboard evaluate demo test journey lint \
+	figures bench
 
 help:
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,8 +28,8 @@ train_distribute:  ## the original's settings on every GPU of this machine
 	$(PYTHON) train_distribute.py --logdir=$(LOGDIR) --label_file_path=data/$(DATASET)/training.txt \
 		--batch_size=8 --max_iters=1000 --preprocess=True --transpose_conv=True
 
-tensorboard:  ## serve LOGDIR's training curves
-	$(PYTHON) -m tensorboard.main --logdir $(LOGDIR)/train_logs
+tensorboard:  ## serve LOGDIR's training, validation and evaluation curves
+	$(PYTHON) -m tensorboard.main --logdir $(LOGDIR)
 
 evaluate:  ## metrics, overlays and curves of LOGDIR on DATASET's test split
 	$(PYTHON) evaluate.py --logdir=$(LOGDIR) --label_file_path=data/$(DATASET)/test.txt \
@@ -37,15 +38,19 @@ evaluate:  ## metrics, overlays and curves of LOGDIR on DATASET's test split
 demo:  ## the whole job on the synthetic set: generate, preprocess, train 300 steps, evaluate
 	$(PYTHON) preprocess.py --synthetic --data_dir=data/raw
 	$(PYTHON) train.py --logdir=log/demo --label_file_path=data/SYNTH/training.txt \
-		$(CPU_RECIPE) --max_iters=300 --save_interval=100
+		$(CPU_RECIPE) --max_iters=300 --save_interval=100 \
+		--validation_label_file=data/SYNTH/test.txt
 	$(PYTHON) evaluate.py --logdir=log/demo --label_file_path=data/SYNTH/test.txt \
 		--calibrate_on=data/SYNTH/training.txt --visulize=True
 
 lint:  ## ruff
 	$(PYTHON) -m ruff check .
 
-test: lint  ## lint, then the test suite
-	$(PYTHON) -m pytest -q
+test: lint  ## lint, then the test suite (under 5 minutes on 2 cores)
+	$(PYTHON) -m pytest -q -n 2 -m "not slow"
+
+journey:  ## the README's main command in a fresh copy and virtual environment (CI runs it too)
+	$(PYTHON) -m pytest -q -m slow
 
 figures:  ## regenerate the README's figures in images/ (real data from ../shared/data)
 	$(PYTHON) bench/figures.py

@@ -9,13 +9,14 @@ The architecture comes from {logdir}/architecture.json (written by train.py); ar
 are only checked against it. Metrics count the pixels inside the FOV mask, at --threshold or at
 the threshold that --calibrate_on chooses on other (training) images.
 """
-import os
+import utils
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+utils.quiet_tensorflow()
 
 import csv  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -27,7 +28,6 @@ from absl import app, flags, logging  # noqa: E402
 
 import dataset  # noqa: E402
 import model  # noqa: E402
-import utils  # noqa: E402
 
 FLAGS = flags.FLAGS
 utils.define_flags('logdir', 'label_file_path', 'batch_size', 'preprocess', 'transpose_conv',
@@ -47,6 +47,11 @@ flags.DEFINE_string('predict', None, 'Predict images with no labels instead of e
 flags.DEFINE_string('predict_dir', None, 'Where --predict writes (default {logdir}/predictions; '
                     'not the folder of the input images).')
 flags.DEFINE_string('export_dir', None, 'Also export a SavedModel for serving to this folder.')
+flags.DEFINE_string('checkpoint', 'last', "The weights to use: 'last', 'best' (the best "
+                    "validation step's, with train.py --validation_label_file) or a step number "
+                    'whose checkpoint is kept.')
+flags.register_validator('checkpoint', lambda value: value in ('last', 'best') or value.isdigit(),
+                         message="--checkpoint must be 'last', 'best' or a step number")
 flags.register_validator('threshold', lambda value: 0 <= value <= 1,
                          message='--threshold must be a probability between 0 and 1')
 for _name in ('tile_size', 'tile_overlap'):
@@ -55,16 +60,18 @@ for _name in ('tile_size', 'tile_overlap'):
 
 METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
 OVERLAY_DIR = 'visulize'
-SUMMARY_DIR = 'eval_logs'
+EVALUATIONS_DIR = 'evaluations'
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.gif', '.bmp')
 REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')
 
 
 # ----------------------------------------------------------------------------- the model
 
-def load_model(logdir):
+def load_model(logdir, checkpoint='last'):
     """Builds the saved architecture, checks it against any architecture flag the user gave, and
-    loads the weights train.py exported."""
+    loads the weights `checkpoint` names: 'last' (the weights train.py exported last), 'best'
+    (the best validation step's) or a step whose checkpoint is kept. Returns the model, the
+    architecture, the checkpoint's name for outputs ('step4000', 'best-step3500') and its step."""
     if not logdir:
         raise utils.UserError('--logdir is required')
     architecture = model.load_architecture(logdir)
@@ -75,6 +82,24 @@ def load_model(logdir):
     given = {key: FLAGS[key].value for key in model.ARCHITECTURE_KEYS if FLAGS[key].present}
     model.check_architecture(architecture, given, f'--logdir={logdir}')
     unet = model.build_from_architecture(architecture)
+    if checkpoint.isdigit():
+        step = int(checkpoint)
+        restore_step(unet, logdir, step)
+        return unet, architecture, f'step{step}', step
+    if checkpoint == 'best':
+        best = model.read_best(logdir)
+        if best is None:
+            raise utils.UserError(f'--checkpoint=best: {logdir} has no best checkpoint (train '
+                                  'with --validation_label_file to keep one)')
+        step = best['step']
+        load_weights(unet, os.path.join(logdir, model.BEST_DIR, model.WEIGHTS_FILE))
+        return unet, architecture, f'best-step{step}', step
+    step = trained_step(logdir)
+    load_weights(unet, weights)
+    return unet, architecture, f'step{step}' if step else 'last', step
+
+
+def load_weights(unet, weights):
     try:
         with warnings.catch_warnings():  # Keras warns once per layer before it raises
             warnings.simplefilter('ignore')
@@ -85,7 +110,21 @@ def load_model(logdir):
     except ValueError as error:
         raise utils.UserError(f'{weights}: does not fit the architecture in '
                               f'{model.ARCHITECTURE_FILE} ({_first_line(error)})') from None
-    return unet, architecture
+
+
+def restore_step(unet, logdir, step):
+    """Loads the model's weights from the kept checkpoint of `step`."""
+    directory = os.path.join(logdir, model.CHECKPOINT_DIR)
+    kept = model.checkpoint_steps(directory)
+    if step not in kept:
+        raise utils.UserError(f'--checkpoint={step}: no such checkpoint in {directory} (kept: '
+                              f'{", ".join(map(str, sorted(kept))) or "none"})')
+    prefix = os.path.join(directory, f'ckpt-{step}')
+    try:
+        status = tf.train.Checkpoint(model=unet).read(prefix).expect_partial()
+        status.assert_existing_objects_matched()
+    except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
+        raise utils.UserError(f'{prefix}: cannot be read ({_first_line(error)})') from None
 
 
 def _first_line(error):
@@ -93,10 +132,9 @@ def _first_line(error):
 
 
 def make_predictor(unet, channels):
-    """A traced function: image batch of any size -> vessel probability (padding inside)."""
-    spec = tf.TensorSpec([None, None, None, channels], tf.float32)
-    return tf.function(lambda images: model.predict_probabilities(unet, images)[..., 1],
-                       input_signature=[spec])
+    """Image batch of any size -> vessel probability (padding inside, traced once)."""
+    probabilities = model.make_predictor(unet, channels)
+    return lambda images: probabilities(images)[..., 1]
 
 
 def predict_image(predict, image, tile_size=0, overlap=128):
@@ -131,7 +169,8 @@ def predict_flipped(predict, image):
 
 def calibrate_threshold(predict, label_file, preprocess, channels):
     """The threshold with the best F1 over the FOV pixels of the images `label_file` lists."""
-    examples = dataset.load_examples(utils.parse_label_file(label_file, preprocess), channels)
+    examples = dataset.load_examples(
+        utils.parse_label_file(label_file, preprocess, flag='--calibrate_on'), channels)
     labels, probabilities = [], []
     for example in examples:
         fov = example.mask.astype(bool)
@@ -213,24 +252,35 @@ def print_result(result):
         print('  second observer:', format_scores(result['second_observer']))
 
 
-def write_results(logdir, rows, result, step):
-    utils.write_json(os.path.join(logdir, METRICS_JSON), {**result, 'per_image': rows})
+def write_results(out_dir, rows, result, step):
+    """metrics.json, metrics.csv and the TensorBoard scalars of one evaluation."""
+    utils.write_json(os.path.join(out_dir, METRICS_JSON), {**result, 'per_image': rows})
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=['image', *REPORTED], extrasaction='ignore')
     writer.writeheader()
     for row in rows + [{'image': 'all', **result['scores']}]:  # undefined: an empty cell
         writer.writerow({key: '' if isinstance(value, float) and np.isnan(value) else value
                          for key, value in row.items()})
-    utils.write_atomic(os.path.join(logdir, METRICS_CSV), text.getvalue())
-    with tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)).as_default():
+    utils.write_atomic(os.path.join(out_dir, METRICS_CSV), text.getvalue())
+    with tf.summary.create_file_writer(out_dir).as_default():
         for key in REPORTED:
             if not np.isnan(result['scores'][key]):
                 tf.summary.scalar(f'eval/{key}', result['scores'][key], step=step)
 
 
 def trained_step(logdir):
-    latest = tf.train.latest_checkpoint(os.path.join(logdir, model.CHECKPOINT_DIR))
-    return int(latest.rsplit('-', 1)[1]) if latest else 0
+    """The step of the last checkpoint (0 for a run folder without checkpoints)."""
+    return max(model.checkpoint_steps(os.path.join(logdir, model.CHECKPOINT_DIR)), default=0)
+
+
+def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta):
+    """The folder of one evaluation, from what it evaluates: e.g. DRIVE-test_step4000_threshold0.5
+    or DRIVE-test_best-step3500_calibrated-on-DRIVE-training_tta."""
+    def data(path):
+        folder, name = os.path.split(os.path.abspath(path))
+        return f'{os.path.basename(folder)}-{os.path.splitext(name)[0]}'
+    how = f'calibrated-on-{data(calibrate_on)}' if calibrate_on else f'threshold{threshold:g}'
+    return '_'.join([data(label_file), checkpoint, how] + (['tta'] if tta else []))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -334,18 +384,24 @@ def predict_file(predict, path, preprocess, out_dir, name, threshold):
     return float((probability[fov] >= threshold).mean())
 
 
-def evaluate_label_file(predict, label_file, preprocess, channels, threshold, out_dir):
-    """Evaluates the images a label file lists; prints the results and writes them to out_dir."""
+def evaluate_label_file(predict, label_file, preprocess, channels, threshold, out_dir,
+                        checkpoint, step):
+    """Evaluates the images a label file lists; prints the results and writes them to their own
+    folder under out_dir/evaluations, named by label file, checkpoint and threshold."""
+    out_dir = os.path.join(out_dir, EVALUATIONS_DIR, evaluation_name(
+        label_file, checkpoint, threshold, FLAGS.calibrate_on, FLAGS.tta))
     samples = utils.parse_label_file(label_file, preprocess)
     examples = dataset.load_examples(samples, channels)
     rgb_samples = utils.parse_label_file(label_file, preprocess=False)
     overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if FLAGS.visulize else None
     started = time.time()
     rows, result = evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir)
-    logging.info('evaluated %d images in %.1fs', len(rows), time.time() - started)
-    result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta)
+    seconds = time.time() - started
+    logging.info('evaluated %d images in %.1fs', len(rows), seconds)
+    result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta, label_file=label_file,
+                  checkpoint=checkpoint, seconds=round(seconds, 2))
     print_result(result)
-    write_results(out_dir, rows, result, trained_step(FLAGS.logdir))
+    write_results(out_dir, rows, result, step)
     print(f'metrics: {os.path.join(out_dir, METRICS_JSON)}, {os.path.join(out_dir, METRICS_CSV)}')
     if overlay_dir:
         print(f'overlays, probability maps and ROC/PR curves: {overlay_dir}/')
@@ -353,7 +409,7 @@ def evaluate_label_file(predict, label_file, preprocess, channels, threshold, ou
 
 def main(argv):
     del argv
-    unet, architecture = load_model(FLAGS.logdir)
+    unet, architecture, checkpoint, step = load_model(FLAGS.logdir, FLAGS.checkpoint)
     out_dir = check_outputs()
     channels = model.in_channels(architecture['preprocess'])
     traced = make_predictor(unet, channels)
@@ -373,7 +429,7 @@ def main(argv):
         predict_files(predict, FLAGS.predict, architecture['preprocess'], out_dir, threshold)
     else:
         evaluate_label_file(predict, FLAGS.label_file_path, architecture['preprocess'], channels,
-                            threshold, out_dir)
+                            threshold, out_dir, checkpoint, step)
 
 
 def check_outputs():

@@ -9,6 +9,7 @@ every replica and worker normalises with the global batch and ends with the same
 """
 import json
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -21,6 +22,7 @@ MULTIPLE = 2 ** DEPTH  # input sides must be multiples of this
 ARCHITECTURE_FILE = 'architecture.json'
 WEIGHTS_FILE = 'model.weights.h5'
 CHECKPOINT_DIR = 'checkpoints'
+BEST_DIR, BEST_FILE = 'best', 'best.json'  # the best validation step's weights and scores
 ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preprocess')
 _SMALLEST = {'num_classes': 2, 'base_channels': 1}  # integer keys; the others are booleans
 
@@ -80,6 +82,14 @@ def predict_probabilities(model, images):
     return tf.nn.softmax(logits[:, :height, :width, :], axis=-1)
 
 
+def make_predictor(model, channels):
+    """predict_probabilities traced once for images of any size: float [N, H, W, channels] in
+    [0, 1] -> softmax probabilities [N, H, W, classes]."""
+    spec = tf.TensorSpec([None, None, None, channels], tf.float32)
+    return tf.function(lambda images: predict_probabilities(model, images),
+                       input_signature=[spec])
+
+
 # ----------------------------------------------------------------------------- what a run remembers
 
 def save_architecture(logdir, architecture):
@@ -107,6 +117,28 @@ def load_architecture(logdir):
             raise utils.UserError(f'{path}: "{key}" must be true or false, found '
                                   f'{json.dumps(value)}')
     return architecture
+
+
+def checkpoint_steps(directory):
+    """The steps of the checkpoints in `directory` whose index file exists, newest first."""
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted((int(match.group(1)) for match in map(_CHECKPOINT_INDEX.fullmatch, names)
+                   if match), reverse=True)
+
+
+_CHECKPOINT_INDEX = re.compile(r'ckpt-(\d+)\.index')
+
+
+def read_best(logdir):
+    """{step, metric, value, scores} of the run's best validation step, or None."""
+    path = os.path.join(logdir, BEST_DIR, BEST_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as stream:
+            return json.load(stream)
+    except ValueError as error:
+        raise utils.UserError(f'{path}: unreadable ({error})') from None
 
 
 def check_architecture(saved, requested, where):

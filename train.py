@@ -2,20 +2,25 @@
 
   python train.py --logdir=log/retina --label_file_path=data/CHASEDB/training.txt \
       --batch_size=4 --max_iters=2000 --preprocess=True --transpose_conv=True
-  tensorboard --logdir log/retina/train_logs
+  tensorboard --logdir log/retina
 
-A rerun with the same --logdir resumes from its last checkpoint and stops at --max_iters.
+Every setting is saved with the run ({logdir}/config.json). A rerun with the same --logdir
+resumes from its last checkpoint with the saved settings (flags given again must agree, except
+those in RESUMABLE) and stops at --max_iters.
 """
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import utils
+
+utils.quiet_tensorflow()
 
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import errno  # noqa: E402
 import fcntl  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
-import re  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -29,39 +34,187 @@ from absl import app, flags, logging  # noqa: E402
 
 import dataset  # noqa: E402
 import model  # noqa: E402
-import utils  # noqa: E402
+
+SUMMARY_DIR = 'train_logs'
+VALIDATION_DIR = 'validation_logs'
+CONFIG_FILE = 'config.json'
+LOCK_FILE = 'train.lock'
+GRADIENT_CLIP_NORM = 10.0
+BEST_METRICS = ('F1', 'AUC_ROC', 'loss')  # the best has the highest value, but the lowest loss
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting that shapes a run, as Model Garden's params: the flags build it, the run
+    folder keeps it (config.json), and train() reads nothing else."""
+    logdir: str
+    label_file_path: str
+    # the model (also written to architecture.json, which evaluate.py reads)
+    num_classes: int = 2
+    base_channels: int = 32
+    transpose_conv: bool = False
+    preprocess: bool = False
+    # the data
+    batch_size: int = 4
+    patch_size: int = 0
+    image_size: int = 1024
+    augmentation: bool = False
+    seed: int = 0
+    # the optimisation
+    initial_lr: float = 3e-4
+    max_iters: int = 2000
+    fov_loss: bool = True
+    dice_weight: float = 0.0
+    mixed_precision: bool = False
+    # validation and the best checkpoint
+    validation_label_file: str | None = None
+    validation_interval: int = 0
+    best_metric: str = 'F1'
+    # bookkeeping
+    save_interval: int = 100
+    log_interval: int = 20
+
+    @property
+    def architecture(self):
+        return {key: getattr(self, key) for key in model.ARCHITECTURE_KEYS}
+
+
+# Settings a resumed run may change: where the run lives, how long it trains (the learning rate
+# then decays linearly from its current value to 0 at the new end), and how often it reports.
+RESUMABLE = ('logdir', 'max_iters', 'save_interval', 'log_interval', 'validation_interval')
 
 FLAGS = flags.FLAGS
 utils.define_flags('logdir', 'label_file_path', 'seed', 'batch_size', 'preprocess',
                    'transpose_conv', 'base_channels', 'num_classes')
-flags.DEFINE_float('initial_lr', 3e-4, 'Adam learning rate at step 0, decayed linearly to 0 at '
-                   '--max_iters.', lower_bound=0.0)
-flags.DEFINE_integer('max_iters', 2000, 'Training steps in all (a resumed run stops here too).',
+flags.DEFINE_float('initial_lr', TrainConfig.initial_lr, 'Adam learning rate at step 0, '
+                   'decayed linearly to 0 at --max_iters.', lower_bound=0.0)
+flags.DEFINE_integer('max_iters', TrainConfig.max_iters, 'Training steps in all; raise it to '
+                     'extend an interrupted run (the rate then decays from its current value).',
                      lower_bound=1)
-flags.DEFINE_integer('save_interval', 100, 'Steps between checkpoints, weights exports, image '
-                     'summaries and summary flushes.', lower_bound=1)
-flags.DEFINE_bool('augmentation', False, 'Random flips, 90-degree rotations, brightness and '
-                  'contrast jitter.')
-flags.DEFINE_integer('image_size', 1024, 'Side of the whole-image training crops (a multiple of '
-                     '16); images are zero-padded up to it.')
-flags.DEFINE_integer('patch_size', 0, 'Train on square patches of this side (a multiple of 16) '
-                     'centred in the FOV; 0 trains on whole images.', lower_bound=0)
-flags.DEFINE_bool('fov_loss', True, 'Average the loss over pixels inside the FOV mask only (the '
-                  'pixels that metrics count); False averages over every pixel, as the original.')
-flags.DEFINE_float('dice_weight', 0.0, 'Add this times the soft Dice loss of the vessel '
-                   'probability (over the same pixels) to the cross-entropy; 0: none.',
+flags.DEFINE_integer('save_interval', TrainConfig.save_interval, 'Steps between checkpoints, '
+                     'weights exports, image summaries and summary flushes.', lower_bound=1)
+flags.DEFINE_bool('augmentation', TrainConfig.augmentation, 'Random flips, 90-degree rotations, '
+                  'brightness and contrast jitter.')
+flags.DEFINE_integer('image_size', TrainConfig.image_size, 'Side of the whole-image training '
+                     'crops (a multiple of 16); images are zero-padded up to it.')
+flags.DEFINE_integer('patch_size', TrainConfig.patch_size, 'Train on square patches of this side '
+                     '(a multiple of 16) centred in the FOV; 0 trains on whole images.',
+                     lower_bound=0)
+flags.DEFINE_bool('fov_loss', TrainConfig.fov_loss, 'Average the loss over pixels inside the FOV '
+                  'mask only (the pixels that metrics count); False averages over every pixel, '
+                  'as the original.')
+flags.DEFINE_float('dice_weight', TrainConfig.dice_weight, 'Add this times the soft Dice loss of '
+                   'the vessel probability (over the same pixels) to the cross-entropy; 0: none.',
                    lower_bound=0.0)
-flags.DEFINE_integer('log_interval', 20, 'Steps between progress lines.', lower_bound=1)
-flags.DEFINE_bool('mixed_precision', False, "Compute in bfloat16 (Keras policy "
-                  "'mixed_bfloat16'), keeping float32 weights and logits.")
+flags.DEFINE_integer('log_interval', TrainConfig.log_interval, 'Steps between progress lines.',
+                     lower_bound=1)
+flags.DEFINE_bool('mixed_precision', TrainConfig.mixed_precision, "Compute in bfloat16 (Keras "
+                  "policy 'mixed_bfloat16'), keeping float32 weights and logits.")
+flags.DEFINE_string('validation_label_file', TrainConfig.validation_label_file, 'A label file of '
+                    'images held out from training, e.g. data/DRIVE/test.txt for a curve only, or '
+                    'a split of the training set: scored inside the FOV during training.')
+flags.DEFINE_integer('validation_interval', TrainConfig.validation_interval, 'Steps between '
+                     'validations; 0: at every --save_interval.', lower_bound=0)
+flags.DEFINE_enum('best_metric', TrainConfig.best_metric, BEST_METRICS, 'Validation metric '
+                  'that picks the best checkpoint, kept in {logdir}/best/.')
 flags.register_validator('image_size', lambda size: size > 0 and size % model.MULTIPLE == 0,
                          message=f'--image_size must be a positive multiple of {model.MULTIPLE}')
 flags.register_validator('patch_size', lambda size: size % model.MULTIPLE == 0,
                          message=f'--patch_size must be 0 or a multiple of {model.MULTIPLE}')
 
-SUMMARY_DIR = 'train_logs'
-LOCK_FILE = 'train.lock'
-GRADIENT_CLIP_NORM = 10.0
+
+# ----------------------------------------------------------------------------- the settings
+
+def load_saved(logdir):
+    """(TrainConfig, learning-rate knots) saved in `logdir`, or (None, None) where there is no
+    config.json (a new run, or one trained before settings were saved)."""
+    path = os.path.join(logdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None, None
+    try:
+        with open(path) as stream:
+            saved = json.load(stream)
+        names = {field.name for field in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**{key: value for key, value in saved['settings'].items()
+                                if key in names})
+        return config, [list(knot) for knot in saved['learning_rate_knots']]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise utils.UserError(f'{path}: unreadable run settings ({error!r}); nothing was '
+                              'changed') from None
+
+
+def save_settings(config, knots):
+    utils.write_json(os.path.join(config.logdir, CONFIG_FILE), {
+        'settings': dataclasses.asdict(config), 'learning_rate_knots': knots,
+        'versions': {'tensorflow': tf.__version__, 'keras': keras.__version__}})
+
+
+def config_from_flags():
+    """The run's settings: each flag given on the command line, else the value saved with the
+    run (when resuming), else the flag's default."""
+    if not FLAGS.logdir:
+        raise utils.UserError('--logdir is required')
+    saved, _ = load_saved(FLAGS.logdir)
+    values = {field.name: FLAGS[field.name].value if FLAGS[field.name].present or saved is None
+              else getattr(saved, field.name) for field in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**values)
+
+
+def check_resume(config, saved):
+    """Refuses, in one line naming the flags, settings that contradict the saved run."""
+    if saved is None:
+        architecture = model.load_architecture(config.logdir)  # a run from before config.json
+        if architecture:
+            model.check_architecture(architecture, config.architecture, f'--logdir={config.logdir}')
+        return
+    conflicts = [f'--{field.name}={getattr(config, field.name)} (saved: '
+                 f'{getattr(saved, field.name)})' for field in dataclasses.fields(TrainConfig)
+                 if field.name not in RESUMABLE
+                 and getattr(config, field.name) != getattr(saved, field.name)]
+    if conflicts:
+        raise utils.UserError(f'--logdir={config.logdir} was trained with other settings: '
+                              + ', '.join(conflicts) + f'; only {", ".join(RESUMABLE)} may '
+                              'change on resume (or train into a new --logdir)')
+
+
+# ----------------------------------------------------------------------------- the learning rate
+
+class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate interpolated linearly between knots [step, rate] (constant outside)."""
+
+    def __init__(self, knots):
+        self.knots = [list(knot) for knot in knots]
+
+    def __call__(self, step):
+        steps = tf.constant([float(s) for s, _ in self.knots])
+        rates = tf.constant([float(r) for _, r in self.knots])
+        step = tf.cast(step, tf.float32)
+        upper = tf.clip_by_value(tf.searchsorted(steps, [step], side='right')[0], 1,
+                                 len(self.knots) - 1)
+        start, end = steps[upper - 1], steps[upper]
+        fraction = tf.clip_by_value((step - start) / tf.maximum(end - start, 1.0), 0.0, 1.0)
+        return rates[upper - 1] + fraction * (rates[upper] - rates[upper - 1])
+
+    def get_config(self):
+        return {'knots': self.knots}
+
+
+def learning_rate_knots(config, saved_knots, step):
+    """A new run decays linearly from --initial_lr to 0 at --max_iters. A resumed run whose
+    --max_iters changed continues linearly from its current rate to 0 at the new end, so the rate
+    never jumps up."""
+    if saved_knots is None:
+        return [[0, config.initial_lr], [config.max_iters, 0.0]]
+    if saved_knots[-1][0] == config.max_iters or step >= config.max_iters:
+        return saved_knots
+    steps, rates = zip(*saved_knots, strict=True)
+    rate = float(np.interp(step, steps, rates))
+    if step and rate == 0:
+        raise utils.UserError(f'--max_iters={config.max_iters}: the run ended at step {step} with '
+                              'learning rate 0, so more steps would not learn; train a new run '
+                              'with more steps')
+    return [knot for knot in saved_knots if knot[0] < step] + [[step, rate],
+                                                              [config.max_iters, 0.0]]
 
 
 # ----------------------------------------------------------------------------- the logdir lock
@@ -89,12 +242,20 @@ def acquire_lock(logdir):
 
 
 class StopSignal:
-    """Turns SIGINT/SIGTERM into a request to stop after the current step and save."""
+    """Turns SIGINT/SIGTERM into a request to stop after the current step and save; the previous
+    handlers come back on exit."""
 
     def __init__(self):
         self.received = None
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, self._handle)
+
+    def __enter__(self):
+        self.previous = {number: signal.signal(number, self._handle)
+                         for number in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
     def _handle(self, number, frame):
         del frame
@@ -102,11 +263,6 @@ class StopSignal:
 
 
 # ----------------------------------------------------------------------------- the loop's parts
-
-def architecture_from_flags():
-    return {'num_classes': FLAGS.num_classes, 'base_channels': FLAGS.base_channels,
-            'transpose_conv': FLAGS.transpose_conv, 'preprocess': FLAGS.preprocess}
-
 
 def pixel_loss(labels, logits, masks, fov_loss, dice_weight=0.0):
     """Per-example loss over the pixels that count (the FOV, or all): mean cross-entropy, plus
@@ -234,22 +390,12 @@ def _format_seconds(seconds):
 
 # ----------------------------------------------------------------------------- the run folder
 
-CHECKPOINT_INDEX = re.compile(r'ckpt-(\d+)\.index')
-
-
-def checkpoint_steps(directory):
-    """The steps of the checkpoints in `directory` whose index file exists, newest first."""
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted((int(match.group(1)) for match in map(CHECKPOINT_INDEX.fullmatch, names)
-                   if match), reverse=True)
-
-
 def restore_newest(checkpoint, directory):
     """Restores the newest checkpoint that reads back whole and returns its step (0: there is
     none). The `checkpoint` state file is not trusted: a corrupt one must not restart the run.
     Unreadable checkpoints are skipped with a warning; if none can be read, a UserError."""
     skipped = []
-    for step in checkpoint_steps(directory):
+    for step in model.checkpoint_steps(directory):
         try:
             checkpoint.restore(os.path.join(directory, f'ckpt-{step}')
                                ).assert_existing_objects_matched()
@@ -269,7 +415,7 @@ def restore_newest(checkpoint, directory):
 def repair_checkpoint_state(directory, restored):
     """Rewrites the `checkpoint` state file to name the restored checkpoint and the older ones,
     and removes the unreadable newer ones, so that CheckpointManager starts from a sound state."""
-    steps = checkpoint_steps(directory)
+    steps = model.checkpoint_steps(directory)
     for step in steps:
         if step > restored:
             for path in glob.glob(os.path.join(glob.escape(directory), f'ckpt-{step}.*')):
@@ -324,114 +470,174 @@ def trim_events(directory, last_step):
             os.replace(temporary, path)
 
 
+# ----------------------------------------------------------------------------- validation
+
+class Validator:
+    """Scores the model on held-out images inside their FOV: the loss (cross-entropy) and the
+    metrics evaluate.py reports at threshold 0.5 (utils.evaluate_pixels, the same code). Writes
+    them to TensorBoard ({logdir}/validation_logs) and keeps the weights of the best step in
+    {logdir}/best/."""
+
+    def __init__(self, config, unet):
+        self.examples = dataset.load_label_file(config.validation_label_file, config.preprocess)
+        self.predict = model.make_predictor(unet, model.in_channels(config.preprocess))
+        self.unet, self.metric, self.logdir = unet, config.best_metric, config.logdir
+        self.writer = tf.summary.create_file_writer(os.path.join(config.logdir, VALIDATION_DIR))
+        self.best = model.read_best(config.logdir)
+
+    def score(self):
+        labels, probabilities, losses = [], [], []
+        for example in self.examples:
+            probability = self.predict(example.image[None].astype(np.float32) / 255)[0].numpy()
+            fov = example.mask.astype(bool)
+            truth = np.take_along_axis(probability, example.label[..., None].astype(int), -1)
+            losses.append(float(-np.log(np.maximum(truth[..., 0][fov], 1e-7)).mean()))
+            labels.append(example.label[fov])
+            probabilities.append(probability[..., 1][fov])
+        labels = np.concatenate(labels)
+        _, scores = utils.evaluate_pixels(labels, np.concatenate(probabilities),
+                                          np.ones_like(labels))
+        return {'loss': float(np.mean(losses)), **scores}
+
+    def __call__(self, step):
+        """Scores step `step`, writes the scalars, and keeps the weights if they are the best."""
+        scores = self.score()
+        with self.writer.as_default():
+            for name, value in scores.items():
+                if np.isfinite(value):
+                    tf.summary.scalar(f'validation/{name}', value, step=step)
+        value = scores[self.metric]
+        logging.info('validation at step %d: loss %.4f  F1 %.4f  AUC_ROC %.4f', step,
+                     scores['loss'], scores['F1'], scores['AUC_ROC'])
+        sign = -1 if self.metric == 'loss' else 1
+        if np.isfinite(value) and (self.best is None
+                                   or sign * value > sign * self.best['value']):
+            folder = os.path.join(self.logdir, model.BEST_DIR)
+            export_weights(self.unet, folder)
+            self.best = {'step': step, 'metric': self.metric, 'value': value, 'scores': scores}
+            utils.write_json(os.path.join(folder, model.BEST_FILE), self.best)
+
+    def flush(self):
+        self.writer.flush()
+
+
 # ----------------------------------------------------------------------------- the loop
 
-def check_settings(examples, replicas):
-    if FLAGS.batch_size % replicas:
-        raise utils.UserError(f'--batch_size={FLAGS.batch_size} is not divisible by the '
+def check_settings(config, examples, replicas):
+    if config.batch_size % replicas:
+        raise utils.UserError(f'--batch_size={config.batch_size} is not divisible by the '
                               f'{replicas} replicas')
     smallest = min(min(e.label.shape) for e in examples)
-    if FLAGS.patch_size > smallest:
-        raise utils.UserError(f'--patch_size={FLAGS.patch_size} is larger than the smallest '
-                              f'image side ({smallest}) in {FLAGS.label_file_path}')
+    if config.patch_size > smallest:
+        raise utils.UserError(f'--patch_size={config.patch_size} is larger than the smallest '
+                              f'image side ({smallest}) in {config.label_file_path}')
 
 
-def prepare_logdir(chief):
-    """Creates the logdir, takes its lock, clears leftovers of killed saves and records (or
-    checks) the architecture. Returns the lock (None on other workers)."""
-    logdir = FLAGS.logdir
-    if not logdir:
-        raise utils.UserError('--logdir is required')
+def prepare_logdir(config, chief):
+    """Creates the logdir, takes its lock and clears leftovers of killed saves. Returns the lock
+    (None on other workers)."""
     try:
-        os.makedirs(logdir, exist_ok=True)
+        os.makedirs(config.logdir, exist_ok=True)
     except OSError as error:
-        raise utils.UserError(f'--logdir={logdir}: cannot create it ({error.strerror})') from None
-    lock = acquire_lock(logdir) if chief else None
-    architecture = architecture_from_flags()
-    saved = model.load_architecture(logdir)
-    if saved:
-        model.check_architecture(saved, architecture, f'--logdir={logdir}')
-    elif chief:
-        model.save_architecture(logdir, architecture)
+        raise utils.UserError(f'--logdir={config.logdir}: cannot create it ({error.strerror})'
+                              ) from None
+    lock = acquire_lock(config.logdir) if chief else None
     if chief:
-        remove_leftovers(logdir)
+        remove_leftovers(config.logdir)
     return lock
 
 
-def train(strategy):
-    """Trains under `strategy` until --max_iters; resumes from the logdir's last checkpoint."""
+def train(strategy, config):
+    """Trains under `strategy` with the settings `config` until config.max_iters, resuming from
+    the logdir's newest readable checkpoint. Reads no flags: scripts, benchmarks and tests call
+    it alike."""
     chief = is_chief(strategy)
-    if not FLAGS.label_file_path:
+    if not config.logdir:
+        raise utils.UserError('--logdir is required')
+    if not config.label_file_path:
         raise utils.UserError('--label_file_path is required')
-    examples = dataset.load_label_file(FLAGS.label_file_path, FLAGS.preprocess)
-    check_settings(examples, strategy.num_replicas_in_sync)
-    lock = prepare_logdir(chief)
+    saved, saved_knots = load_saved(config.logdir)
+    check_resume(config, saved)
+    examples = dataset.load_label_file(config.label_file_path, config.preprocess)
+    check_settings(config, examples, strategy.num_replicas_in_sync)
+    if config.validation_label_file:
+        utils.parse_label_file(config.validation_label_file, config.preprocess,  # fail early
+                               flag='--validation_label_file')
+    lock = prepare_logdir(config, chief)
     try:
-        _train(strategy, examples, chief)
+        with StopSignal() as stop:
+            _train(strategy, config, examples, chief, saved_knots, stop)
     finally:
+        keras.mixed_precision.set_global_policy('float32')
         if lock:
             lock.close()
 
 
-def build_and_restore(strategy, chief):
+def build_and_restore(strategy, config, chief, saved_knots):
     """Model, schedule, optimizer and checkpoint manager, built under the strategy's scope and
     restored from the logdir's newest readable checkpoint where there is one."""
-    keras.utils.set_random_seed(FLAGS.seed)  # the initial weights too, not only the data
-    if FLAGS.mixed_precision:
-        keras.mixed_precision.set_global_policy('mixed_bfloat16')
+    keras.utils.set_random_seed(config.seed)  # the initial weights too, not only the data
+    keras.mixed_precision.set_global_policy(
+        'mixed_bfloat16' if config.mixed_precision else 'float32')
     with strategy.scope():
-        unet = model.build_from_architecture(architecture_from_flags())
-        schedule = keras.optimizers.schedules.PolynomialDecay(FLAGS.initial_lr, FLAGS.max_iters,
-                                                              end_learning_rate=0.0)
-        optimizer = keras.optimizers.Adam(schedule)
+        unet = model.build_from_architecture(config.architecture)
+        optimizer = keras.optimizers.Adam(PiecewiseLinear([[0, 0.0], [1, 0.0]]))
         optimizer.build(unet.trainable_variables)  # before the first step, under the scope
         checkpoint = tf.train.Checkpoint(model=unet, optimizer=optimizer)
-    directory = os.path.join(FLAGS.logdir, model.CHECKPOINT_DIR)
+    directory = os.path.join(config.logdir, model.CHECKPOINT_DIR)
     restored = restore_newest(checkpoint, directory)
-    weights = os.path.join(FLAGS.logdir, model.WEIGHTS_FILE)
+    weights = os.path.join(config.logdir, model.WEIGHTS_FILE)
     if not restored and os.path.exists(weights):
-        raise utils.UserError(f'--logdir={FLAGS.logdir} holds trained weights ({weights}) but no '
-                              f'checkpoint to resume from ({directory} is missing or empty); '
+        raise utils.UserError(f'--logdir={config.logdir} holds trained weights ({weights}) but '
+                              f'no checkpoint to resume from ({directory} is missing or empty); '
                               'train into a new --logdir, or remove the weights to start over')
+    knots = learning_rate_knots(config, saved_knots, restored)
+    schedule = optimizer.learning_rate = PiecewiseLinear(knots)  # the step is known only now
     if chief:
         repair_checkpoint_state(directory, restored)
-        trim_events(os.path.join(FLAGS.logdir, SUMMARY_DIR), restored)
+        for folder in (SUMMARY_DIR, VALIDATION_DIR):
+            trim_events(os.path.join(config.logdir, folder), restored)
+        model.save_architecture(config.logdir, config.architecture)
+        save_settings(config, knots)
     else:  # other workers must save too, but somewhere private
         directory = os.path.join(directory, f'.worker{strategy.cluster_resolver.task_id}')
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
-    return unet, schedule, optimizer, manager, restored
+    return unet, optimizer, schedule, manager, restored
 
 
-def _train(strategy, examples, chief):
-    logdir, global_batch = FLAGS.logdir, FLAGS.batch_size
-    unet, schedule, optimizer, manager, resumed = build_and_restore(strategy, chief)
+def _train(strategy, config, examples, chief, saved_knots, stop):
+    logdir, global_batch = config.logdir, config.batch_size
+    unet, optimizer, schedule, manager, resumed = build_and_restore(strategy, config, chief,
+                                                                   saved_knots)
     start = int(optimizer.iterations.numpy())
     replicas = strategy.num_replicas_in_sync
     logging.info('%s at step %d of %d: global batch %d = %d replicas x %d, %d training images, '
-                 '%s parameters', 'resuming' if resumed else 'starting', start, FLAGS.max_iters,
+                 '%s parameters', 'resuming' if resumed else 'starting', start, config.max_iters,
                  global_batch, replicas, global_batch // replicas, len(examples),
                  f'{unet.count_params():,}')
-    if start >= FLAGS.max_iters:
+    if start >= config.max_iters:
         if chief:  # a run killed between its last checkpoint and weights export
             export_weights(unet, logdir)
-        logging.info('already trained to --max_iters=%d', FLAGS.max_iters)
+        logging.info('already trained to --max_iters=%d', config.max_iters)
         return
 
     def make_dataset(context):
         return dataset.training_dataset(
-            examples, context.get_per_replica_batch_size(global_batch), FLAGS.patch_size,
-            FLAGS.image_size, FLAGS.augmentation, FLAGS.seed, start, context)
+            examples, context.get_per_replica_batch_size(global_batch), config.patch_size,
+            config.image_size, config.augmentation, config.seed, start, context)
 
     iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
-    preview = next(iter(dataset.training_dataset(examples, min(global_batch, 3), FLAGS.patch_size,
-                                                 FLAGS.image_size, seed=FLAGS.seed + 1)))
-    train_step = make_train_step(strategy, unet, optimizer, global_batch, FLAGS.fov_loss,
-                                 FLAGS.dice_weight)
+    preview = next(iter(dataset.training_dataset(examples, min(global_batch, 3), config.patch_size,
+                                                 config.image_size, seed=config.seed + 1)))
+    train_step = make_train_step(strategy, unet, optimizer, global_batch, config.fov_loss,
+                                 config.dice_weight)
     writer = (tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)) if chief
               else tf.summary.create_noop_writer())
-    stop, pending = StopSignal(), []
+    validate = Validator(config, unet) if chief and config.validation_label_file else None
+    validation_interval = config.validation_interval or config.save_interval
+    pending = []
     started = last_time = time.time()
-    for step in range(start + 1, FLAGS.max_iters + 1):
+    for step in range(start + 1, config.max_iters + 1):
         loss = float(train_step(iterator))
         if not np.isfinite(loss):
             raise utils.UserError(f'the loss became {loss} at step {step}; stopped without saving '
@@ -441,29 +647,34 @@ def _train(strategy, examples, chief):
         pending.append({'step': step, 'loss': loss, 'learning_rate': float(schedule(step - 1)),
                         'global_steps_per_sec': 1.0 / max(now - last_time, 1e-9)})
         last_time = now
-        if step % FLAGS.log_interval == 0 or step == FLAGS.max_iters:
+        if step % config.log_interval == 0 or step == config.max_iters:
             rate = (step - start) / (now - started)
             logging.info('step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  ETA %s', step,
-                         FLAGS.max_iters, loss, pending[-1]['learning_rate'], rate,
-                         _format_seconds((FLAGS.max_iters - step) / rate))
-        if step % FLAGS.save_interval == 0 or step == FLAGS.max_iters or stop.received:
+                         config.max_iters, loss, pending[-1]['learning_rate'], rate,
+                         _format_seconds((config.max_iters - step) / rate))
+        if validate and (step % validation_interval == 0 or step == config.max_iters):
+            validate(step)
+        if step % config.save_interval == 0 or step == config.max_iters or stop.received:
             if chief:
                 check_free_space(logdir, unet, manager, step)
             write_summaries(writer, pending, preview, unet, step)
+            if validate:
+                validate.flush()
             save(manager, unet, logdir, chief, step)
+            last_time = time.time()  # the save's time is not a step's
         if stop.received:
             logging.info('signal %d: stopped at step %d after saving; rerun to resume',
                          stop.received, step)
             raise SystemExit(128 + stop.received)
     checksum = sum(float(tf.reduce_sum(tf.cast(w, tf.float64))) for w in unet.weights)
-    logging.info('done: %d steps in %s; weights in %s (checksum %.12g)', FLAGS.max_iters - start,
+    logging.info('done: %d steps in %s; weights in %s (checksum %.12g)', config.max_iters - start,
                  _format_seconds(time.time() - started), os.path.join(logdir, model.WEIGHTS_FILE),
                  checksum)
 
 
 def main(argv):
     del argv
-    train(tf.distribute.get_strategy())
+    train(tf.distribute.get_strategy(), config_from_flags())
 
 
 if __name__ == '__main__':

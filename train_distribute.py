@@ -7,17 +7,20 @@
 MirroredStrategy over every visible GPU (or --cpu_replicas logical CPU devices where there are
 none); MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several tasks.
 """
-import json
-import os
-import signal
-import socket
-import time
-
-import tensorflow as tf
-from absl import app, flags, logging
-
-import train
 import utils
+
+utils.quiet_tensorflow()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+import train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('cpu_replicas', 0, 'Without GPUs: split the CPU into this many logical '
@@ -77,7 +80,7 @@ def wait_for_peers(cluster, own_address, timeout, interval=10):
                                   f'({error.strerror})') from None
         listener.listen()
         listener.settimeout(0.2)
-        started, reported = time.time(), 0.0
+        started, reported = time.time(), -float(interval)
         while missing := [peer for peer in peers if not _accepts(peer)]:
             waited = time.time() - started
             if waited > timeout:
@@ -126,7 +129,8 @@ def choose_strategy():
 
 def main(argv):
     del argv
-    train.train(choose_strategy())
+    config = train.config_from_flags()
+    train.train(choose_strategy(), config)
 
 
 if __name__ == '__main__':

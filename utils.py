@@ -3,7 +3,9 @@
 Nothing here imports TensorFlow, so preprocessing and metric tests stay fast.
 """
 import json
+import logging
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -12,6 +14,35 @@ import cv2
 import numpy as np
 from absl import flags
 from scipy import ndimage
+
+# TensorFlow's start-up lines on a CPU machine: oneDNN, missing CUDA, CPU features, absl's warning.
+_STARTUP_NOISE = re.compile(r'^(WARNING: All log messages before absl::InitializeLog|[IWE]0000 |'
+                            r'To enable the following instructions:)')
+
+
+def quiet_tensorflow():
+    """Imports TensorFlow with its start-up noise hidden (and its C++ log at errors-only
+    level 3, which hides the CUDA lines of a CPU machine); anything else it prints is replayed.
+    RETINA_UNET_TF_LOGS=1 shows everything. Call before any module imports TensorFlow."""
+    if os.environ.get('RETINA_UNET_TF_LOGS') or 'tensorflow' in sys.modules:
+        return
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        lines = sink.read().decode(errors='replace').splitlines()
+    for line in lines:
+        if not _STARTUP_NOISE.match(line):
+            print(line, file=sys.stderr)
+    logging.getLogger('absl').addFilter(  # TensorFlow's own INFO lines (one at every save)
+        lambda record: record.levelno >= logging.WARNING or 'tensorflow' not in record.pathname)
 
 
 class UserError(Exception):
@@ -279,10 +310,11 @@ class Sample:
     mask: str
 
 
-def parse_label_file(path, preprocess=False):
-    """The samples a label file lists, with absolute paths; a UserError names file and line."""
+def parse_label_file(path, preprocess=False, flag='--label_file_path'):
+    """The samples a label file lists, with absolute paths; a UserError names file and line (or
+    the flag that named a missing file)."""
     if not os.path.isfile(path):
-        raise UserError(f'--label_file_path={path}: file not found')
+        raise UserError(f'{flag}={path}: file not found')
     with open(path, encoding='utf-8-sig', errors='replace') as stream:  # -sig: a BOM is dropped
         lines = [(number, line.strip()) for number, line in enumerate(stream, 1)]
     lines = [(number, line) for number, line in lines if line]

@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny synthetic set, a briefly trained run, the real data when present."""
 import contextlib
 import glob
+import io
+import json
+import logging
 import os
 import socket
 import subprocess
@@ -8,6 +11,11 @@ import sys
 import time
 
 import pytest
+
+# The suite runs on two workers (make test: pytest -n 2), one per core: each TensorFlow process
+# of theirs (and every script they start) computes on one thread instead of competing for both.
+os.environ.setdefault('TF_NUM_INTRAOP_THREADS', '1')
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
@@ -17,8 +25,9 @@ import preprocess  # noqa: E402
 
 # Small enough for 2 CPU cores: 96px synthetic retinas, 32px patches, a base-8 U-Net (base 4
 # is too fragile: F1 0.45-0.81 across seeds after 200 steps; base 8: 0.86-0.87).
-TINY_TRAINING = ['--preprocess=True', '--patch_size=32', '--batch_size=8', '--base_channels=8',
-                 '--initial_lr=3e-3', '--log_interval=10']
+TINY = {'preprocess': True, 'patch_size': 32, 'batch_size': 8, 'base_channels': 8,
+        'initial_lr': 3e-3, 'log_interval': 10}
+TINY_TRAINING = [f'--{name}={value}' for name, value in TINY.items()]
 
 
 def run_script(script, *args, env=None, timeout=600):
@@ -28,15 +37,50 @@ def run_script(script, *args, env=None, timeout=600):
                           env=environment, capture_output=True, text=True, timeout=timeout)
 
 
+def run_here(script, *args):
+    """Runs a script's absl main in this process, as `run_script` runs it in a new one (the same
+    flag parsing and one-line errors, no TensorFlow start-up): returns a CompletedProcess with
+    the exit code, stdout, and stderr holding the errors and log lines."""
+    import importlib
+
+    from absl import flags
+    from absl import logging as absl_logging
+
+    import utils
+    module = importlib.import_module(script.removesuffix('.py'))
+    argv = [script, *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    logging.getLogger('absl').addHandler(handler)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    saved_argv, sys.argv = sys.argv, argv
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                remaining = flags.FLAGS(argv)
+                utils.run_main(module.main)(remaining)
+            except flags.Error as error:
+                print(f'FATAL Flags parsing error: {error}', file=sys.stderr)
+                code = 1
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        flags.FLAGS.unparse_flags()
+        logging.getLogger('absl').removeHandler(handler)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def last_line(text):
     return text.strip().splitlines()[-1] if text.strip() else ''
 
 
-def read_events(logdir):
-    """{tag: [(step, value)]} over every event file in {logdir}/train_logs, oldest file first."""
+def read_events(logdir, folder='train_logs'):
+    """{tag: [(step, value)]} over every event file in {logdir}/{folder}, oldest file first."""
     import tensorflow as tf
     events = {}
-    for path in sorted(glob.glob(os.path.join(logdir, 'train_logs', 'events.out.tfevents.*'))):
+    for path in sorted(glob.glob(os.path.join(logdir, folder, 'events.out.tfevents.*'))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 events.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
@@ -50,6 +94,39 @@ def steps_of(events, tag):
 def train(logdir, label_file, *args, script='train.py', env=None):
     return run_script(script, f'--logdir={logdir}', f'--label_file_path={label_file}',
                       *TINY_TRAINING, *args, env=env)
+
+
+def train_here(logdir, label_file, **changes):
+    """train.train in this process with the tiny settings (as `train` runs the script); returns
+    the settings. The loop reads no flags, so most tests need no TensorFlow start-up of their
+    own."""
+    import tensorflow as tf
+
+    import train as train_module
+    config = train_module.TrainConfig(logdir=str(logdir), label_file_path=str(label_file),
+                                      **{**TINY, **changes})
+    train_module.train(tf.distribute.get_strategy(), config)
+    return config
+
+
+@contextlib.contextmanager
+def signal_at(text, number):
+    """Sends this process signal `number` when absl logs a line holding `text`: a Ctrl-C or a
+    scheduler's pre-emption arriving mid-run, at a known step, without a process of its own."""
+    from absl import logging as absl_logging
+
+    class Trigger(logging.Handler):
+        def emit(self, record):
+            if text in record.getMessage():
+                os.kill(os.getpid(), number)
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    trigger = Trigger()
+    logging.getLogger('absl').addHandler(trigger)
+    try:
+        yield
+    finally:
+        logging.getLogger('absl').removeHandler(trigger)
 
 
 def checkpoint_step(logdir):
@@ -97,12 +174,37 @@ def tmpfs(path, size, read_only_after=None):
     finally:
         subprocess.run(['umount', '-l', str(path)], check=True)
 
+def interrupt(logdir, max_iters):
+    """Makes a finished run look interrupted at its last step by a planned length of max_iters
+    (the learning rate of a finished run has reached 0, so it cannot be extended)."""
+    path = os.path.join(str(logdir), 'config.json')
+    saved = json.load(open(path))
+    saved['settings']['max_iters'] = max_iters
+    saved['learning_rate_knots'] = [saved['learning_rate_knots'][0], [max_iters, 0.0]]
+    with open(path, 'w') as stream:
+        json.dump(saved, stream)
+
+
+def evaluation_dir(logdir, name):
+    """An evaluation's folder, e.g. evaluation_dir(logdir, 'SYNTH-test_step200_threshold0.5')."""
+    return os.path.join(str(logdir), 'evaluations', name)
+
+
 def require_shared(*parts):
     """The path under ../shared/data, or a clean skip where it is absent."""
     path = os.path.join(SHARED_DATA, *parts)
     if not os.path.exists(path):
         pytest.skip(f'{path} is not here (real data lives beside the checkout)')
     return path
+
+
+@pytest.fixture
+def logs(caplog):
+    """The text that absl logged in this process so far (INFO and up)."""
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.INFO)
+    caplog.set_level(logging.INFO, logger='absl')
+    return lambda: caplog.text
 
 
 @pytest.fixture(scope='session')

@@ -17,7 +17,7 @@ import dataset
 import evaluate
 import model
 import utils
-from conftest import SHARED_DATA, last_line, run_script
+from conftest import SHARED_DATA, evaluation_dir, last_line, run_here, run_script
 
 
 def fov_pixels(label_file):
@@ -33,37 +33,40 @@ def test_evaluate_prints_the_original_lines_and_writes_everything(trained, synth
     lines = result.stdout.splitlines()
     assert lines[0] == 'confuse mat:' and lines[3].startswith('IoU:  ')
     assert lines[4].startswith('mIoU:  ')
-    metrics = json.load(open(os.path.join(trained, 'metrics.json')))
+    out = evaluation_dir(trained, 'SYNTH-test_step200_threshold0.5')
+    assert f'metrics: {out}/metrics.json' in result.stdout
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
+    assert metrics['checkpoint'] == 'step200' and metrics['label_file'] == synthetic['test']
     assert np.sum(metrics['confusion_matrix']) == fov_pixels(synthetic['test'])
     assert [row['image'] for row in metrics['per_image']] == ['05_test', '06_test']
     assert metrics['scores']['F1'] > 0.5 and metrics['scores']['AUC_ROC'] > 0.9
     assert float(lines[3].split()[1]) == pytest.approx(metrics['scores']['IoU'])
-    csv_lines = open(os.path.join(trained, 'metrics.csv')).read().splitlines()
+    csv_lines = open(os.path.join(out, 'metrics.csv')).read().splitlines()
     assert csv_lines[0].startswith('image,F1,Acc,Se,Sp') and csv_lines[-1].startswith('all,')
-    overlays = sorted(os.listdir(os.path.join(trained, 'visulize')))
+    overlays = sorted(os.listdir(os.path.join(out, 'visulize')))
     assert overlays == ['05_test.png', '05_test_prob.png', '06_test.png', '06_test_prob.png',
                         'pr.png', 'roc.png']
-    stacked = utils.read_image(os.path.join(trained, 'visulize', '05_test.png'))
+    stacked = utils.read_image(os.path.join(out, 'visulize', '05_test.png'))
     assert stacked.shape == (192, 96, 3)  # input above, coloured comparison below
-    events = glob.glob(os.path.join(trained, 'eval_logs', 'events.out.tfevents.*'))
+    events = glob.glob(os.path.join(out, 'events.out.tfevents.*'))
     assert len(events) == 1
 
 
 def test_correctly_spelt_alias_and_architecture_conflicts(trained, synthetic, tmp_path):
     logdir = tmp_path / 'log'
     shutil.copytree(trained, logdir)
-    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
+    result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
                         '--visualize', '--transpose_conv=True')
     assert result.returncode == 2
     assert last_line(result.stderr) == (f'error: --logdir={logdir} holds a model of another '
                                         'architecture: --transpose_conv=True (trained with False)')
     architecture = json.load(open(logdir / 'architecture.json'))
     (logdir / 'architecture.json').write_text(json.dumps({**architecture, 'base_channels': 16}))
-    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}')
+    result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}')
     assert result.returncode == 2
     assert last_line(result.stderr).startswith(
         f'error: {logdir}/model.weights.h5: does not fit the architecture in architecture.json')
-    result = run_script('evaluate.py', f'--logdir={tmp_path}', f'--label_file_path={synthetic["test"]}')
+    result = run_here('evaluate.py', f'--logdir={tmp_path}', f'--label_file_path={synthetic["test"]}')
     assert result.returncode == 2 and 'no trained model' in last_line(result.stderr)
 
 
@@ -93,10 +96,11 @@ def test_flip_averaging_flips_each_prediction_back():
 def test_threshold_calibrated_on_training_images_with_flips(trained, synthetic, tmp_path):
     logdir = tmp_path / 'log'
     shutil.copytree(trained, logdir)
-    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
+    result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
                         f'--calibrate_on={synthetic["training"]}', '--tta')
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.load(open(logdir / 'metrics.json'))
+    metrics = json.load(open(os.path.join(evaluation_dir(
+        logdir, 'SYNTH-test_step200_calibrated-on-SYNTH-training_tta'), 'metrics.json')))
     assert metrics['calibrated_on'] == synthetic['training'] and metrics['tta'] is True
     # Recomputed here: flip-averaged probabilities of the saved model, the F1 of every threshold
     # on a 0.005 grid over the training images, and the test confusion matrix.
@@ -123,20 +127,21 @@ def test_threshold_calibrated_on_training_images_with_flips(trained, synthetic, 
     labels, probabilities = pixels(synthetic['test'])
     expected = utils.confusion_matrix(labels, probabilities >= chosen)
     assert np.abs(np.array(metrics['confusion_matrix']) - expected).max() <= 3  # float rounding
-    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
+    result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
                         f'--calibrate_on={synthetic["training"]}', '--threshold=0.3')
     assert result.returncode == 2
     assert last_line(result.stderr) == 'error: give --threshold or --calibrate_on, not both'
 
 
 def test_real_drive_test_set_and_second_observer(trained, drive):
-    result = run_script('evaluate.py', f'--logdir={trained}', f'--label_file_path={drive["test"]}',
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--label_file_path={drive["test"]}',
                         '--visulize=True')
     assert result.returncode == 0, result.stderr[-3000:]
-    outputs = set(os.listdir(os.path.join(trained, 'visulize')))
+    out = evaluation_dir(trained, 'DRIVE-test_step200_threshold0.5')
+    outputs = set(os.listdir(os.path.join(out, 'visulize')))
     assert {f'{n:02d}_test{kind}.png' for n in range(1, 21) for kind in ('', '_prob')} <= outputs
     assert {'roc.png', 'pr.png'} <= outputs
-    assert utils.read_image(os.path.join(trained, 'visulize', '01_test.png')).shape == (1168, 565, 3)
+    assert utils.read_image(os.path.join(out, 'visulize', '01_test.png')).shape == (1168, 565, 3)
     # DRIVE's human baseline computed here straight from the shipped GIFs, inside the FOV.
     def read(folder, name):
         path = os.path.join(SHARED_DATA, 'DRIVE', 'test', folder, f'{name}.gif')
@@ -153,7 +158,7 @@ def test_real_drive_test_set_and_second_observer(trained, drive):
     assert 0.77 < human_f1 < 0.81  # DRIVE's known second-observer F1, about 0.79
     observer = next(line for line in result.stdout.splitlines() if 'second observer' in line)
     assert f'F1 {human_f1:.4f}' in observer
-    metrics = json.load(open(os.path.join(trained, 'metrics.json')))
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
     assert metrics['images'] == 20 and np.sum(metrics['confusion_matrix']) == fov_pixels(drive['test'])
 
 
@@ -167,7 +172,7 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
     cv2.imwrite(str(folder / 'a.jpg'), image)
     cv2.imwrite(str(folder / 'b.tif'), image[:50])
     (folder / 'notes.txt').write_text('not an image: skipped in folder mode')
-    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
                         f'--predict_dir={tmp_path / "out"}')
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(tmp_path / 'out')) == ['a_mask.png', 'a_prob.png', 'b_mask.png',
@@ -175,13 +180,13 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
     assert utils.read_image(str(tmp_path / 'out' / 'b_prob.png'), gray=True).shape == (50, 90)
     mask = utils.read_binary(str(tmp_path / 'out' / 'a_mask.png'))
     assert not mask[0, 0] and mask.shape == (70, 90)  # outside the derived FOV: never vessel
-    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/*.nope')
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/*.nope')
     assert result.returncode == 2 and 'matches no files' in last_line(result.stderr)
 
 
 def test_exported_savedmodel_matches_keras_in_a_fresh_process(trained, tmp_path, drive):
     export_dir = tmp_path / 'export'
-    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/none*',
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/none*',
                         f'--export_dir={export_dir}')
     assert result.returncode == 2  # nothing to predict, but the export came first
     assert os.path.exists(export_dir / 'saved_model.pb')
@@ -219,7 +224,7 @@ def test_predict_reports_bad_files_and_goes_on_with_the_rest(trained, tmp_path):
     cv2.imwrite(str(folder / 'black.png'), np.zeros((64, 80, 3), np.uint8))
     (folder / 'broken.jpg').write_bytes((folder / 'eye.jpg').read_bytes()[:200])
     out = tmp_path / 'out'
-    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
                         f'--predict_dir={out}')
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
@@ -233,10 +238,10 @@ def test_predict_reports_bad_files_and_goes_on_with_the_rest(trained, tmp_path):
     # 16 bits scaled to 8 give the same image, so the same prediction.
     np.testing.assert_array_equal(utils.read_image(str(out / 'deep_prob.png'), gray=True),
                                   utils.read_image(str(out / 'eye.png_prob.png'), gray=True))
-    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={folder}/deep.png',
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={folder}/deep.png',
                         f'--predict_dir={tmp_path / "single"}')
     assert result.returncode == 0 and os.listdir(tmp_path / 'single')  # a file with '[' in its path
-    result = run_script('evaluate.py', f'--logdir={trained}', f'--predict={folder}/eye.png',
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={folder}/eye.png',
                         f'--predict_dir={folder}')
     assert result.returncode == 2
     assert last_line(result.stderr) == (f'error: --predict_dir={folder}: the folder of the input '
@@ -248,13 +253,13 @@ def test_a_threshold_outside_0_1_is_refused_before_anything_is_written(trained, 
                                                                       tmp_path, threshold):
     logdir = tmp_path / 'log'
     shutil.copytree(trained, logdir)
-    (logdir / 'metrics.json').write_text('{"kept": true}')
-    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
+    before = sorted(os.listdir(logdir / 'evaluations')) if (logdir / 'evaluations').exists() else []
+    result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
                         f'--threshold={threshold}')
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert re.search(r'flag --threshold=\S+: --threshold must be a probability between 0 and 1',
                      result.stderr)
-    assert (logdir / 'metrics.json').read_text() == '{"kept": true}'
+    assert (sorted(os.listdir(logdir / 'evaluations')) if before else []) == before
 
 
 def test_corrupt_weights_and_a_mistyped_architecture_say_what_is_wrong(trained, synthetic,
@@ -263,7 +268,7 @@ def test_corrupt_weights_and_a_mistyped_architecture_say_what_is_wrong(trained, 
     shutil.copytree(trained, logdir)
     weights = logdir / 'model.weights.h5'
     weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
-    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}')
+    result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}')
     assert result.returncode == 2
     assert last_line(result.stderr).startswith(
         f'error: {weights}: not a readable weights file, truncated or corrupt (')
@@ -283,10 +288,11 @@ def test_labels_without_vessels_report_undefined_not_nan(trained, synthetic, tmp
         cv2.imwrite(str(label), np.zeros(cv2.imread(str(label)).shape[:2], np.uint8))
     logdir = tmp_path / 'log'
     shutil.copytree(trained, logdir)
-    result = run_script('evaluate.py', f'--logdir={logdir}', f'--label_file_path={data / "test.txt"}')
+    result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={data / "test.txt"}')
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'Se undefined' in result.stdout and 'AUC_ROC undefined' in result.stdout
-    metrics = json.loads((logdir / 'metrics.json').read_text(), parse_constant=pytest.fail)
+    out = evaluation_dir(logdir, 'data-test_step200_threshold0.5')
+    metrics = json.loads(open(os.path.join(out, 'metrics.json')).read(), parse_constant=pytest.fail)
     assert metrics['scores']['Se'] is None and metrics['scores']['AUC_ROC'] is None
     assert metrics['scores']['Sp'] == pytest.approx(metrics['scores']['Acc'])  # all negatives
-    assert ',,' in (logdir / 'metrics.csv').read_text()  # undefined: an empty cell
+    assert ',,' in open(os.path.join(out, 'metrics.csv')).read()  # undefined: an empty cell

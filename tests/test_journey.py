@@ -28,9 +28,11 @@ def test_readme_main_job_on_a_fresh_copy(tmp_path):
     result = subprocess.run(command, shell=True, cwd=copy, env=environment, capture_output=True,
                             text=True, timeout=1500)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert 'overlays, probability maps and ROC/PR curves: log/demo/visulize/' in result.stdout
-    overlays = glob.glob(str(copy / 'log/demo/visulize/*_test.png'))
+    evaluation = 'log/demo/evaluations/SYNTH-test_step300_calibrated-on-SYNTH-training'
+    assert f'overlays, probability maps and ROC/PR curves: {evaluation}/visulize/' in result.stdout
+    overlays = glob.glob(str(copy / evaluation / 'visulize' / '*_test.png'))
     assert len(overlays) == 4
-    assert glob.glob(str(copy / 'log/demo/train_logs/events.out.tfevents.*'))
-    metrics = json.load(open(copy / 'log/demo/metrics.json'))
+    for run in ('log/demo/train_logs', 'log/demo/validation_logs', evaluation):  # TensorBoard's
+        assert glob.glob(str(copy / run / 'events.out.tfevents.*')), run  # runs under log/demo
+    metrics = json.load(open(copy / evaluation / 'metrics.json'))
     assert metrics['scores']['F1'] > 0.8  # chance (all vessel) is about 0.14 here
