@@ -9,25 +9,32 @@ images (evaluate.py --calibrate_on, the reported figures); and the same with tes
 (--tta). Writes bench/results/accuracy_{name}.json and prints a Markdown table.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
-WORK = os.path.join(ROOT, 'bench', 'work')
-RESULTS = os.path.join(ROOT, 'bench', 'results')
+import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+
+import evaluate  # noqa: E402
+import train  # noqa: E402
+from bench.common import RESULTS, SHARED, WORK, read_scalars, run  # noqa: E402
+
 CPU_RECIPE = ['--preprocess=True', '--patch_size=64', '--batch_size=32', '--base_channels=16',
               '--initial_lr=1e-3', '--augmentation=True', '--save_interval=500']
-EVALUATIONS = {  # the last one leaves its metrics, overlays and curves in the logdir
+EVALUATIONS = {  # each writes its own folder under {logdir}/evaluations
     'threshold 0.5': lambda training: [],
     'calibrated + flips': lambda training: [f'--calibrate_on={training}', '--tta'],
     'calibrated': lambda training: [f'--calibrate_on={training}'],
@@ -40,20 +47,20 @@ REFERENCES = {
 }
 
 
-def run(script, *args):
-    """Runs a project script, echoing its output; returns (stdout, seconds)."""
-    started = time.time()
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                            capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f'{script} failed:\n{result.stderr[-3000:]}')
-    return result.stdout, time.time() - started
+def train_config(logdir, training, steps, flags):
+    """The run's settings: the recipe's flags (--name=value, as train.py takes them)."""
+    kinds = {field.name: field.type for field in dataclasses.fields(train.TrainConfig)}
+    values = {}
+    for flag in flags:
+        name, _, text = flag.lstrip('-').partition('=')
+        kind = kinds[name]
+        values[name] = text == 'True' if kind is bool else kind(text)
+    return train.TrainConfig(logdir=logdir, label_file_path=training, max_iters=steps, **values)
 
 
 def trained_steps_and_seconds(logdir):
-    """The run's last step and the wall-clock of train.py's loop: the sum of its per-step times
-    (start-up not counted), from its event files."""
-    from bench.figures import read_scalars  # here: bench.figures imports this module
+    """The run's last step and the wall-clock of the training loop: the sum of its per-step
+    times (start-up and saves not counted), from its event files."""
     rate = 'train/global_steps_per_sec'
     steps, rates = read_scalars(logdir, [rate])[rate]
     return int(steps.max()), float(np.sum(1.0 / rates))
@@ -63,15 +70,16 @@ def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_onl
     logdir = os.path.join(WORK, f'log_{name}')
     if not evaluate_only:
         shutil.rmtree(logdir, ignore_errors=True)
-        run('train.py', f'--logdir={logdir}', f'--label_file_path={training}',
-            f'--max_iters={steps}', *CPU_RECIPE, *extra_flags)
+        config = train_config(logdir, training, steps, [*CPU_RECIPE, *extra_flags])
+        train.train(tf.distribute.get_strategy(), config)
     steps, seconds = trained_steps_and_seconds(logdir)
     record = {'steps': steps, 'train_seconds': round(seconds, 1), 'logdir': logdir,
               'evaluations': {}}
     for evaluation, flags in EVALUATIONS.items():
         _, seconds = run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={test}',
                          '--visulize=True', *flags(training))
-        with open(os.path.join(logdir, 'metrics.json')) as stream:
+        name = evaluation_folder(test, steps, training, evaluation)
+        with open(os.path.join(logdir, evaluate.EVALUATIONS_DIR, name, 'metrics.json')) as stream:
             metrics = json.load(stream)
         record['evaluations'][evaluation] = {'threshold': metrics['threshold'],
                                              'seconds': round(seconds, 1),
@@ -80,11 +88,18 @@ def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_onl
     return record
 
 
+def evaluation_folder(test, steps, training, evaluation):
+    """The folder evaluate.py writes one of EVALUATIONS to."""
+    calibrated = evaluation != 'threshold 0.5'
+    return evaluate.evaluation_name(test, f'step{steps}', 0.5, training if calibrated else None,
+                                    evaluation.endswith('flips'))
+
+
 def write_label_file(path, folder, names):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'w') as stream:
-        stream.write(f'{folder}/images,{folder}/labels,{folder}/masks\n')
-        stream.writelines(f'{n}.png,{n}.png,{n}.png\n' for n in names)
+    utils.write_atomic(path, utils.label_file_text(
+        [f'{folder}/images', f'{folder}/labels', f'{folder}/masks'],
+        [[f'{n}.png'] * 3 for n in names]))
 
 
 def chase_folds(data, folds, steps, extra_flags, evaluate_only):
@@ -125,6 +140,7 @@ def main():
     parser.add_argument('--evaluate_only', action='store_true',
                         help='evaluate the models an earlier run trained, without training')
     args = parser.parse_args()
+    logging.set_verbosity(logging.INFO)
     extra_flags = args.train_flags.split()
     name = args.dataset + (f'_{args.tag}' if args.tag else '')
     folder = {'drive': 'DRIVE', 'chase': 'CHASEDB1'}[args.dataset]

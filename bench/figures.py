@@ -7,21 +7,19 @@ training_curve.png: train/loss and train/learning_rate read from the DRIVE run's
 overlay_drive.png, roc_drive.png, pr_drive.png: evaluate.py --visulize's outputs for DRIVE test;
 overlay_chase.png: the same for a held-out image of the first CHASE_DB1 cross-validation fold.
 """
+import glob
 import os
 import shutil
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import preprocess  # noqa: E402
 import utils  # noqa: E402
-from bench.accuracy import SHARED, WORK  # noqa: E402
+from bench.common import ROOT, SHARED, WORK, read_scalars  # noqa: E402
 
 IMAGES = os.path.join(ROOT, 'images')
 DRIVE_RUN = os.path.join(WORK, 'log_drive')
@@ -41,18 +39,6 @@ def dataset_figures():
                         os.path.join(IMAGES, 'dataset_sample_chase.png'))
 
 
-def read_scalars(logdir, tags):
-    values = {tag: {} for tag in tags}
-    folder = os.path.join(logdir, 'train_logs')
-    for name in sorted(os.listdir(folder)):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
-            for value in event.summary.value:
-                if value.tag in values:
-                    values[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
-    return {tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)]))
-            for tag, v in values.items()}
-
-
 def training_curve():
     scalars = read_scalars(DRIVE_RUN, ['train/loss', 'train/learning_rate'])
     steps, loss = scalars['train/loss']
@@ -70,13 +56,19 @@ def training_curve():
     utils.save_figure(fig, os.path.join(IMAGES, 'training_curve.png'), dpi=90)
 
 
+def calibrated_overlays(run):
+    """The overlay folder of the run's evaluation calibrated on its training images."""
+    folders = glob.glob(os.path.join(glob.escape(run), 'evaluations', '*_calibrated-on-*'))
+    return os.path.join(min((f for f in folders if not f.endswith('_tta')), key=len), 'visulize')
+
+
 def evaluation_figures():
-    folder = os.path.join(DRIVE_RUN, 'visulize')
+    folder = calibrated_overlays(DRIVE_RUN)
     for source, target in (('01_test.png', 'overlay_drive.png'), ('roc.png', 'roc_drive.png'),
                            ('pr.png', 'pr_drive.png')):
         shutil.copy(os.path.join(folder, source), os.path.join(IMAGES, target))
-    chase = os.path.join(CHASE_RUN, 'visulize')
-    if os.path.isdir(chase):
+    if os.path.isdir(CHASE_RUN):
+        chase = calibrated_overlays(CHASE_RUN)
         first = sorted(n for n in os.listdir(chase) if n.startswith('Image_') and 'prob' not in n)
         shutil.copy(os.path.join(chase, first[0]), os.path.join(IMAGES, 'overlay_chase.png'))
 

@@ -18,24 +18,25 @@ Inference: evaluate.py on the 20 DRIVE test images (base 16 and base 32), and th
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import utils  # noqa: E402
+
+utils.quiet_tensorflow()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import dataset  # noqa: E402
+import evaluate  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
-from bench.accuracy import RESULTS, SHARED, WORK, run  # noqa: E402
-from bench.figures import read_scalars  # noqa: E402
+from bench.common import RESULTS, ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
 
 SETTINGS = {
     'a_whole_512_batch2_base32': {'patch_size': 0, 'image_size': 512, 'batch': 2, 'base': 32,
@@ -137,16 +138,18 @@ def evaluation_seconds(drive, base):
     model.save_architecture(logdir, architecture)
     model.build_from_architecture(architecture).save_weights(
         os.path.join(logdir, model.WEIGHTS_FILE))
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate.py'),
-                             f'--logdir={logdir}', f'--label_file_path={drive}/test.txt'],
-                            cwd=ROOT, capture_output=True, text=True, check=True)
-    return float(re.search(r'evaluated 20 images in ([\d.]+)s', result.stderr).group(1))
+    label_file = f'{drive}/test.txt'
+    run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={label_file}')
+    name = evaluate.evaluation_name(label_file, 'last', 0.5, None, False)
+    with open(os.path.join(logdir, evaluate.EVALUATIONS_DIR, name, 'metrics.json')) as stream:
+        return json.load(stream)['seconds']
 
 
 PEAK_MEMORY_SCRIPT = '''
 import os, sys
 sys.path.insert(0, sys.argv[1])
-os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import utils
+utils.quiet_tensorflow()
 import numpy as np, model, evaluate
 
 def high_water_mib():  # VmHWM starts afresh at exec, unlike ru_maxrss (inherited from the parent)

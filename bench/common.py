@@ -1,0 +1,37 @@
+"""What the benchmarks share: paths, running a project script, and reading event files."""
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+WORK = os.path.join(ROOT, 'bench', 'work')
+RESULTS = os.path.join(ROOT, 'bench', 'results')
+sys.path.insert(0, ROOT)
+
+
+def run(script, *args):
+    """Runs a project script, failing loudly; returns (stdout, seconds)."""
+    started = time.time()
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                            capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f'{script} failed:\n{result.stderr[-3000:]}')
+    return result.stdout, time.time() - started
+
+
+def read_scalars(logdir, tags, folder='train_logs'):
+    """{tag: (steps, values)} from the event files of {logdir}/{folder}."""
+    import numpy as np
+    import tensorflow as tf
+    values = {tag: {} for tag in tags}
+    folder = os.path.join(logdir, folder)
+    for name in sorted(os.listdir(folder)):
+        for record in tf.data.TFRecordDataset(os.path.join(folder, name)).as_numpy_iterator():
+            event = tf.compat.v1.Event.FromString(record)
+            for value in event.summary.value:
+                if value.tag in values:
+                    values[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+    return {tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)]))
+            for tag, v in values.items()}
