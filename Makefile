@@ -47,7 +47,7 @@ lint:  ## ruff
 	$(PYTHON) -m ruff check .
 
 test: lint  ## lint, then the test suite (under 5 minutes on 2 cores)
-	$(PYTHON) -m pytest -q -n 2 -m "not slow"
+	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 journey:  ## the README's main command in a fresh copy and virtual environment (CI runs it too)
 	$(PYTHON) -m pytest -q -m slow

@@ -81,20 +81,20 @@ def test_tensorboard_serves_the_scalars(trained):
 
 def test_resume_continues_the_step_counter(tmp_path, synthetic, logs):
     logdir = tmp_path / 'log'
-    train_here(logdir, synthetic['training'], max_iters=20, save_interval=10)
-    interrupt(logdir, 40)  # a finished run's learning rate is 0: extend an interrupted one
+    train_here(logdir, synthetic['training'], max_iters=10, save_interval=5)
+    interrupt(logdir, 20)  # a finished run's learning rate is 0: extend an interrupted one
     # A save killed half-way: its files exist, but the checkpoint state (renamed into place
-    # last) still names step 20.
-    (logdir / 'checkpoints' / 'ckpt-25.index').write_bytes(b'partial')
-    (logdir / 'checkpoints' / 'ckpt-25.data-00000-of-00001').write_bytes(b'')
-    train_here(logdir, synthetic['training'], max_iters=30, save_interval=10)
-    assert 'resuming at step 20 of 30' in logs()
-    assert steps_of(read_events(logdir), 'train/loss') == list(range(1, 31))
-    train_here(logdir, synthetic['training'], max_iters=30, save_interval=10)
-    assert 'already trained to --max_iters=30' in logs()
+    # last) still names step 10.
+    (logdir / 'checkpoints' / 'ckpt-15.index').write_bytes(b'partial')
+    (logdir / 'checkpoints' / 'ckpt-15.data-00000-of-00001').write_bytes(b'')
+    train_here(logdir, synthetic['training'], max_iters=16, save_interval=5)
+    assert 'resuming at step 10 of 16' in logs()
+    assert steps_of(read_events(logdir), 'train/loss') == list(range(1, 17))
+    train_here(logdir, synthetic['training'], max_iters=16, save_interval=5)
+    assert 'already trained to --max_iters=16' in logs()
     with pytest.raises(utils.UserError, match='was trained with other settings: '
                                               r'--transpose_conv=True \(saved: False\)'):
-        train_here(logdir, synthetic['training'], max_iters=40, transpose_conv=True)
+        train_here(logdir, synthetic['training'], max_iters=20, transpose_conv=True)
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, synthetic):
@@ -171,12 +171,12 @@ def test_missing_inputs(tmp_path, synthetic):
 
 def test_two_cpu_replicas_train_with_the_same_loop(tmp_path, synthetic):
     logdir = tmp_path / 'log'
-    result = train(logdir, synthetic['training'], '--max_iters=12', '--save_interval=6',
+    result = train(logdir, synthetic['training'], '--max_iters=6', '--save_interval=3',
                    '--cpu_replicas=2', script='train_distribute.py')
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'global batch 8 = 2 replicas x 4' in result.stderr
     events = read_events(logdir)
-    assert steps_of(events, 'train/loss') == list(range(1, 13))
+    assert steps_of(events, 'train/loss') == list(range(1, 7))
     assert all(np.isfinite(float(value)) for _, value in events['train/loss'])
     assert len(glob.glob(str(logdir / 'train_logs' / '*'))) == 1
     import train as train_module
