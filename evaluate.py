@@ -6,8 +6,10 @@
       --calibrate_on=data/DRIVE/training.txt --tta   # the benchmarks' evaluation
 
 The architecture comes from {logdir}/architecture.json (written by train.py); architecture flags
-are only checked against it. Metrics count the pixels inside the FOV mask, at --threshold or at
-the threshold that --calibrate_on chooses on other (training) images.
+are only checked against it. --checkpoint picks the weights (last, best, or a kept step). Metrics
+count the pixels inside the FOV mask, at --threshold or at the threshold that --calibrate_on
+chooses on other (training) images; each evaluation writes its own folder under
+{logdir}/evaluations/, named by label file, checkpoint and threshold.
 """
 import utils
 

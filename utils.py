@@ -116,8 +116,8 @@ _SHARED_FLAGS = {  # name: (define, default, help[, bounds])
                     {'lower_bound': 2}),
     'visulize': (flags.DEFINE_bool, False, 'Write figures (alias --visualize).'),
     'output_dir': (flags.DEFINE_string, None, 'Where this script writes. preprocess.py: the PNG '
-                   'folders and label files (default: data). evaluate.py: metrics, eval_logs/ and '
-                   'visulize/ (default: the logdir; another folder when it is read-only).'),
+                   'folders and label files (default: data). evaluate.py: the evaluations/ folder '
+                   '(default: the logdir; another folder when it is read-only).'),
 }
 
 
