@@ -29,9 +29,7 @@ def load_examples(samples, channels):
         image = utils.read_image(sample.image, gray=channels == 1)
         image = image[..., None] if image.ndim == 2 else image
         label = utils.read_binary_for(sample.label, image, sample.image)
-        mask = utils.read_binary_for(sample.mask, image, sample.image)
-        if not mask.any():
-            raise utils.UserError(f'{sample.mask}: the FOV mask is empty (all zero)')
+        mask = utils.fov_mask(image, sample.image, sample.mask)
         examples.append(Example(sample.name, image, label, mask))
     return examples
 

@@ -108,10 +108,10 @@ def load_weights(unet, weights):
             unet.load_weights(weights)
     except OSError as error:
         raise utils.UserError(f'{weights}: not a readable weights file, truncated or corrupt '
-                              f'({_first_line(error)})') from None
+                              f'({utils.first_line(error)})') from None
     except ValueError as error:
         raise utils.UserError(f'{weights}: does not fit the architecture in '
-                              f'{model.ARCHITECTURE_FILE} ({_first_line(error)})') from None
+                              f'{model.ARCHITECTURE_FILE} ({utils.first_line(error)})') from None
 
 
 def restore_step(unet, logdir, step):
@@ -126,11 +126,7 @@ def restore_step(unet, logdir, step):
         status = tf.train.Checkpoint(model=unet).read(prefix).expect_partial()
         status.assert_existing_objects_matched()
     except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
-        raise utils.UserError(f'{prefix}: cannot be read ({_first_line(error)})') from None
-
-
-def _first_line(error):
-    return str(error).strip().splitlines()[0]
+        raise utils.UserError(f'{prefix}: cannot be read ({utils.first_line(error)})') from None
 
 
 def make_predictor(unet, channels):
@@ -374,9 +370,7 @@ def predict_file(predict, path, preprocess, out_dir, name, threshold):
     """Writes {name}_prob.png and {name}_mask.png for one image; returns the vessel share of
     its FOV."""
     rgb = utils.read_image(path)
-    fov = utils.derive_fov_mask(rgb).astype(bool)
-    if not fov.any():
-        raise utils.UserError(f'{path}: no field of view found (the image is black)')
+    fov = utils.fov_mask(rgb, path).astype(bool)
     image = utils.preprocess_image(rgb)['gamma'][..., None] if preprocess else rgb
     probability = predict(image.astype(np.float32) / 255.0) * fov
     utils.write_png(os.path.join(out_dir, f'{name}_prob.png'),

@@ -117,14 +117,7 @@ def load_sample(sample):
         return utils.read_binary_for(path, image, sample.image)
 
     label = binary(sample.label)
-    if sample.mask:
-        mask = binary(sample.mask)
-        if not mask.any():
-            raise utils.UserError(f'{sample.mask}: the FOV mask is empty (all zero)')
-    else:
-        mask = utils.derive_fov_mask(image)
-        if not mask.any():
-            raise utils.UserError(f'{sample.image}: no field of view found (the image is black)')
+    mask = utils.fov_mask(image, sample.image, sample.mask)
     arrays = {'images': image, 'images' + utils.PREPROCESSED_SUFFIX:
               utils.preprocess_image(image)['gamma'], 'labels': label * 255, 'masks': mask * 255}
     if sample.second_label:

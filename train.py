@@ -359,7 +359,7 @@ def save(manager, unet, logdir, chief, step):
         except (OSError, tf.errors.OpError) as error:
             text = str(error)
             reason = ('no space left on device' if getattr(error, 'errno', None) == errno.ENOSPC
-                      or 'No space left' in text else text.strip().splitlines()[0][:200])
+                      or 'No space left' in text else utils.first_line(error))
     if reason is None:
         sys.stderr.write(captured.getvalue())
         return
@@ -400,7 +400,7 @@ def restore_newest(checkpoint, directory):
             checkpoint.restore(os.path.join(directory, f'ckpt-{step}')
                                ).assert_existing_objects_matched()
         except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
-            skipped.append(f'ckpt-{step}: {str(error).strip().splitlines()[0][:200]}')
+            skipped.append(f'ckpt-{step}: {utils.first_line(error)}')
             continue
         if skipped:
             logging.warning('unreadable checkpoints skipped (%s); resuming from ckpt-%d',

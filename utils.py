@@ -208,6 +208,25 @@ def writable_dir(path, flag):
     return path
 
 
+def fov_mask(image, image_path, mask_path=None):
+    """The FOV mask (uint8 {0, 1}) of an image: read from mask_path (checked to be the image's
+    size) or, without one, derived from the image. An empty mask is an error naming the file."""
+    if mask_path:
+        mask = read_binary_for(mask_path, image, image_path)
+        if not mask.any():
+            raise UserError(f'{mask_path}: the FOV mask is empty (all zero)')
+    else:
+        mask = derive_fov_mask(image)
+        if not mask.any():
+            raise UserError(f'{image_path}: no field of view found (the image is black)')
+    return mask
+
+
+def first_line(error, limit=200):
+    """The first line of an exception's message, for one-line errors."""
+    return (str(error).strip().splitlines() or [''])[0][:limit]
+
+
 def temporary_path(path):
     """A fresh hidden name beside `path` that keeps its whole ending ('.weights.h5' stays)."""
     directory, name = os.path.split(os.path.abspath(path))
