@@ -436,10 +436,11 @@ def repair_checkpoint_state(directory, restored):
 
 
 def remove_leftovers(logdir):
-    """Removes what a killed save leaves: temporary files (.tmp.*) and TensorFlow's
-    checkpoints/*_temp folders."""
-    for pattern in ('.tmp.*', os.path.join(SUMMARY_DIR, '.tmp.*'),
-                    os.path.join(model.CHECKPOINT_DIR, '*_temp')):
+    """Removes what a killed save leaves: temporary files (.tmp.*) in every folder train.py
+    writes, and TensorFlow's checkpoints/*_temp folders."""
+    folders = ('', SUMMARY_DIR, VALIDATION_DIR, model.BEST_DIR)
+    patterns = [os.path.join(folder, '.tmp.*') for folder in folders]
+    for pattern in patterns + [os.path.join(model.CHECKPOINT_DIR, '*_temp')]:
         for path in glob.glob(os.path.join(glob.escape(logdir), pattern)):
             if os.path.isdir(path):
                 shutil.rmtree(path)

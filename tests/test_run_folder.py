@@ -132,6 +132,9 @@ def test_kill_during_a_save_leaves_leftovers_that_the_next_run_removes(trained, 
                                                                        tmp_path):
     logdir = copy_run(trained, tmp_path)
     (logdir / '.tmp.abc.model.weights.h5').write_bytes(b'half')
+    for folder in ('best', 'validation_logs'):  # a best-weights export, an event-file trim
+        (logdir / folder).mkdir(exist_ok=True)
+        (logdir / folder / '.tmp.xyz.part').write_bytes(b'half')
     (logdir / 'checkpoints' / 'ckpt-250_temp').mkdir()
     (logdir / 'checkpoints' / 'ckpt-250_temp' / 'part-00000-of-00001.index').write_bytes(b'x')
     train_here(logdir, synthetic['training'], max_iters=202)
