@@ -479,8 +479,8 @@ class Validator:
     them to TensorBoard ({logdir}/validation_logs) and keeps the weights of the best step in
     {logdir}/best/."""
 
-    def __init__(self, config, unet):
-        self.examples = dataset.load_label_file(config.validation_label_file, config.preprocess)
+    def __init__(self, config, unet, examples):
+        self.examples = examples
         self.predict = model.make_predictor(unet, model.in_channels(config.preprocess))
         self.unet, self.metric, self.logdir = unet, config.best_metric, config.logdir
         self.writer = tf.summary.create_file_writer(os.path.join(config.logdir, VALIDATION_DIR))
@@ -561,13 +561,13 @@ def train(strategy, config):
     check_resume(config, saved)
     examples = dataset.load_label_file(config.label_file_path, config.preprocess)
     check_settings(config, examples, strategy.num_replicas_in_sync)
-    if config.validation_label_file:
-        utils.parse_label_file(config.validation_label_file, config.preprocess,  # fail early
-                               flag='--validation_label_file')
+    validation = dataset.load_examples(utils.parse_label_file(
+        config.validation_label_file, config.preprocess, flag='--validation_label_file'),
+        model.in_channels(config.preprocess)) if config.validation_label_file else None
     lock = prepare_logdir(config, chief)
     try:
         with StopSignal() as stop:
-            _train(strategy, config, examples, chief, saved_knots, stop)
+            _train(strategy, config, examples, validation, chief, saved_knots, stop)
     finally:
         keras.mixed_precision.set_global_policy('float32')
         if lock:
@@ -606,7 +606,7 @@ def build_and_restore(strategy, config, chief, saved_knots):
     return unet, optimizer, schedule, manager, restored
 
 
-def _train(strategy, config, examples, chief, saved_knots, stop):
+def _train(strategy, config, examples, validation, chief, saved_knots, stop):
     logdir, global_batch = config.logdir, config.batch_size
     unet, optimizer, schedule, manager, resumed = build_and_restore(strategy, config, chief,
                                                                    saved_knots)
@@ -634,7 +634,7 @@ def _train(strategy, config, examples, chief, saved_knots, stop):
                                  config.dice_weight)
     writer = (tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)) if chief
               else tf.summary.create_noop_writer())
-    validate = Validator(config, unet) if chief and config.validation_label_file else None
+    validate = Validator(config, unet, validation) if chief and validation else None
     validation_interval = config.validation_interval or config.save_interval
     pending = []
     started = last_time = time.time()
