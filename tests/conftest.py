@@ -87,6 +87,17 @@ def read_events(logdir, folder='train_logs'):
     return events
 
 
+def read_weights(path):
+    """{name: array} of a Keras .weights.h5 file, read with h5py (Keras' own dependency)."""
+    import h5py
+    import numpy as np
+    arrays = {}
+    with h5py.File(path) as stream:
+        stream.visititems(lambda name, item: arrays.__setitem__(name, np.array(item))
+                          if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
 def steps_of(events, tag):
     return [step for step, _ in events[tag]]
 

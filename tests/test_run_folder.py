@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import h5py  # Keras' own dependency, for its .weights.h5 files
 import numpy as np
 import pytest
 
@@ -20,6 +19,7 @@ from conftest import (
     interrupt,
     last_line,
     read_events,
+    read_weights,
     run_here,
     start_training,
     steps_of,
@@ -217,16 +217,9 @@ def test_resume_after_a_finished_run_rewrites_weights_from_the_checkpoint(traine
 
 def same_weights(a, b):
     """Whether two .weights.h5 files hold the same arrays under the same names."""
-    return read_arrays(a).keys() == read_arrays(b).keys() and all(
-        np.array_equal(array, read_arrays(b)[name]) for name, array in read_arrays(a).items())
-
-
-def read_arrays(path):
-    arrays = {}
-    with h5py.File(path) as stream:
-        stream.visititems(lambda name, item: arrays.__setitem__(name, np.array(item))
-                          if isinstance(item, h5py.Dataset) else None)
-    return arrays
+    first, second = read_weights(a), read_weights(b)
+    return first.keys() == second.keys() and all(
+        np.array_equal(array, second[name]) for name, array in first.items())
 
 
 def test_a_save_that_fails_midway_is_one_line_and_leaves_no_partial_file(tmp_path):

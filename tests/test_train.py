@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import h5py  # Keras' own dependency, for its .weights.h5 files
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -25,6 +24,7 @@ from conftest import (
     interrupt,
     last_line,
     read_events,
+    read_weights,
     run_here,
     signal_at,
     start_training,
@@ -215,11 +215,8 @@ def test_mixed_precision_trains_with_float32_weights(tmp_path, synthetic):
     train_here(logdir, synthetic['training'], max_iters=6, save_interval=3, mixed_precision=True)
     losses = [float(value) for _, value in read_events(logdir)['train/loss']]
     assert len(losses) == 6 and all(np.isfinite(losses))
-    with h5py.File(logdir / 'model.weights.h5') as weights:
-        dtypes = set()
-        weights.visititems(lambda _, item: dtypes.add(str(item.dtype))
-                           if isinstance(item, h5py.Dataset) else None)
-    assert dtypes == {'float32'}
+    arrays = read_weights(logdir / 'model.weights.h5').values()
+    assert {str(array.dtype) for array in arrays} == {'float32'}
 
 
 def test_pixel_loss_on_a_hand_worked_example():
@@ -242,11 +239,7 @@ def test_pixel_loss_on_a_hand_worked_example():
 def test_same_seed_same_weights(tmp_path, synthetic):
     def weights(name, seed):
         train_here(tmp_path / name, synthetic['training'], max_iters=4, seed=seed)
-        with h5py.File(tmp_path / name / 'model.weights.h5') as stream:
-            arrays = []
-            stream.visititems(lambda _, item: arrays.append(np.array(item))
-                              if isinstance(item, h5py.Dataset) else None)
-        return arrays
+        return list(read_weights(tmp_path / name / 'model.weights.h5').values())
 
     first, again, other = weights('a', 0), weights('b', 0), weights('c', 1)
     assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
