@@ -9,7 +9,6 @@ images (evaluate.py --calibrate_on, the reported figures); and the same with tes
 (--tta). Writes bench/results/accuracy_{name}.json and prints a Markdown table.
 """
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -48,14 +47,13 @@ REFERENCES = {
 
 
 def train_config(logdir, training, steps, flags):
-    """The run's settings: the recipe's flags (--name=value, as train.py takes them)."""
-    kinds = {field.name: field.type for field in dataclasses.fields(train.TrainConfig)}
-    values = {}
-    for flag in flags:
-        name, _, text = flag.lstrip('-').partition('=')
-        kind = kinds[name]
-        values[name] = text == 'True' if kind is bool else kind(text)
-    return train.TrainConfig(logdir=logdir, label_file_path=training, max_iters=steps, **values)
+    """The run's settings from the recipe's flags, parsed by train.py's own flag definitions."""
+    try:
+        train.FLAGS(['train.py', f'--logdir={logdir}', f'--label_file_path={training}',
+                     f'--max_iters={steps}', *flags])
+        return train.config_from_flags()
+    finally:
+        train.FLAGS.unparse_flags()
 
 
 def trained_steps_and_seconds(logdir):
