@@ -17,25 +17,35 @@ import utils
 @dataclass
 class Example:
     name: str
-    image: np.ndarray  # uint8 HxWxC
+    image: np.ndarray  # uint8 HxWxC: RGB, or the preprocessed gray image
     label: np.ndarray  # uint8 HxW, {0, 1}
     mask: np.ndarray   # uint8 HxW, {0, 1}
 
 
-def load_examples(samples, channels):
-    """Reads and checks every sample once: the decoded-image cache that training draws from."""
+def load_examples(samples, preprocess=False, fov_diameter=None):
+    """Reads and checks every sample once: the decoded-image cache that training draws from.
+    With fov_diameter, each image, label and mask is first resized so its FOV has that diameter
+    (utils.scale_factor); the image is then what the model sees (utils.model_input)."""
     examples = []
     for sample in samples:
-        image = utils.read_image(sample.image, gray=channels == 1)
-        image = image[..., None] if image.ndim == 2 else image
-        label = utils.read_binary_for(sample.label, image, sample.image)
-        mask = utils.fov_mask(image, sample.image, sample.mask)
-        examples.append(Example(sample.name, image, label, mask))
+        rgb = utils.read_image(sample.image)
+        label = utils.read_binary_for(sample.label, rgb, sample.image)
+        mask = utils.fov_mask(rgb, sample.image, sample.mask)
+        factor = utils.scale_factor(mask, fov_diameter, sample.image)
+        if factor != 1:
+            size = utils.scaled_size(mask.shape, factor)
+            rgb = utils.resize(rgb, size)
+            label, mask = utils.resize_binary(label, size), utils.resize_binary(mask, size)
+        examples.append(Example(sample.name, utils.model_input(rgb, preprocess), label, mask))
     return examples
 
 
-def load_label_file(path, preprocess):
-    return load_examples(utils.parse_label_file(path, preprocess), channels=1 if preprocess else 3)
+def load_label_files(paths, preprocess=False, fov_diameter=None, flag='--label_file_path'):
+    """The examples of one label file or of a comma-separated list of them, in order. Training
+    draws every image equally often, so each file weighs in proportion to its images."""
+    samples = [sample for path in paths.split(',')
+               for sample in utils.parse_label_file(path.strip(), flag)]
+    return load_examples(samples, preprocess, fov_diameter)
 
 
 # ----------------------------------------------------------------------------- training stream

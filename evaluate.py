@@ -6,10 +6,13 @@
       --calibrate_on=data/DRIVE/training.txt --tta   # the benchmarks' evaluation
 
 The architecture comes from {logdir}/architecture.json (written by train.py); architecture flags
-are only checked against it. --checkpoint picks the weights (last, best, or a kept step). Metrics
-count the pixels inside the FOV mask, at --threshold or at the threshold that --calibrate_on
-chooses on other (training) images; each evaluation writes its own folder under
-{logdir}/evaluations/, named by label file, checkpoint and threshold.
+are only checked against it. --checkpoint picks the weights (last, best, or a kept step). Each
+image is brought to the scale the model learned (its FOV diameter, {logdir}/scale.json),
+predicted, and its probabilities mapped back to the image's own size, so photos from any camera
+work; --norescale predicts images as they are. Metrics count the pixels inside the FOV mask, at
+native size, at --threshold or at the threshold that --calibrate_on chooses on other (training)
+images; each evaluation writes its own folder under {logdir}/evaluations/, named by label file,
+checkpoint and threshold.
 """
 import utils
 
@@ -49,6 +52,9 @@ flags.DEFINE_string('predict', None, 'Predict images with no labels instead of e
 flags.DEFINE_string('predict_dir', None, 'Where --predict writes (default {logdir}/predictions; '
                     'not the folder of the input images).')
 flags.DEFINE_string('export_dir', None, 'Also export a SavedModel for serving to this folder.')
+flags.DEFINE_bool('rescale', True, "Resize each image so its FOV diameter matches the model's "
+                  '(scale.json) before predicting, and the probabilities back; runs without '
+                  'scale.json predict images as they are.')
 flags.DEFINE_string('checkpoint', 'last', "The weights to use: 'last', 'best' (the best "
                     "validation step's, with train.py --validation_label_file) or a step number "
                     'whose checkpoint is kept.')
@@ -64,6 +70,7 @@ METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
 OVERLAY_DIR = 'visulize'
 EVALUATIONS_DIR = 'evaluations'
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.gif', '.bmp')
+PREDICTION_FILES = ('prob', 'mask', 'overlay')  # {name}_{suffix}.png for each --predict image
 REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')
 
 
@@ -165,15 +172,14 @@ def predict_flipped(predict, image):
     return sum(np.flip(predict(np.flip(image, axes)), axes) for axes in flips) / len(flips)
 
 
-def calibrate_threshold(predict, label_file, preprocess, channels):
+def calibrate_threshold(predict, label_file):
     """The threshold with the best F1 over the FOV pixels of the images `label_file` lists."""
-    examples = dataset.load_examples(
-        utils.parse_label_file(label_file, preprocess, flag='--calibrate_on'), channels)
+    examples = dataset.load_label_files(label_file, flag='--calibrate_on')
     labels, probabilities = [], []
     for example in examples:
         fov = example.mask.astype(bool)
         labels.append(example.label[fov])
-        probabilities.append(predict(example.image.astype(np.float32) / 255.0)[fov])
+        probabilities.append(predict(example.image, example.mask, example.name)[fov])
     threshold, f1 = utils.best_f1_threshold(np.concatenate(labels), np.concatenate(probabilities))
     print(f'--calibrate_on: threshold {threshold:.4f}, the best F1 ({f1:.4f}) on the '
           f'{len(examples)} images of {label_file}')
@@ -203,13 +209,12 @@ def format_scores(scores):
     return '  '.join(f'{key} {format_score(scores[key])}' for key in REPORTED if key in scores)
 
 
-def evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir):
+def evaluate(predict, samples, examples, threshold, overlay_dir):
     """Predicts every example, prints progress, returns (per-image rows, whole-set result)."""
     rows, all_labels, all_probabilities, second = [], [], [], []
-    triples = zip(samples, examples, rgb_samples, strict=True)
-    for index, (sample, example, rgb) in enumerate(triples, 1):
+    for index, (sample, example) in enumerate(zip(samples, examples, strict=True), 1):
         started = time.time()
-        probability = predict(example.image.astype(np.float32) / 255.0)
+        probability = predict(example.image, example.mask, sample.image)
         fov = example.mask.astype(bool)
         matrix, scores = utils.evaluate_pixels(example.label, probability, fov, threshold)
         rows.append({'image': example.name, **scores})
@@ -222,8 +227,8 @@ def evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir):
         logging.info('[%d/%d] %s  %.2fs  %s', index, len(samples), example.name,
                      time.time() - started, format_scores(scores))
         if overlay_dir:
-            write_overlay(overlay_dir, example.name, utils.read_image(rgb.image),
-                          example.label, probability, fov, threshold)
+            write_overlay(overlay_dir, example.name, example.image, example.label, probability,
+                          fov, threshold)
     labels, probabilities = np.concatenate(all_labels), np.concatenate(all_probabilities)
     matrix, scores = utils.evaluate_pixels(labels, probabilities, np.ones_like(labels), threshold)
     result = {'confusion_matrix': matrix.tolist(), 'scores': scores, 'threshold': threshold,
@@ -343,9 +348,10 @@ def output_names(paths):
     return dict(zip(paths, names, strict=True))
 
 
-def predict_files(predict, pattern, preprocess, out_dir, threshold):
-    """Probability maps and binary masks for unlabelled images, with derived FOV masks. A file
-    that cannot be read is reported and skipped; the run then ends with an error."""
+def predict_files(predict, pattern, out_dir, threshold):
+    """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
+    masks. A file that cannot be read or predicted is reported and skipped; the run then ends
+    with an error."""
     paths = find_images(pattern)
     if any(os.path.samefile(os.path.dirname(path) or '.', out_dir) for path in paths):
         raise utils.UserError(f'--predict_dir={out_dir}: the folder of the input images; choose '
@@ -353,45 +359,43 @@ def predict_files(predict, pattern, preprocess, out_dir, threshold):
     failed = 0
     for index, (path, name) in enumerate(output_names(paths).items(), 1):
         try:
-            share = predict_file(predict, path, preprocess, out_dir, name, threshold)
+            share = predict_file(predict, path, out_dir, name, threshold)
         except utils.UserError as error:
             print(f'error: {error}', file=sys.stderr)
             failed += 1
             continue
         logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel', index, len(paths), path,
                      100 * share)
-    print(f'wrote {2 * (len(paths) - failed)} files to {out_dir}')
+    print(f'wrote {len(PREDICTION_FILES) * (len(paths) - failed)} files to {out_dir}')
     if failed:
         raise utils.UserError(f'{failed} of {len(paths)} images could not be predicted (named '
                               'above)')
 
 
-def predict_file(predict, path, preprocess, out_dir, name, threshold):
-    """Writes {name}_prob.png and {name}_mask.png for one image; returns the vessel share of
-    its FOV."""
+def predict_file(predict, path, out_dir, name, threshold):
+    """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
+    the photo) for one image; returns the vessel share of its FOV."""
     rgb = utils.read_image(path)
-    fov = utils.fov_mask(rgb, path).astype(bool)
-    image = utils.preprocess_image(rgb)['gamma'][..., None] if preprocess else rgb
-    probability = predict(image.astype(np.float32) / 255.0) * fov
-    utils.write_png(os.path.join(out_dir, f'{name}_prob.png'),
-                    np.rint(255 * probability).astype(np.uint8))
-    utils.write_png(os.path.join(out_dir, f'{name}_mask.png'),
-                    (probability >= threshold).astype(np.uint8) * 255)
-    return float((probability[fov] >= threshold).mean())
+    fov = utils.fov_mask(rgb, path)
+    probability = predict(rgb, fov, path) * fov
+    vessels = (probability >= threshold).astype(np.uint8)
+    images = {'prob': np.rint(255 * probability).astype(np.uint8), 'mask': vessels * 255,
+              'overlay': utils.overlay(rgb, vessels, vessels)}
+    for suffix in PREDICTION_FILES:
+        utils.write_png(os.path.join(out_dir, f'{name}_{suffix}.png'), images[suffix])
+    return float(vessels[fov.astype(bool)].mean())
 
 
-def evaluate_label_file(predict, label_file, preprocess, channels, threshold, out_dir,
-                        checkpoint, step):
+def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, step):
     """Evaluates the images a label file lists; prints the results and writes them to their own
     folder under out_dir/evaluations, named by label file, checkpoint and threshold."""
     out_dir = os.path.join(out_dir, EVALUATIONS_DIR, evaluation_name(
         label_file, checkpoint, threshold, FLAGS.calibrate_on, FLAGS.tta))
-    samples = utils.parse_label_file(label_file, preprocess)
-    examples = dataset.load_examples(samples, channels)
-    rgb_samples = utils.parse_label_file(label_file, preprocess=False)
+    samples = utils.parse_label_file(label_file)
+    examples = dataset.load_examples(samples)
     overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if FLAGS.visulize else None
     started = time.time()
-    rows, result = evaluate(predict, samples, examples, rgb_samples, threshold, overlay_dir)
+    rows, result = evaluate(predict, samples, examples, threshold, overlay_dir)
     seconds = time.time() - started
     logging.info('evaluated %d images in %.1fs', len(rows), seconds)
     result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta, label_file=label_file,
@@ -412,20 +416,25 @@ def main(argv):
     if FLAGS.export_dir:
         export(unet, channels, FLAGS.export_dir)
 
-    def predict(image):
+    scale = model.load_scale(FLAGS.logdir) if FLAGS.rescale else None
+
+    def at_model_scale(image):
         def once(view):
             return predict_image(traced, view, FLAGS.tile_size, FLAGS.tile_overlap)
         return predict_flipped(once, image) if FLAGS.tta else once(image)
 
+    def predict(rgb, fov, path):
+        """Vessel probabilities of an RGB image at its own size."""
+        return utils.predict_at_scale(at_model_scale, rgb, fov, architecture['preprocess'],
+                                      scale, path)
+
     threshold = FLAGS.threshold
     if FLAGS.calibrate_on:
-        threshold = calibrate_threshold(predict, FLAGS.calibrate_on, architecture['preprocess'],
-                                        channels)
+        threshold = calibrate_threshold(predict, FLAGS.calibrate_on)
     if FLAGS.predict:
-        predict_files(predict, FLAGS.predict, architecture['preprocess'], out_dir, threshold)
+        predict_files(predict, FLAGS.predict, out_dir, threshold)
     else:
-        evaluate_label_file(predict, FLAGS.label_file_path, architecture['preprocess'], channels,
-                            threshold, out_dir, checkpoint, step)
+        evaluate_label_file(predict, FLAGS.label_file_path, threshold, out_dir, checkpoint, step)
 
 
 def check_outputs():

@@ -20,6 +20,7 @@ import utils
 DEPTH = 4
 MULTIPLE = 2 ** DEPTH  # input sides must be multiples of this
 ARCHITECTURE_FILE = 'architecture.json'
+SCALE_FILE = 'scale.json'  # the FOV diameter of the training images, which evaluate.py matches
 WEIGHTS_FILE = 'model.weights.h5'
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR, BEST_FILE = 'best', 'best.json'  # the best validation step's weights and scores
@@ -117,6 +118,27 @@ def load_architecture(logdir):
             raise utils.UserError(f'{path}: "{key}" must be true or false, found '
                                   f'{json.dumps(value)}')
     return architecture
+
+
+def save_scale(logdir, fov_diameter):
+    utils.write_json(os.path.join(logdir, SCALE_FILE), {'fov_diameter': round(fov_diameter, 2)})
+
+
+def load_scale(logdir):
+    """The FOV diameter (pixels) the run's model learned vessels at: the median over its training
+    images, after any train.py --fov_diameter resizing. None for runs from before scale.json."""
+    path = os.path.join(logdir, SCALE_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as stream:
+            diameter = json.load(stream)['fov_diameter']
+    except (ValueError, KeyError, TypeError) as error:
+        raise utils.UserError(f'{path}: not a valid scale file ({error!r})') from None
+    if type(diameter) not in (int, float) or not diameter > 0:
+        raise utils.UserError(f'{path}: "fov_diameter" must be a positive number of pixels, found '
+                              f'{json.dumps(diameter)}')
+    return float(diameter)
 
 
 def checkpoint_steps(directory):

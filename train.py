@@ -60,6 +60,7 @@ class TrainConfig:
     image_size: int = 1024
     augmentation: bool = False
     seed: int = 0
+    fov_diameter: float = 0.0  # 0: every image at its native size
     # the optimisation
     initial_lr: float = 3e-4
     max_iters: int = 2000
@@ -100,6 +101,11 @@ flags.DEFINE_integer('image_size', TrainConfig.image_size, 'Side of the whole-im
 flags.DEFINE_integer('patch_size', TrainConfig.patch_size, 'Train on square patches of this side '
                      '(a multiple of 16) centred in the FOV; 0 trains on whole images.',
                      lower_bound=0)
+flags.DEFINE_float('fov_diameter', TrainConfig.fov_diameter, 'Resize each training image so '
+                   'its FOV is this many pixels across (e.g. 538, DRIVE\'s), to mix datasets '
+                   'from several cameras at one scale; 0: native sizes. The run records the '
+                   'scale it learned in scale.json, and evaluate.py brings images to it.',
+                   lower_bound=0.0)
 flags.DEFINE_bool('fov_loss', TrainConfig.fov_loss, 'Average the loss over pixels inside the FOV '
                   'mask only (the pixels that metrics count); False averages over every pixel, '
                   'as the original.')
@@ -475,13 +481,14 @@ def trim_events(directory, last_step):
 
 class Validator:
     """Scores the model on held-out images inside their FOV: the loss (cross-entropy) and the
-    metrics evaluate.py reports at threshold 0.5 (utils.evaluate_pixels, the same code). Writes
-    them to TensorBoard ({logdir}/validation_logs) and keeps the weights of the best step in
-    {logdir}/best/."""
+    metrics evaluate.py reports at threshold 0.5 (utils.evaluate_pixels, the same code), each
+    image predicted at the run's scale as evaluate.py does. Writes them to TensorBoard
+    ({logdir}/validation_logs) and keeps the weights of the best step in {logdir}/best/."""
 
-    def __init__(self, config, unet, examples):
-        self.examples = examples
-        self.predict = model.make_predictor(unet, model.in_channels(config.preprocess))
+    def __init__(self, config, unet, examples, scale):
+        self.examples, self.scale, self.preprocess = examples, scale, config.preprocess
+        traced = model.make_predictor(unet, model.in_channels(config.preprocess))
+        self.predict = lambda image: traced(image[None])[0].numpy()
         self.unet, self.metric, self.logdir = unet, config.best_metric, config.logdir
         self.writer = tf.summary.create_file_writer(os.path.join(config.logdir, VALIDATION_DIR))
         self.best = model.read_best(config.logdir)
@@ -489,7 +496,8 @@ class Validator:
     def score(self):
         labels, probabilities, losses = [], [], []
         for example in self.examples:
-            probability = self.predict(example.image[None].astype(np.float32) / 255)[0].numpy()
+            probability = utils.predict_at_scale(self.predict, example.image, example.mask,
+                                                 self.preprocess, self.scale, example.name)
             fov = example.mask.astype(bool)
             truth = np.take_along_axis(probability, example.label[..., None].astype(int), -1)
             losses.append(float(-np.log(np.maximum(truth[..., 0][fov], 1e-7)).mean()))
@@ -559,24 +567,27 @@ def train(strategy, config):
         raise utils.UserError('--label_file_path is required')
     saved, saved_knots = load_saved(config.logdir)
     check_resume(config, saved)
-    examples = dataset.load_label_file(config.label_file_path, config.preprocess)
+    examples = dataset.load_label_files(config.label_file_path, config.preprocess,
+                                        config.fov_diameter)
     check_settings(config, examples, strategy.num_replicas_in_sync)
-    validation = dataset.load_examples(utils.parse_label_file(
-        config.validation_label_file, config.preprocess, flag='--validation_label_file'),
-        model.in_channels(config.preprocess)) if config.validation_label_file else None
+    validation = dataset.load_label_files(
+        config.validation_label_file, flag='--validation_label_file'
+    ) if config.validation_label_file else None
+    scale = float(np.median([utils.fov_diameter(example.mask) for example in examples]))
     lock = prepare_logdir(config, chief)
     try:
         with StopSignal() as stop:
-            _train(strategy, config, examples, validation, chief, saved_knots, stop)
+            _train(strategy, config, examples, validation, scale, chief, saved_knots, stop)
     finally:
         keras.mixed_precision.set_global_policy('float32')
         if lock:
             lock.close()
 
 
-def build_and_restore(strategy, config, chief, saved_knots):
+def build_and_restore(strategy, config, scale, chief, saved_knots):
     """Model, schedule, optimizer and checkpoint manager, built under the strategy's scope and
-    restored from the logdir's newest readable checkpoint where there is one."""
+    restored from the logdir's newest readable checkpoint where there is one. The chief then
+    writes what the run folder describes: architecture, scale and settings."""
     keras.utils.set_random_seed(config.seed)  # the initial weights too, not only the data
     keras.mixed_precision.set_global_policy(
         'mixed_bfloat16' if config.mixed_precision else 'float32')
@@ -599,6 +610,7 @@ def build_and_restore(strategy, config, chief, saved_knots):
         for folder in (SUMMARY_DIR, VALIDATION_DIR):
             trim_events(os.path.join(config.logdir, folder), restored)
         model.save_architecture(config.logdir, config.architecture)
+        model.save_scale(config.logdir, scale)
         save_settings(config, knots)
     else:  # other workers must save too, but somewhere private
         directory = os.path.join(directory, f'.worker{strategy.cluster_resolver.task_id}')
@@ -606,10 +618,10 @@ def build_and_restore(strategy, config, chief, saved_knots):
     return unet, optimizer, schedule, manager, restored
 
 
-def _train(strategy, config, examples, validation, chief, saved_knots, stop):
+def _train(strategy, config, examples, validation, scale, chief, saved_knots, stop):
     logdir, global_batch = config.logdir, config.batch_size
-    unet, optimizer, schedule, manager, resumed = build_and_restore(strategy, config, chief,
-                                                                   saved_knots)
+    unet, optimizer, schedule, manager, resumed = build_and_restore(strategy, config, scale,
+                                                                   chief, saved_knots)
     start = int(optimizer.iterations.numpy())
     replicas = strategy.num_replicas_in_sync
     logging.info('%s at step %d of %d: global batch %d = %d replicas x %d, %d training images, '
@@ -634,7 +646,7 @@ def _train(strategy, config, examples, validation, chief, saved_knots, stop):
                                  config.dice_weight)
     writer = (tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)) if chief
               else tf.summary.create_noop_writer())
-    validate = Validator(config, unet, validation) if chief and validation else None
+    validate = Validator(config, unet, validation, scale) if chief and validation else None
     validation_interval = config.validation_interval or config.save_interval
     pending = []
     started = last_time = time.time()

@@ -106,8 +106,8 @@ _SHARED_FLAGS = {  # name: (define, default, help[, bounds])
     'batch_size': (flags.DEFINE_integer, 4, 'Global batch size of training, split across '
                    "replicas (evaluate.py predicts one image at a time and accepts it for the "
                    "original's commands).", _POSITIVE),
-    'preprocess': (flags.DEFINE_bool, False, 'Use the preprocessed gray images (the image '
-                   "folder + '_pre') instead of RGB."),
+    'preprocess': (flags.DEFINE_bool, False, 'Feed the model the preprocessed gray image (gray, '
+                   'standardised, CLAHE, gamma; computed in memory) instead of RGB.'),
     'transpose_conv': (flags.DEFINE_bool, False, 'Upsample with Conv2DTranspose instead of '
                        'nearest-neighbour + 1x1 conv.'),
     'base_channels': (flags.DEFINE_integer, 32, 'Channels of the first U-Net level (the original: '
@@ -299,8 +299,9 @@ def _nan_to_none(value):
 
 # ----------------------------------------------------------------------------- label files
 # A label file's first line names the image, label and mask folders relative to the file; every
-# other line is `image,label,mask` file names. `--preprocess` reads the image folder + '_pre'; a
-# second observer's labels, where there are some, lie in the label folder + '_2nd'.
+# other line is `image,label,mask` file names. preprocess.py also writes the preprocessed images
+# to the image folder + '_pre' for viewing; a second observer's labels, where there are some, lie
+# in the label folder + '_2nd'.
 
 PREPROCESSED_SUFFIX = '_pre'
 SECOND_OBSERVER_SUFFIX = '_2nd'
@@ -329,7 +330,7 @@ class Sample:
     mask: str
 
 
-def parse_label_file(path, preprocess=False, flag='--label_file_path'):
+def parse_label_file(path, flag='--label_file_path'):
     """The samples a label file lists, with absolute paths; a UserError names file and line (or
     the flag that named a missing file)."""
     if not os.path.isfile(path):
@@ -344,8 +345,6 @@ def parse_label_file(path, preprocess=False, flag='--label_file_path'):
     if len(folders) != 3 or not all(folders):
         raise UserError(f'{path}:{lines[0][0]}: expected the folders "images,labels,masks",'
                         f' found "{lines[0][1]}"')
-    if preprocess:
-        folders[0] += PREPROCESSED_SUFFIX
     folders = [os.path.join(root, folder) for folder in folders]
     samples = []
     for number, line in lines[1:]:
@@ -409,6 +408,12 @@ def preprocess_image(image):
             'gamma': adjust_gamma(equalized)}
 
 
+def model_input(rgb, preprocess):
+    """What the model sees of an RGB uint8 image: the preprocessed gray image (HxWx1) or the
+    RGB image itself."""
+    return preprocess_image(rgb)['gamma'][..., None] if preprocess else rgb
+
+
 def derive_fov_mask(image, threshold=12):
     """FOV mask (uint8 {0,1}) of a fundus image: the bright disc on a black background.
     Max over channels above `threshold`, holes filled, largest component, one 3x3 erosion."""
@@ -423,6 +428,62 @@ def _largest_component(binary):
     if count == 0:
         return binary
     return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+
+
+# ----------------------------------------------------------------------------- scale
+# A model knows vessels at the widths its training images showed. Photos from other cameras are
+# brought to its scale by the one size every fundus photo has: the diameter of its FOV.
+
+RESCALE_TOLERANCE = 0.05  # an image this close to the model's scale is predicted as it is
+MIN_FOV_DIAMETER = 32  # pixels; a smaller FOV is no fundus photo to rescale
+
+
+def fov_diameter(mask):
+    """The diameter in pixels of the disc with the FOV mask's area: sqrt(4 * area / pi)."""
+    return float(np.sqrt(4 * np.count_nonzero(mask) / np.pi))
+
+
+def scale_factor(mask, diameter, path):
+    """The factor that brings the image's FOV diameter to `diameter`: 1 where `diameter` is None
+    or within RESCALE_TOLERANCE. A FOV too small to rescale is an error naming the file."""
+    if not diameter:
+        return 1.0
+    own = fov_diameter(mask)
+    if own < MIN_FOV_DIAMETER:
+        raise UserError(f'{path}: the field of view is only {own:.1f} px across; at least '
+                        f'{MIN_FOV_DIAMETER} px are needed to bring it to the model\'s scale')
+    factor = diameter / own
+    return 1.0 if abs(factor - 1) <= RESCALE_TOLERANCE else factor
+
+
+def scaled_size(shape, factor):
+    return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
+
+
+def resize(array, size):
+    """An image or float map resized to size (height, width): pixel-area averaging when it
+    shrinks, bilinear when it grows."""
+    height, width = size
+    shrinks = height * width < array.shape[0] * array.shape[1]
+    return cv2.resize(array, (width, height),
+                      interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR)
+
+
+def resize_binary(binary, size):
+    """A {0, 1} label or mask resized: the resized fraction, at or above one half."""
+    return (resize(binary.astype(np.float32), size) >= 0.5).astype(np.uint8)
+
+
+def predict_at_scale(predict, rgb, mask, preprocess, diameter, path):
+    """Probabilities at the image's native size from a model that learned vessels at FOV
+    diameter `diameter` (None: the image as it is). The RGB image is resized to that scale, then
+    preprocessed (CLAHE's tiles are relative to the image), predicted by `predict` (float HxWxC
+    in [0, 1] -> HxW or HxWxK probabilities), and the probabilities resized back."""
+    factor = scale_factor(mask, diameter, path)
+    if factor != 1:
+        rgb = resize(rgb, scaled_size(mask.shape, factor))
+    probability = predict(model_input(rgb, preprocess).astype(np.float32) / 255.0)
+    return resize(probability, mask.shape) if factor != 1 else probability
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -174,7 +174,7 @@ def main():
     if not os.path.isdir(os.path.join(SHARED, 'DRIVE')):
         sys.exit('DRIVE is not in ../shared/data: nothing to measure')
     drive = drive_data()
-    examples = dataset.load_label_file(os.path.join(drive, 'training.txt'), preprocess=True)
+    examples = dataset.load_label_files(os.path.join(drive, 'training.txt'), preprocess=True)
     gpus = tf.config.list_physical_devices('GPU')
     record = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
               'gpu': tf.config.experimental.get_device_details(gpus[0]).get('device_name')

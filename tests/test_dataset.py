@@ -13,7 +13,7 @@ import utils
 
 
 def write_label_file(root, text, files=('a b.png', 'c.png')):
-    for folder in ('imgs', 'imgs_pre', 'labs', 'msks'):
+    for folder in ('imgs', 'labs', 'msks'):
         os.makedirs(root / folder, exist_ok=True)
         for name in files:
             utils.write_png(str(root / folder / name), np.zeros((8, 8), np.uint8))
@@ -28,7 +28,6 @@ def test_parses_header_lines_crlf_blank_lines_and_spaces(tmp_path):
     assert [s.name for s in samples] == ['a b', 'c']
     assert samples[0] == utils.Sample('a b', str(tmp_path / 'imgs/a b.png'),
                                         str(tmp_path / 'labs/c.png'), str(tmp_path / 'msks/c.png'))
-    assert utils.parse_label_file(path, preprocess=True)[1].image == str(tmp_path / 'imgs_pre/c.png')
 
 
 @pytest.mark.parametrize('text, message', [
@@ -150,4 +149,4 @@ def test_load_examples_checks_sizes(tmp_path):
     path = write_label_file(tmp_path, 'imgs,labs,msks\nc.png,c.png,c.png')
     utils.write_png(str(tmp_path / 'labs/c.png'), np.zeros((8, 9), np.uint8))
     with pytest.raises(utils.UserError, match=r'labs/c.png: size 9x8 differs from its image'):
-        dataset.load_label_file(path, preprocess=False)
+        dataset.load_label_files(path)

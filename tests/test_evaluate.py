@@ -108,7 +108,7 @@ def test_threshold_calibrated_on_training_images_with_flips(trained, synthetic, 
     unet.load_weights(str(logdir / model.WEIGHTS_FILE))
 
     def pixels(label_file):
-        examples = dataset.load_examples(utils.parse_label_file(label_file, True), 1)
+        examples = dataset.load_label_files(label_file, preprocess=True)
         images = np.stack([e.image for e in examples]).astype(np.float32) / 255
         flipped_back = [
             np.flip(model.predict_probabilities(unet, np.flip(images, axes))[..., 1].numpy(), axes)
@@ -175,11 +175,15 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
     result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
                         f'--predict_dir={tmp_path / "out"}')
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / 'out')) == ['a_mask.png', 'a_prob.png', 'b_mask.png',
-                                                   'b_prob.png']
+    assert sorted(os.listdir(tmp_path / 'out')) == [
+        f'{name}_{kind}.png' for name in 'ab' for kind in ('mask', 'overlay', 'prob')]
     assert utils.read_image(str(tmp_path / 'out' / 'b_prob.png'), gray=True).shape == (50, 90)
-    mask = utils.read_binary(str(tmp_path / 'out' / 'a_mask.png'))
+    mask = utils.read_binary(str(tmp_path / 'out' / 'a_mask.png')).astype(bool)
     assert not mask[0, 0] and mask.shape == (70, 90)  # outside the derived FOV: never vessel
+    # The overlay: the photo as read, pure green where the mask says vessel.
+    overlay = utils.read_image(str(tmp_path / 'out' / 'a_overlay.png'))
+    assert mask.any() and (overlay[mask] == (0, 255, 0)).all()
+    np.testing.assert_array_equal(overlay[~mask], utils.read_image(str(folder / 'a.jpg'))[~mask])
     result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/*.nope')
     assert result.returncode == 2 and 'matches no files' in last_line(result.stderr)
 
@@ -232,9 +236,9 @@ def test_predict_reports_bad_files_and_goes_on_with_the_rest(trained, tmp_path):
                       f'error: {folder}/broken.jpg: not a readable image (corrupt or unsupported '
                       'format)',
                       'error: 2 of 5 images could not be predicted (named above)']
-    assert 'wrote 6 files' in result.stdout
-    assert sorted(os.listdir(out)) == ['deep_mask.png', 'deep_prob.png', 'eye.jpg_mask.png',
-                                       'eye.jpg_prob.png', 'eye.png_mask.png', 'eye.png_prob.png']
+    assert 'wrote 9 files' in result.stdout
+    assert sorted(os.listdir(out)) == [f'{name}_{kind}.png' for name in ('deep', 'eye.jpg', 'eye.png')
+                                       for kind in ('mask', 'overlay', 'prob')]
     # 16 bits scaled to 8 give the same image, so the same prediction.
     np.testing.assert_array_equal(utils.read_image(str(out / 'deep_prob.png'), gray=True),
                                   utils.read_image(str(out / 'eye.png_prob.png'), gray=True))

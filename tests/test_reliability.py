@@ -44,7 +44,7 @@ def test_train_names_a_broken_image_in_the_label_file(tmp_path, synthetic):
     root = os.path.dirname(synthetic['training'])
     broken = tmp_path / 'data'
     subprocess.run(['cp', '-r', root, str(broken)], check=True)
-    image = broken / 'training' / 'images_pre' / '02_training.png'
+    image = broken / 'training' / 'images' / '02_training.png'
     image.write_bytes(image.read_bytes()[:100])
     result = run_script('train.py', f'--logdir={tmp_path / "log"}',
                         f'--label_file_path={broken / "training.txt"}', *TINY_TRAINING)
@@ -150,9 +150,8 @@ def test_empty_fov_masks_are_refused_where_they_come_in(tmp_path, synthetic):
     with pytest.raises(utils.UserError, match='black.png: no field of view found'):
         preprocess.load_sample(sample)
     # An evaluation label file whose mask is empty: named, before any prediction.
-    samples = utils.parse_label_file(synthetic['test'], preprocess=True)
+    samples = utils.parse_label_file(synthetic['test'])
     empty = tmp_path / 'empty_mask.png'
     cv2.imwrite(str(empty), np.zeros((96, 96), np.uint8))
     with pytest.raises(utils.UserError, match=f'^{empty}: the FOV mask is empty'):
-        dataset.load_examples([utils.Sample('x', samples[0].image, samples[0].label, str(empty))],
-                              channels=1)
+        dataset.load_examples([utils.Sample('x', samples[0].image, samples[0].label, str(empty))])

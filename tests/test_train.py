@@ -180,7 +180,7 @@ def test_two_cpu_replicas_train_with_the_same_loop(tmp_path, synthetic):
     assert all(np.isfinite(float(value)) for _, value in events['train/loss'])
     assert len(glob.glob(str(logdir / 'train_logs' / '*'))) == 1
     import train as train_module
-    examples = dataset.load_label_file(synthetic['training'], preprocess=True)
+    examples = dataset.load_label_files(synthetic['training'], preprocess=True)
     odd = train_module.TrainConfig(logdir='x', label_file_path='y', batch_size=3)
     with pytest.raises(utils.UserError, match='^--batch_size=3 is not divisible by the 2 replicas$'):
         train_module.check_settings(odd, examples, replicas=2)

@@ -1,0 +1,168 @@
+"""Scale: a model predicts each image at the FOV diameter it learned, and datasets mix at one scale."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+import dataset
+import model
+import utils
+from conftest import last_line, run_here
+
+
+def disc_mask(size, diameter):
+    mask = np.zeros((size, size), np.uint8)
+    cv2.circle(mask, (size // 2, size // 2), diameter // 2, 1, -1)
+    return mask
+
+
+def test_fov_diameter_and_scale_factor():
+    mask = disc_mask(400, 301)
+    assert utils.fov_diameter(mask) == pytest.approx(301, rel=0.01)
+    assert utils.scale_factor(mask, 150, 'x.png') == pytest.approx(150 / utils.fov_diameter(mask))
+    assert utils.scale_factor(mask, 310, 'x.png') == 1.0  # within 5%: as it is
+    assert utils.scale_factor(mask, None, 'x.png') == 1.0  # a model with no recorded scale
+    with pytest.raises(utils.UserError, match=r'^x.png: the field of view is only 2\d.\d px across'):
+        utils.scale_factor(disc_mask(400, 21), 538, 'x.png')
+
+
+def test_predict_at_scale_predicts_at_the_model_scale_and_answers_at_native_size():
+    rgb = np.zeros((400, 360, 3), np.uint8)
+    rgb[..., 2] = np.arange(360) * 255 // 359  # a horizontal ramp survives resizing
+    mask = disc_mask(400, 300)[:, :360]
+    seen = []
+
+    def predict(image):
+        seen.append(image.shape)
+        return image[..., -1]  # the ramp itself (or its gray image), in [0, 1]
+    probability = utils.predict_at_scale(predict, rgb, mask, False, 150, 'x.png')
+    factor = 150 / utils.fov_diameter(mask)
+    assert seen == [(round(400 * factor), round(360 * factor), 3)]
+    assert probability.shape == (400, 360)
+    np.testing.assert_allclose(probability, rgb[..., 2] / 255, atol=0.02)
+    # Preprocessed models get the gray image computed at the model's scale.
+    utils.predict_at_scale(predict, rgb, mask, True, 150, 'x.png')
+    assert seen[-1] == (round(400 * factor), round(360 * factor), 1)
+
+
+def test_load_examples_brings_images_labels_and_masks_to_one_fov_diameter(synthetic):
+    samples = utils.parse_label_file(synthetic['training'])
+    native = dataset.load_examples(samples)
+    target = 2 * utils.fov_diameter(native[0].mask)
+    examples = dataset.load_examples(samples, preprocess=True, fov_diameter=target)
+    for before, after in zip(native, examples, strict=True):
+        assert utils.fov_diameter(after.mask) == pytest.approx(target, rel=0.02)
+        assert after.image.shape[2] == 1 and after.image.shape[:2] == after.label.shape
+        assert after.label.mean() == pytest.approx(before.label.mean(), rel=0.1)  # vessel share
+
+
+def test_mixed_label_files_weigh_each_image_equally(tmp_path):
+    """Three bright images in one label file, one dark in another: every epoch draws each image
+    once, so the stream holds exactly three bright patches for each dark one."""
+    files = []
+    for name, count, value in (('bright', 3, 200), ('dark', 1, 60)):
+        for folder in ('images', 'labels', 'masks'):
+            os.makedirs(tmp_path / name / folder)
+        for index in range(count):
+            utils.write_png(str(tmp_path / name / 'images' / f'{index}.png'),
+                            np.full((64, 64, 3), value, np.uint8))
+            utils.write_png(str(tmp_path / name / 'labels' / f'{index}.png'), np.zeros((64, 64), np.uint8))
+            utils.write_png(str(tmp_path / name / 'masks' / f'{index}.png'), np.full((64, 64), 255, np.uint8))
+        files.append(tmp_path / name / 'list.txt')
+        files[-1].write_text('images,labels,masks\n' + ''.join(f'{i}.png,{i}.png,{i}.png\n' for i in range(count)))
+    examples = dataset.load_label_files(f'{files[0]},{files[1]}')
+    assert len(examples) == 4
+    stream = dataset.training_dataset(examples, batch_size=4, patch_size=16, seed=3)
+    brightest = np.concatenate([images.numpy().max(axis=(1, 2, 3)) for images, _, _ in stream.take(10)])
+    assert np.sum(brightest > 0.5) == 30 and np.sum(brightest < 0.5) == 10
+    with pytest.raises(utils.UserError, match=f'^--label_file_path={tmp_path}/nope.txt: file not found$'):
+        dataset.load_label_files(f'{files[0]},{tmp_path}/nope.txt')
+
+
+def test_training_records_the_scale_it_learned(trained, synthetic):
+    masks = [utils.read_binary(sample.mask) for sample in utils.parse_label_file(synthetic['training'])]
+    expected = np.median([np.sqrt(4 * mask.sum() / np.pi) for mask in masks])
+    assert model.load_scale(trained) == pytest.approx(expected, abs=0.01)
+
+
+def vessel_share(directory, name):
+    mask = utils.read_binary(os.path.join(directory, f'{name}_mask.png'))
+    return mask, mask.mean()
+
+
+def test_predict_brings_a_2x_photo_to_the_model_scale(trained, synthetic, tmp_path):
+    """The same retina photographed at twice the resolution gets the same vessel map (at its own
+    size); predicted as it is, the net, which knows only thin vessels, misses most of it."""
+    image = utils.read_image(utils.parse_label_file(synthetic['test'])[0].image)
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    utils.write_png(str(photos / 'small.png'), image)
+    utils.write_png(str(photos / 'large.png'), cv2.resize(image, None, fx=2, fy=2,
+                                                          interpolation=cv2.INTER_CUBIC))
+    shares = {}
+    for how in ('rescale', 'norescale', 'tiles'):
+        flags = {'rescale': [], 'norescale': ['--norescale'],
+                 'tiles': ['--tile_size=32', '--tile_overlap=128']}[how]
+        result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={photos}',
+                          f'--predict_dir={tmp_path / how}', *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        shares[how] = {name: vessel_share(tmp_path / how, name) for name in ('small', 'large')}
+    small, large = shares['rescale']['small'], shares['rescale']['large']
+    assert large[0].shape == (192, 192) and small[0].shape == (96, 96)
+    assert large[1] == pytest.approx(small[1], rel=0.25)
+    assert abs(shares['norescale']['large'][1] - small[1]) > 3 * abs(large[1] - small[1])
+    for name in ('small', 'large'):  # tiles at the model's scale: the same maps
+        np.testing.assert_array_equal(shares['tiles'][name][0], shares['rescale'][name][0])
+
+
+def test_a_run_without_scale_json_predicts_images_as_they_are(trained, tmp_path):
+    old = tmp_path / 'old'
+    os.makedirs(old)
+    for name in (model.ARCHITECTURE_FILE, model.WEIGHTS_FILE):
+        os.link(os.path.join(trained, name), old / name)
+    photo = tmp_path / 'eye.png'
+    image = np.zeros((192, 192, 3), np.uint8)
+    cv2.circle(image, (96, 96), 90, (150, 60, 30), -1)
+    cv2.line(image, (20, 96), (170, 90), (60, 20, 10), 9)
+    utils.write_png(str(photo), image)
+    outputs = {}
+    for logdir, flags in ((old, []), (trained, ['--norescale'])):
+        out = tmp_path / f'out{len(outputs)}'
+        result = run_here('evaluate.py', f'--logdir={logdir}', f'--predict={photo}',
+                          f'--predict_dir={out}', *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[len(outputs)] = utils.read_image(str(out / 'eye_prob.png'), gray=True)
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_a_tiny_field_of_view_is_named_and_the_other_photos_are_written(trained, tmp_path):
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    speck = np.zeros((300, 300, 3), np.uint8)
+    cv2.circle(speck, (150, 150), 8, (200, 100, 50), -1)
+    utils.write_png(str(photos / 'speck.png'), speck)
+    fine = np.zeros((120, 120, 3), np.uint8)
+    cv2.circle(fine, (60, 60), 55, (200, 100, 50), -1)
+    utils.write_png(str(photos / 'fine.png'), fine)
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={photos}',
+                      f'--predict_dir={tmp_path / "out"}')
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert lines[0].startswith(f'error: {photos / "speck.png"}: the field of view is only 1')
+    assert last_line(result.stderr) == 'error: 1 of 2 images could not be predicted (named above)'
+    assert sorted(os.listdir(tmp_path / 'out')) == ['fine_mask.png', 'fine_overlay.png',
+                                                   'fine_prob.png']
+
+
+def test_a_corrupt_scale_file_is_named(trained, tmp_path):
+    broken = tmp_path / 'broken'
+    os.makedirs(broken)
+    for name in (model.ARCHITECTURE_FILE, model.WEIGHTS_FILE):
+        os.link(os.path.join(trained, name), broken / name)
+    (broken / model.SCALE_FILE).write_text(json.dumps({'fov_diameter': -3}))
+    result = run_here('evaluate.py', f'--logdir={broken}', f'--predict={tmp_path}/none*')
+    assert result.returncode == 2
+    assert last_line(result.stderr) == (f'error: {broken / model.SCALE_FILE}: "fov_diameter" must be '
+                                        'a positive number of pixels, found -3')
