@@ -186,16 +186,43 @@ def calibrate_threshold(predict, label_file):
     return threshold
 
 
-def export(unet, channels, export_dir):
-    """A SavedModel whose `serve` signature maps a float batch [N, H, W, C] in [0, 1] of any size
-    to vessel probabilities [N, H, W] (padding to a multiple of 16 inside)."""
+def export(unet, channels, export_dir, scale):
+    """A SavedModel for serving. `serve` maps a float batch [N, H, W, C] in [0, 1] (what the
+    model sees: RGB, or the preprocessed gray image) of any size to vessel probabilities
+    [N, H, W]. Where the run recorded its scale, `serve_at_scale` also takes each image's FOV
+    diameter in pixels [N] and predicts each image at the model's scale, as evaluate.py does
+    (except that a preprocessed image is resized after preprocessing, not before)."""
     archive = keras.export.ExportArchive()
     archive.track(unet)
-    archive.add_endpoint(
-        'serve', lambda images: model.predict_probabilities(unet, images)[..., 1],
-        input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name='images')])
+    images = tf.TensorSpec([None, None, None, channels], tf.float32, name='images')
+    archive.add_endpoint('serve', lambda batch: model.predict_probabilities(unet, batch)[..., 1],
+                         input_signature=[images])
+    if scale:
+        archive.add_endpoint(
+            'serve_at_scale', lambda batch, diameters: predict_batch_at_scale(
+                unet, batch, diameters, scale),
+            input_signature=[images, tf.TensorSpec([None], tf.float32, name='fov_diameters')])
     archive.write_out(export_dir, verbose=False)
     print(f'SavedModel for serving: {export_dir}')
+
+
+def predict_batch_at_scale(unet, images, diameters, scale):
+    """utils.predict_at_scale in TensorFlow, image by image: resize (area averaging down,
+    bilinear up) so the FOV diameter becomes `scale`, predict, resize the probabilities back."""
+    def resize(image, size):
+        shrinks = tf.reduce_prod(size) < tf.reduce_prod(tf.shape(image)[:2])
+        return tf.cond(shrinks, lambda: tf.image.resize(image, size, 'area'),
+                       lambda: tf.image.resize(image, size, 'bilinear'))
+
+    def one(args):
+        image, diameter = args
+        factor = scale / diameter
+        factor = tf.where(tf.abs(factor - 1) <= utils.RESCALE_TOLERANCE, 1.0, factor)
+        size = tf.shape(image)[:2]
+        scaled = tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32))
+        probability = model.predict_probabilities(unet, resize(image, scaled)[None])[0]
+        return resize(probability[..., 1:2], size)[..., 0]
+    return tf.map_fn(one, (images, diameters), fn_output_signature=tf.float32)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -276,14 +303,15 @@ def trained_step(logdir):
     return max(model.checkpoint_steps(os.path.join(logdir, model.CHECKPOINT_DIR)), default=0)
 
 
-def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta):
+def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta, rescale=True):
     """The folder of one evaluation, from what it evaluates: e.g. DRIVE-test_step4000_threshold0.5
-    or DRIVE-test_best-step3500_calibrated-on-DRIVE-training_tta."""
+    or DRIVE-test_best-step3500_calibrated-on-DRIVE-training_tta_norescale."""
     def data(path):
         folder, name = os.path.split(os.path.abspath(path))
         return f'{os.path.basename(folder)}-{os.path.splitext(name)[0]}'
     how = f'calibrated-on-{data(calibrate_on)}' if calibrate_on else f'threshold{threshold:g}'
-    return '_'.join([data(label_file), checkpoint, how] + (['tta'] if tta else []))
+    return '_'.join([data(label_file), checkpoint, how] + (['tta'] if tta else [])
+                    + ([] if rescale else ['norescale']))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -386,11 +414,11 @@ def predict_file(predict, path, out_dir, name, threshold):
     return float(vessels[fov.astype(bool)].mean())
 
 
-def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, step):
+def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, step, scale):
     """Evaluates the images a label file lists; prints the results and writes them to their own
     folder under out_dir/evaluations, named by label file, checkpoint and threshold."""
     out_dir = os.path.join(out_dir, EVALUATIONS_DIR, evaluation_name(
-        label_file, checkpoint, threshold, FLAGS.calibrate_on, FLAGS.tta))
+        label_file, checkpoint, threshold, FLAGS.calibrate_on, FLAGS.tta, FLAGS.rescale))
     samples = utils.parse_label_file(label_file)
     examples = dataset.load_examples(samples)
     overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if FLAGS.visulize else None
@@ -398,7 +426,8 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
     rows, result = evaluate(predict, samples, examples, threshold, overlay_dir)
     seconds = time.time() - started
     logging.info('evaluated %d images in %.1fs', len(rows), seconds)
-    result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta, label_file=label_file,
+    result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta, rescale=FLAGS.rescale,
+                  model_fov_diameter=scale, label_file=label_file,
                   checkpoint=checkpoint, seconds=round(seconds, 2))
     print_result(result)
     write_results(out_dir, rows, result, step)
@@ -413,10 +442,10 @@ def main(argv):
     out_dir = check_outputs()
     channels = model.in_channels(architecture['preprocess'])
     traced = make_predictor(unet, channels)
-    if FLAGS.export_dir:
-        export(unet, channels, FLAGS.export_dir)
-
     scale = model.load_scale(FLAGS.logdir) if FLAGS.rescale else None
+    if FLAGS.export_dir:
+        export(unet, channels, FLAGS.export_dir, scale)
+
 
     def at_model_scale(image):
         def once(view):
@@ -434,7 +463,8 @@ def main(argv):
     if FLAGS.predict:
         predict_files(predict, FLAGS.predict, out_dir, threshold)
     else:
-        evaluate_label_file(predict, FLAGS.label_file_path, threshold, out_dir, checkpoint, step)
+        evaluate_label_file(predict, FLAGS.label_file_path, threshold, out_dir, checkpoint, step,
+                            scale)
 
 
 def check_outputs():

@@ -100,25 +100,45 @@ def write_label_file(path, folder, names):
         [[f'{n}.png'] * 3 for n in names]))
 
 
-def chase_folds(data, folds, steps, extra_flags, evaluate_only):
-    """Subject-wise folds: both eyes of a child stay in the same fold."""
+def chase_fold_files(data, folds):
+    """Subject-wise folds of CHASE_DB1's images (both eyes of a child in the same fold): one
+    (held-out names, training label file, test label file) per fold, written under `data`."""
     names = sorted(os.path.splitext(n)[0] for n in
                    os.listdir(os.path.join(data, 'CHASEDB', 'training', 'images')))
     subjects = sorted({re.match(r'Image_(\d+)', n).group(1) for n in names})
-    results = []
+    files = []
     for fold in range(folds):
         held_out = set(subjects[fold::folds])
         test = [n for n in names if n[6:8] in held_out]
-        train = [n for n in names if n[6:8] not in held_out]
         prefix = os.path.join(data, 'CHASEDB', f'fold{fold}')
-        write_label_file(f'{prefix}_training.txt', 'training', train)
+        write_label_file(f'{prefix}_training.txt', 'training',
+                         [n for n in names if n[6:8] not in held_out])
         write_label_file(f'{prefix}_test.txt', 'training', test)
-        result = train_and_evaluate(f'chase_fold{fold}', f'{prefix}_training.txt',
-                                    f'{prefix}_test.txt', steps, extra_flags, evaluate_only)
+        files.append((test, f'{prefix}_training.txt', f'{prefix}_test.txt'))
+    return files
+
+
+def chase_folds(data, folds, steps, extra_flags, evaluate_only):
+    results = []
+    for fold, (test, training_file, test_file) in enumerate(chase_fold_files(data, folds)):
+        result = train_and_evaluate(f'chase_fold{fold}', training_file, test_file, steps,
+                                    extra_flags, evaluate_only)
         results.append({'fold': fold, 'test_images': test, **result})
         scores = result['evaluations'][MAIN_EVALUATION]['scores']
         print(f'fold {fold}: {scores["F1"]:.4f} F1 ({MAIN_EVALUATION})', flush=True)
     return results
+
+
+def prepare_data(*folders):
+    """Runs preprocess.py on the named folders of ../shared/data; returns its output folder."""
+    raw, data = os.path.join(WORK, 'raw'), os.path.join(WORK, 'data')
+    os.makedirs(raw, exist_ok=True)
+    for folder in folders:
+        link = os.path.join(raw, folder)
+        if not os.path.exists(link):
+            os.symlink(os.path.join(SHARED, folder), link)
+    run('preprocess.py', f'--data_dir={raw}', f'--output_dir={data}')
+    return data
 
 
 def mean_scores(runs, evaluation):
@@ -144,12 +164,7 @@ def main():
     folder = {'drive': 'DRIVE', 'chase': 'CHASEDB1'}[args.dataset]
     if not os.path.isdir(os.path.join(SHARED, folder)):
         sys.exit(f'{os.path.join(SHARED, folder)} is not here: nothing to measure')
-    raw, data = os.path.join(WORK, 'raw'), os.path.join(WORK, 'data')
-    os.makedirs(raw, exist_ok=True)
-    link = os.path.join(raw, folder)
-    if not os.path.exists(link):
-        os.symlink(os.path.join(SHARED, folder), link)
-    run('preprocess.py', f'--data_dir={raw}', f'--output_dir={data}')
+    data = prepare_data(folder)
     record = {'dataset': folder, 'recipe': CPU_RECIPE + extra_flags,
               'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
               'date': time.strftime('%Y-%m-%d')}

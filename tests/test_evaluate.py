@@ -195,19 +195,33 @@ def test_exported_savedmodel_matches_keras_in_a_fresh_process(trained, tmp_path,
     assert result.returncode == 2  # nothing to predict, but the export came first
     assert os.path.exists(export_dir / 'saved_model.pb')
     path = os.path.join(os.path.dirname(drive['test']), 'test', 'images_pre', '01_test.png')
+    mask = utils.read_binary(os.path.join(os.path.dirname(drive['test']), 'test', 'masks',
+                                          '01_test.png'))
+    diameter = utils.fov_diameter(mask)
     script = ('import sys, numpy as np, tensorflow as tf, cv2\n'
               'image = cv2.imread(sys.argv[2], cv2.IMREAD_GRAYSCALE)[None, ..., None] / 255.0\n'
+              'image = tf.constant(image, tf.float32)\n'
               'loaded = tf.saved_model.load(sys.argv[1])\n'
-              'served = loaded.serve(tf.constant(image, tf.float32))\n'
-              'np.save(sys.argv[3], served.numpy())\n')
-    subprocess.run([sys.executable, '-c', script, str(export_dir), path, str(tmp_path / 'p.npy')],
+              'np.save(sys.argv[3], loaded.serve(image).numpy())\n'
+              'diameters = tf.constant([float(sys.argv[4])])\n'
+              'np.save(sys.argv[5], loaded.serve_at_scale(image, diameters).numpy())\n')
+    subprocess.run([sys.executable, '-c', script, str(export_dir), path, str(tmp_path / 'p.npy'),
+                    str(diameter), str(tmp_path / 'scaled.npy')],
                    check=True, env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
     served = np.load(tmp_path / 'p.npy')
     unet, _ = load_trained(trained)
-    image = utils.read_image(path, gray=True)[None, ..., None].astype(np.float32) / 255.0
-    expected = model.predict_probabilities(unet, image).numpy()[..., 1]
+    image = utils.read_image(path, gray=True).astype(np.float32) / 255.0
+    expected = model.predict_probabilities(unet, image[None, ..., None]).numpy()[..., 1]
     assert served.shape == (1, 584, 565)
     np.testing.assert_allclose(served, expected, atol=1e-5)
+    # At scale: DRIVE's 538 px FOV brought to the synthetic model's, predicted, and sized back.
+    factor = model.load_scale(trained) / diameter
+    small = cv2.resize(image, (round(565 * factor), round(584 * factor)), interpolation=cv2.INTER_AREA)
+    probability = model.predict_probabilities(unet, small[None, ..., None]).numpy()[0, ..., 1]
+    expected = cv2.resize(probability, (565, 584), interpolation=cv2.INTER_LINEAR)
+    scaled = np.load(tmp_path / 'scaled.npy')
+    assert scaled.shape == (1, 584, 565)
+    assert np.abs(scaled[0] - expected).mean() < 0.01 and np.abs(scaled[0] - expected).max() < 0.2
 
 
 def load_trained(logdir):

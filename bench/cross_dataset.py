@@ -1,0 +1,143 @@
+"""Cross-dataset accuracy of the shipped models, with and without rescaling to the model's scale.
+
+  python bench/cross_dataset.py --folds=0         # trains the combined model of CHASE fold 0, then
+                                                  # evaluates every model on every test set
+  python bench/cross_dataset.py --evaluate_only   # reuses the fold models trained before
+
+Rows: the models in models/ (trained on DRIVE, on CHASE_DB1, on both). Columns: DRIVE's test set,
+and CHASE_DB1 images the model did not train on: all 20 for the DRIVE model; for the CHASE and
+combined models, the held-out images of the subject-wise folds of bench/accuracy.py (the
+CHASE-only folds from bench/results/accuracy_chase.json; the combined model is retrained here on
+DRIVE's training set plus each fold's CHASE training images, at its recipe). Scores inside the
+FOV at threshold 0.5. Writes bench/results/cross_dataset.json and prints a Markdown table.
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+
+import evaluate  # noqa: E402
+import train  # noqa: E402
+from bench.accuracy import CPU_RECIPE, chase_fold_files, prepare_data, train_config  # noqa: E402
+from bench.common import RESULTS, ROOT, WORK, run  # noqa: E402
+
+MODELS = {'DRIVE': 'drive', 'CHASE_DB1': 'chase', 'DRIVE + CHASE_DB1': 'drive_chase'}
+COMBINED_FLAGS = ['--fov_diameter=538']  # the combined model's recipe beyond CPU_RECIPE
+COMBINED_STEPS = 6000
+FOLDS = 5  # bench/accuracy.py's CHASE split
+METRICS = ('F1', 'AUC_ROC', 'IoU')
+
+
+
+
+def scores_of(logdir, label_file, rescale, name):
+    """evaluate.py's scores on `label_file` at threshold 0.5, from the metrics.json it writes to
+    a fresh folder of its own."""
+    output_dir = os.path.join(WORK, 'cross', f'{name}_{"rescaled" if rescale else "native"}')
+    shutil.rmtree(output_dir, ignore_errors=True)
+    run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={label_file}',
+        f'--output_dir={output_dir}', f'--rescale={rescale}')
+    [folder] = glob.glob(os.path.join(output_dir, evaluate.EVALUATIONS_DIR, '*', 'metrics.json'))
+    with open(folder) as stream:
+        metrics = json.load(stream)
+    return {'images': metrics['images'], **{key: metrics['scores'][key] for key in METRICS}}
+
+
+def both_ways(logdir, label_file, name):
+    return {'rescaled': scores_of(logdir, label_file, True, name),
+            'native': scores_of(logdir, label_file, False, name)}
+
+
+def pooled(per_fold):
+    """The mean over folds of each score, rescaled and native."""
+    return {how: {key: float(np.mean([fold[how][key] for fold in per_fold])) for key in METRICS}
+            for how in ('rescaled', 'native')}
+
+
+def combined_folds(data, folds, evaluate_only):
+    """The combined recipe retrained without each fold's held-out CHASE images, scored on them,
+    beside the CHASE-only model of the same fold (bench/results/accuracy_chase.json)."""
+    with open(os.path.join(RESULTS, 'accuracy_chase.json')) as stream:
+        chase_only = {fold['fold']: fold for fold in json.load(stream)['folds']}
+    files = chase_fold_files(data, FOLDS)
+    results = []
+    for fold in folds:
+        held_out, chase_training, test = files[fold]
+        logdir = os.path.join(WORK, f'log_combined_fold{fold}')
+        if not evaluate_only:
+            shutil.rmtree(logdir, ignore_errors=True)
+            training = f"{os.path.join(data, 'DRIVE', 'training.txt')},{chase_training}"
+            config = train_config(logdir, training, COMBINED_STEPS,
+                                  [*CPU_RECIPE, *COMBINED_FLAGS])
+            train.train(tf.distribute.get_strategy(), config)
+        chase_scores = chase_only[fold]['evaluations']['threshold 0.5']['scores']
+        results.append({'fold': fold, 'test_images': held_out,
+                        **both_ways(logdir, test, f'combined_fold{fold}'),
+                        'chase_only': {key: chase_scores[key] for key in METRICS}})
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--folds', default='0', help='comma-separated CHASE folds (0-4) for '
+                        'which to retrain the combined model')
+    parser.add_argument('--evaluate_only', action='store_true')
+    args = parser.parse_args()
+    logging.set_verbosity(logging.INFO)
+    data = prepare_data('DRIVE', 'CHASEDB1')
+    drive_test = os.path.join(data, 'DRIVE', 'test.txt')
+    chase_all = os.path.join(data, 'CHASEDB', 'training.txt')
+    models = {label: os.path.join(ROOT, 'models', name) for label, name in MODELS.items()}
+    drive_scores = both_ways(models['DRIVE'], chase_all, 'drive_chase-all')
+    folds = combined_folds(data, [int(fold) for fold in args.folds.split(',')],
+                           args.evaluate_only)
+    with open(os.path.join(RESULTS, 'accuracy_chase.json')) as stream:
+        chase_cv = json.load(stream)['evaluations']['threshold 0.5']['scores']
+    chase_cv = {key: chase_cv[key] for key in METRICS}
+    record = {
+        'date': time.strftime('%Y-%m-%d'), 'threshold': 0.5, 'metrics': list(METRICS),
+        'DRIVE test': {label: both_ways(models[label], drive_test, f'{name}_drive-test')
+                       for label, name in MODELS.items()},
+        'CHASE_DB1': {
+            'DRIVE': {'images': 'all 20', **drive_scores},
+            'CHASE_DB1': {'images': f'{FOLDS}-fold CV, mean (bench/results/accuracy_chase.json)',
+                          'rescaled': chase_cv, 'native': chase_cv},
+            'DRIVE + CHASE_DB1': {'images': f'folds {args.folds} held out, mean',
+                                  **pooled(folds)},
+        },
+        'combined_folds': folds,
+    }
+    path = os.path.join(RESULTS, 'cross_dataset.json')
+    with open(path, 'w') as stream:
+        json.dump(record, stream, indent=2)
+    print('\n'.join(table(record)))
+    print(f'wrote {path}')
+
+
+def table(record):
+    """The Markdown table the README and bench/results/summary.md show."""
+    rows = ['| trained on | test set | images | rescaled F1 | AUC-ROC | IoU | native F1 | AUC-ROC '
+            '| IoU |', '| --- | --- | --- |' + ' --- |' * 6]
+    for test in ('DRIVE test', 'CHASE_DB1'):
+        for model_name, entry in record[test].items():
+            images = entry.get('images') if test == 'CHASE_DB1' else entry['rescaled']['images']
+            cells = [f"{entry[how][key]:.4f}" for how in ('rescaled', 'native') for key in METRICS]
+            rows.append(f'| {model_name} | {test} | {images} | ' + ' | '.join(cells) + ' |')
+    return rows
+
+
+if __name__ == '__main__':
+    main()
