@@ -2,9 +2,9 @@
 
 Label files are read by utils.parse_label_file.
 
-Training batches are a pure function of (seed, step): sample i of the stream is drawn with the
-stateless seed (seed, i) from the images decoded once. So a run is reproducible, parallel maps
-stay deterministic, and a resumed run continues with exactly the batches it would have seen.
+Training batches are a pure function of (seed, step): sample i of the stream is drawn from the
+images decoded once with random numbers hashed from (seed, i). So a run is reproducible, parallel
+maps stay deterministic, and a resumed run continues with exactly the batches it would have seen.
 """
 from dataclasses import dataclass
 
@@ -49,43 +49,93 @@ def load_label_files(paths, preprocess=False, fov_diameter=None, flag='--label_f
 
 
 # ----------------------------------------------------------------------------- training stream
+# Whole batches are drawn at once (vectorised gathers and selects, tf.data's "vectorise after
+# batching"), yet sample i of the stream is a pure function of (seed, i): every random number of
+# a sample comes from a counter-based hash of (seed, i, what it is for).
 
-def _stack(examples, margin):
-    """One uint8 tensor [N, H+2*margin, W+2*margin, C+2] of image, label and mask channels (padded
-    with zeros to the largest image), and the flat indices of each image's FOV pixels."""
+_HASH_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # splitmix64's finaliser
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _hash(seed, purpose, counter):
+    """splitmix64 of (seed, purpose, counter): uint64, elementwise over `counter` (int64)."""
+    def u64(value):
+        return tf.constant(value, tf.uint64)
+    x = (tf.cast(counter, tf.uint64) * u64(_GOLDEN) + u64((seed * 1000003 + purpose) % 2 ** 64)
+         * u64(_HASH_MULTIPLIERS[1]))
+    for shift, multiplier in ((30, _HASH_MULTIPLIERS[0]), (27, _HASH_MULTIPLIERS[1])):
+        x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(shift))) * u64(multiplier)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(31)))
+
+
+def _uniform(seed, purpose, counter):
+    """Uniform floats in [0, 1), one per counter."""
+    bits = tf.bitwise.right_shift(_hash(seed, purpose, counter), tf.constant(40, tf.uint64))
+    return tf.cast(bits, tf.float32) / 2.0 ** 24
+
+
+# what each random number is for
+_ORDER, _POSITION_Y, _POSITION_X, _FLIP_LR, _FLIP_UD, _TRANSPOSE, _BRIGHTNESS, _CONTRAST = range(8)
+
+
+def _canvas(examples, margin, image_size):
+    """One uint8 tensor [N, H, W, C+2] of image, label and mask channels, each image at the top
+    left after `margin` zeros (patches) or the padded images centred on an image_size canvas
+    (whole images); and the flat indices of each image's FOV pixels (ragged)."""
     height = max(e.image.shape[0] for e in examples) + 2 * margin
     width = max(e.image.shape[1] for e in examples) + 2 * margin
-    channels = examples[0].image.shape[2] + 2
-    stack = np.zeros((len(examples), height, width, channels), np.uint8)
+    canvas = np.zeros((len(examples), height, width, examples[0].image.shape[2] + 2), np.uint8)
     fov = []
     for i, example in enumerate(examples):
         h, w = example.label.shape
-        block = np.concatenate([example.image, example.label[..., None],
-                                example.mask[..., None]], axis=-1)
-        stack[i, margin:margin + h, margin:margin + w] = block
-        fov.append(np.flatnonzero(stack[i, :, :, -1]).astype(np.int64))
-    return tf.constant(stack), tf.ragged.constant(fov, dtype=tf.int64)
+        canvas[i, margin:margin + h, margin:margin + w] = np.concatenate(
+            [example.image, example.label[..., None], example.mask[..., None]], axis=-1)
+        fov.append(np.flatnonzero(canvas[i, :, :, -1]).astype(np.int64))
+    if not margin:  # whole images: centred on a canvas of at least image_size
+        pad_h, pad_w = max(image_size - height, 0), max(image_size - width, 0)
+        canvas = np.pad(canvas, [(0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                                 (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
+    return tf.constant(canvas), tf.ragged.constant(fov, dtype=tf.int64)
 
 
-def augment(image, label, mask, seed):
-    """Random flips and 90-degree rotations applied alike to image, label and mask, then
-    brightness/contrast jitter on the image only. `seed` is a stateless seed [2]."""
-    seeds = tf.random.experimental.stateless_split(seed, 5)
-    stacked = tf.concat([image, tf.cast(label[..., None], tf.float32), mask[..., None]], -1)
-    stacked = tf.image.stateless_random_flip_left_right(stacked, seeds[0])
-    stacked = tf.image.stateless_random_flip_up_down(stacked, seeds[1])
-    turns = tf.random.stateless_uniform([], seeds[2], 0, 4, tf.int32)
-    stacked = tf.image.rot90(stacked, turns)
-    image, label, mask = stacked[..., :-2], tf.cast(stacked[..., -2], tf.int32), stacked[..., -1]
-    image = tf.image.stateless_random_brightness(image, 0.1, seeds[3])
-    image = tf.image.stateless_random_contrast(image, 0.8, 1.2, seeds[4])
-    return tf.clip_by_value(image, 0.0, 1.0), label, mask
+def _epoch_order(seed, samples, count):
+    """The image of each sample: every epoch (count samples) visits the images in its own
+    random order, ranked by a hash of (seed, epoch, image)."""
+    epochs = samples // count
+    keys = _hash(seed, _ORDER, epochs[:, None] * count + tf.range(count, dtype=tf.int64)[None])
+    order = tf.argsort(tf.bitcast(tf.bitwise.right_shift(keys, tf.constant(1, tf.uint64)),
+                                  tf.int64), axis=1, stable=True)
+    return tf.gather(order, samples % count, batch_dims=1)
 
 
-def _split(block):
-    """uint8 [h, w, C+2] -> image float [0, 1] [h, w, C], label int32 [h, w], mask float [h, w]."""
-    image = tf.cast(block[..., :-2], tf.float32) / 255.0
-    return image, tf.cast(block[..., -2], tf.int32), tf.cast(block[..., -1], tf.float32)
+def _crop(canvas, image_index, top, left, side, flip_ud, flip_lr):
+    """side x side crops of the canvas images at (top, left), each flipped where asked: one
+    crop_and_resize with boxes on exact pixel centres (nearest), reversed boxes flipping."""
+    height, width = canvas.shape[1] - 1, canvas.shape[2] - 1
+    top, left = tf.cast(top, tf.float32), tf.cast(left, tf.float32)
+    bottom, right = top + side - 1, left + side - 1
+    y0, y1 = tf.where(flip_ud, bottom, top), tf.where(flip_ud, top, bottom)
+    x0, x1 = tf.where(flip_lr, right, left), tf.where(flip_lr, left, right)
+    boxes = tf.stack([y0 / height, x0 / width, y1 / height, x1 / width], axis=1)
+    return tf.image.crop_and_resize(canvas, boxes, tf.cast(image_index, tf.int32), [side, side],
+                                    method='nearest')
+
+
+def _transpose_where(block, chosen):
+    """Each sample's block transposed (rows for columns) where `chosen`: with the flips, every
+    one of the 8 symmetries of the square (flips and 90-degree turns) is equally likely."""
+    count = tf.shape(block, out_type=tf.int64)[0]
+    both = tf.concat([block, tf.transpose(block, [0, 2, 1, 3])], axis=0)
+    return tf.gather(both, tf.range(count) + count * tf.cast(chosen, tf.int64))
+
+
+def jitter(image, seed, samples):
+    """Brightness (+-0.1) and contrast (x0.8 to x1.2 about each channel's mean) of [B, S, S, C]."""
+    delta = (_uniform(seed, _BRIGHTNESS, samples) * 0.2 - 0.1)[:, None, None, None]
+    factor = (0.8 + 0.4 * _uniform(seed, _CONTRAST, samples))[:, None, None, None]
+    image = image + delta
+    mean = tf.reduce_mean(image, axis=[1, 2], keepdims=True)
+    return tf.clip_by_value((image - mean) * factor + mean, 0.0, 1.0)
 
 
 def training_dataset(examples, batch_size, patch_size=0, image_size=1024, augmentation=False,
@@ -101,39 +151,38 @@ def training_dataset(examples, batch_size, patch_size=0, image_size=1024, augmen
     pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     global_batch = batch_size * (input_context.num_replicas_in_sync if input_context else 1)
-    count = len(examples)
-    margin = patch_size // 2
-    stack, fov = _stack(examples, margin)
-    target_h, target_w = max(stack.shape[1], image_size), max(stack.shape[2], image_size)
+    count, side = len(examples), patch_size or image_size
+    canvas, fov = _canvas(examples, patch_size // 2, image_size)
+    _, height, width, _ = canvas.shape
+    fov_pixels, fov_starts, fov_sizes = fov.values, fov.row_starts(), fov.row_lengths()
 
-    def make_example(index):
-        seed_pair = tf.stack([tf.constant(seed, tf.int64), index])
-        seeds = tf.random.experimental.stateless_split(seed_pair, 2)  # position, augmentation
-        epoch_order = tf.random.experimental.stateless_shuffle(
-            tf.range(count), tf.stack([tf.constant(seed, tf.int64), index // count]))
-        chosen = tf.cast(epoch_order[index % count], tf.int64)
-        if patch_size:
-            pixels = fov[chosen]
-            pick = tf.random.stateless_uniform([], seeds[0], 0, tf.size(pixels, tf.int64),
-                                               tf.int64)
-            width_padded = tf.shape(stack, out_type=tf.int64)[2]
-            centre_y, centre_x = pixels[pick] // width_padded, pixels[pick] % width_padded
-            corner = tf.stack([chosen, centre_y - margin, centre_x - margin, 0])
-            block = tf.slice(stack, corner, [1, patch_size, patch_size, -1])[0]
-        else:
-            block = tf.image.resize_with_crop_or_pad(stack[chosen], target_h, target_w)
-            block = tf.image.stateless_random_crop(
-                block, [image_size, image_size, stack.shape[-1]], seeds[0])
-        image, label, mask = _split(block)
+    def make_batch(step):
+        samples = step * global_batch + pipeline_id + pipelines * tf.range(batch_size,
+                                                                            dtype=tf.int64)
+        image_index = _epoch_order(seed, samples, count)
+        if patch_size:  # a random FOV pixel of the image is the patch's centre
+            sizes = tf.gather(fov_sizes, image_index)
+            pick = tf.minimum(tf.cast(_uniform(seed, _POSITION_Y, samples)
+                                      * tf.cast(sizes, tf.float32), tf.int64), sizes - 1)
+            centre = tf.gather(fov_pixels, tf.gather(fov_starts, image_index) + pick)
+            top, left = centre // width - patch_size // 2, centre % width - patch_size // 2
+        else:  # a random image_size crop of the canvas
+            def offset(purpose, room):
+                return tf.cast(_uniform(seed, purpose, samples) * (room + 1), tf.int64)
+            top, left = offset(_POSITION_Y, height - side), offset(_POSITION_X, width - side)
+
+        def chosen(purpose):
+            return (_uniform(seed, purpose, samples) < 0.5) & augmentation
+        block = _crop(canvas, image_index, top, left, side, chosen(_FLIP_UD), chosen(_FLIP_LR))
         if augmentation:
-            image, label, mask = augment(image, label, mask, seeds[1])
-        return image, label, mask
+            block = _transpose_where(block, chosen(_TRANSPOSE))
+        image = block[..., :-2] / 255.0
+        if augmentation:
+            image = jitter(image, seed, samples)
+        return image, tf.cast(block[..., -2], tf.int32), block[..., -1]
 
-    first = start_step * global_batch + pipeline_id
-    dataset = tf.data.Dataset.range(first, np.iinfo(np.int64).max, pipelines)
-    dataset = dataset.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+    dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return dataset.with_options(options)
-
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -12,8 +12,12 @@ base 32, transposed convolutions) in float32 and bfloat16; results then go to
 throughput_gpu.json, with the card's name.
 Inference: evaluate.py on the 20 DRIVE test images (base 16 and base 32), and the peak memory
 (RSS) of predicting one 1024x1024 image. Needs DRIVE in ../shared/data and a quiet machine.
+The input pipeline per CPU core ("pipeline_per_core": dataset.training_dataset with augmentation
+on one thread, DRIVE's preprocessed training images): 64px patches per second at batch 32 and
+256, and whole 1024x1024 images per second at batch 4.
 
-  python bench/throughput.py
+  python bench/throughput.py                    # everything
+  python bench/throughput.py --pipeline_only    # the pipeline per core, merged into the file
 """
 import json
 import os
@@ -112,6 +116,33 @@ def in_memory_rates(examples, setting):
     return rates
 
 
+PIPELINE_SETTINGS = {  # name: (patch_size, batch); per second: patches, or whole images
+    'patches64_batch32': (64, 32), 'patches64_batch256': (64, 256), 'whole1024_batch4': (0, 4)}
+
+
+def pipeline_per_core(examples, seconds=10):
+    """Samples (patches or whole images) per second that dataset.training_dataset, with
+    augmentation, delivers on one thread: its map and its ops limited to one core."""
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    options.autotune.cpu_budget = 1
+    rates = {}
+    for name, (patch_size, batch) in PIPELINE_SETTINGS.items():
+        stream = dataset.training_dataset(examples, batch, patch_size, 1024,
+                                          augmentation=True).with_options(options)
+        iterator = iter(stream)
+        for _ in range(3):
+            next(iterator)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            next(iterator)
+            count += batch
+        rates[name] = round(count / (time.perf_counter() - started), 1)
+        print(f'pipeline, one core, {name}: {rates[name]:.0f} samples/s', flush=True)
+    return rates
+
+
 def train_script_rate(label_file, setting, name):
     """The train script's own median per-step rate after warm-up, from its TensorBoard
     events."""
@@ -176,6 +207,14 @@ def main():
     drive = drive_data()
     examples = dataset.load_label_files(os.path.join(drive, 'training.txt'), preprocess=True)
     gpus = tf.config.list_physical_devices('GPU')
+    path = os.path.join(RESULTS, 'throughput_gpu.json' if gpus else 'throughput.json')
+    if '--pipeline_only' in sys.argv[1:]:
+        with open(path) as stream:
+            record = json.load(stream)
+        record['pipeline_per_core'] = pipeline_per_core(examples)
+        with open(path, 'w') as stream:
+            json.dump(record, stream, indent=2)
+        return print(f'wrote {path}')
     record = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
               'gpu': tf.config.experimental.get_device_details(gpus[0]).get('device_name')
               if gpus else None,
@@ -198,9 +237,9 @@ def main():
                                            evaluation_seconds(drive, base),
                                            'rss_mib_1024x1024': peak_memory_mib(base)}
                            for base in (16, 32)}
+    record['pipeline_per_core'] = pipeline_per_core(examples)
     record['reference'] = {'original TF 2.3 eager loop, setting (a), 2-core CPU': 0.224}
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, 'throughput_gpu.json' if gpus else 'throughput.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)
     print(json.dumps(record['inference'], indent=1))

@@ -96,6 +96,42 @@ def test_augmentation_moves_label_and_mask_with_the_image():
     assert not np.allclose(plain[0][0], augmented[0][0])
 
 
+def coordinate_example(size=64, offset=100):
+    """An RGB image whose red and green values are each pixel's row and column (+ offset)."""
+    rows, columns = np.mgrid[0:size, 0:size] + offset
+    image = np.stack([rows, columns, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    centre = np.zeros((size, size), np.uint8)
+    centre[8:-8, 8:-8] = 1  # the FOV: 16px patches centred there lie inside the image
+    return dataset.Example('xy', image, centre, centre)
+
+
+def symmetry(patch):
+    """(rows run along axis 1, rows decrease, columns decrease) of a patch of coordinate_example:
+    which of the 8 symmetries of the square it shows. Brightness and contrast jitter are
+    increasing in value, so the directions survive them."""
+    rows, columns = patch[..., 0], patch[..., 1]
+    swapped = bool(np.all(rows[:, 1:] != rows[:, :-1]))
+    along = (lambda a: a[:, 1] - a[:, 0]) if swapped else (lambda a: a[1] - a[0])
+    across = (lambda a: a[1] - a[0]) if swapped else (lambda a: a[:, 1] - a[:, 0])
+    assert np.all(along(rows) != 0) and np.all(across(columns) != 0)
+    return swapped, bool(np.all(along(rows) < 0)), bool(np.all(across(columns) < 0))
+
+
+def test_patches_are_exact_windows_and_augmentation_draws_every_symmetry_alike():
+    example = coordinate_example()
+    (plain, _, _), = batches([example], 1, batch_size=64, patch_size=16, seed=2)
+    for patch in np.rint(plain.numpy() * 255).astype(int):  # the image's own pixels, in place
+        top, left = patch[0, 0, 0] - 100, patch[0, 0, 1] - 100
+        np.testing.assert_array_equal(patch, example.image[top:top + 16, left:left + 16])
+    counts = {}
+    for images, _, _ in batches([example], 4, batch_size=200, patch_size=16, seed=2,
+                                augmentation=True):
+        for patch in images.numpy():
+            found = symmetry(patch)
+            counts[found] = counts.get(found, 0) + 1
+    assert len(counts) == 8 and all(60 < count < 140 for count in counts.values()), counts
+
+
 def test_same_seed_same_batches_other_seed_other_batches():
     examples = [make_example('a', seed=1), make_example('b', seed=2)]
     first, second = (batches(examples, 3, batch_size=4, patch_size=16, seed=7, augmentation=True)
