@@ -1,0 +1,67 @@
+"""The pretrained models in models/: they load as run folders, reproduce their model cards on the
+real data, and segment a photo of any size offline."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+import preprocess
+import utils
+from conftest import ROOT, SHARED_DATA, require_shared, run_here
+
+CARDS = sorted(glob.glob(os.path.join(ROOT, 'models', '*', 'card.json')))
+ROWS = [(path, index) for path in CARDS
+        for index in range(len(json.load(open(path))['evaluations']))]
+
+
+def test_three_models_ship_with_cards_and_small_weights():
+    names = {os.path.basename(os.path.dirname(path)) for path in CARDS}
+    assert names == {'drive', 'chase', 'drive_chase'}
+    for path in CARDS:
+        folder = os.path.dirname(path)
+        assert os.path.getsize(os.path.join(folder, 'model.weights.h5')) < 8 * 2 ** 20
+        assert os.path.exists(os.path.join(folder, 'MODEL.md'))
+
+
+@pytest.fixture(scope='session')
+def real_data(tmp_path_factory):
+    """data/ as `preprocess.py --data_dir=../shared/data` writes it (skips without the data)."""
+    require_shared('DRIVE')
+    require_shared('CHASEDB1')
+    root = tmp_path_factory.mktemp('shipped')
+    for name in ('DRIVE', 'CHASEDB1'):
+        os.symlink(os.path.join(SHARED_DATA, name), root / name)
+    preprocess.process(str(root), str(root / 'data'))
+    return root / 'data'
+
+
+@pytest.mark.parametrize('card_path, index', ROWS,
+                         ids=[f'{os.path.basename(os.path.dirname(p))}-{i}' for p, i in ROWS])
+def test_a_shipped_model_reproduces_its_model_card(card_path, index, real_data, tmp_path):
+    row = json.load(open(card_path))['evaluations'][index]
+    result = run_here('evaluate.py', f'--logdir={os.path.dirname(card_path)}',
+                      f'--label_file_path={real_data / (row["data"] + ".txt")}',
+                      f'--threshold={row["threshold"]!r}', f'--output_dir={tmp_path}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    [metrics] = glob.glob(str(tmp_path / 'evaluations' / '*' / 'metrics.json'))
+    scores = json.load(open(metrics))['scores']
+    assert json.load(open(metrics))['images'] == row['images']
+    for key in ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc'):
+        assert scores[key] == pytest.approx(row['scores'][key], abs=1e-4), key
+
+
+@pytest.mark.parametrize('name', ['drive', 'drive_chase'])
+def test_a_shipped_model_segments_a_large_generated_photo(name, tmp_path):
+    """A synthetic retina at 1024 px (about twice DRIVE's FOV): predicted offline, at the model's
+    scale, into a vessel map that finds most of the drawn vessels and little else."""
+    rng = np.random.default_rng(5)
+    image, label, mask = preprocess.synthetic_retina(1024, rng)
+    utils.write_png(str(tmp_path / 'eye.png'), image)
+    result = run_here('evaluate.py', f'--logdir={os.path.join(ROOT, "models", name)}',
+                      f'--predict={tmp_path / "eye.png"}', f'--predict_dir={tmp_path / "out"}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = utils.read_binary(str(tmp_path / 'out' / 'eye_mask.png'))
+    _, scores = utils.evaluate_pixels(label, found.astype(np.float32), mask.astype(bool))
+    assert scores['F1'] > 0.6, scores
