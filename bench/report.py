@@ -60,6 +60,10 @@ def throughput_rows(name):
         ratio = entry['train_script_over_pure_compute']
         rows.append(f"| {name} | " + ' | '.join(cells)
                     + f" | {steps['pipeline_only']:.0f} | {ratio:.3f} |")
+    if 'pipeline_per_core' in record:
+        rows += ['', 'Input pipeline alone, one CPU core, with augmentation (samples/s): '
+                 + ', '.join(f'{name} {rate:,.0f}'
+                             for name, rate in record['pipeline_per_core'].items())]
     rows += ['', '| inference | 20 DRIVE test images (s) | per image (s) '
              '| peak RSS, one 1024x1024 image (MiB) |', '| --- | --- | --- | --- |']
     for net, entry in record['inference'].items():
@@ -69,9 +73,35 @@ def throughput_rows(name):
     return rows + ['']
 
 
+def cross_dataset_table(record):
+    """The Markdown table the README and bench/results/summary.md show."""
+    rows = ['| trained on | test set | images | rescaled F1 | AUC-ROC | IoU | native F1 | AUC-ROC '
+            '| IoU |', '| --- | --- | --- |' + ' --- |' * 6]
+    for test in ('DRIVE test', 'CHASE_DB1'):
+        for model_name, entry in record[test].items():
+            images = entry.get('images') if test == 'CHASE_DB1' else entry['rescaled']['images']
+            cells = [f"{entry[how][key]:.4f}" for how in ('rescaled', 'native')
+                     for key in record['metrics']]
+            rows.append(f'| {model_name} | {test} | {images} | ' + ' | '.join(cells) + ' |')
+    return rows
+
+
+def cross_dataset_rows():
+    path = os.path.join(RESULTS, 'cross_dataset.json')
+    if not os.path.exists(path):
+        return []
+    with open(path) as stream:
+        return ['## Across datasets: the shipped models, with and without rescaling', '',
+                *cross_dataset_table(json.load(stream)), '',
+                'Made by `bench/cross_dataset.py`: inside the FOV, threshold 0.5; "rescaled" '
+                "brings each image's FOV to the model's scale (evaluate.py's default), "
+                '"native" predicts it as it is (`--norescale`).', '']
+
+
 def main():
     lines = ['# Benchmark results', '', 'Made by `bench/report.py` from the JSON files here.', '',
              '## Accuracy on real data, inside the FOV', '', *accuracy_rows(), '',
+             *cross_dataset_rows(),
              '## Speed and memory', '', *throughput_rows('throughput.json'),
              *throughput_rows('throughput_gpu.json')]
     path = os.path.join(RESULTS, 'summary.md')
