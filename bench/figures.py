@@ -6,6 +6,8 @@ preprocess.png, dataset_sample.png (DRIVE), dataset_sample_chase.png: preprocess
 training_curve.png: train/loss and train/learning_rate read from the DRIVE run's event files.
 overlay_drive.png, roc_drive.png, pr_drive.png: evaluate.py --visulize's outputs for DRIVE test;
 overlay_chase.png: the same for a held-out image of the first CHASE_DB1 cross-validation fold.
+scale.png: the shipped DRIVE model (models/drive) on a photo 2.6x DRIVE's scale, predicted as it is
+and at the model's scale (evaluate.py --predict with and without --norescale).
 """
 import glob
 import os
@@ -19,7 +21,7 @@ import numpy as np  # noqa: E402
 
 import preprocess  # noqa: E402
 import utils  # noqa: E402
-from bench.common import ROOT, SHARED, WORK, read_scalars  # noqa: E402
+from bench.common import ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
 
 IMAGES = os.path.join(ROOT, 'images')
 DRIVE_RUN = os.path.join(WORK, 'log_drive')
@@ -73,9 +75,40 @@ def evaluation_figures():
         shutil.copy(os.path.join(chase, first[0]), os.path.join(IMAGES, 'overlay_chase.png'))
 
 
+def scale_figure(model='drive', photo='Image_01L.jpg', zoom=1.5):
+    """A CHASE_DB1 photo enlarged 1.5x (its FOV 1,380 px across, 2.6x DRIVE's 538, as a
+    higher-resolution camera gives): the photo, and the model's vessel probabilities predicted
+    as it is and at the model's scale, over a crop where vessels of every width run."""
+    source = os.path.join(SHARED, 'CHASEDB1', photo)
+    if not os.path.exists(source):
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        rgb = utils.read_image(source)
+        large = utils.resize(rgb, utils.scaled_size(rgb.shape, zoom))
+        utils.write_png(os.path.join(scratch, 'photo.png'), large)
+        maps = {}
+        for how in ('--rescale', '--norescale'):
+            out = os.path.join(scratch, how.strip('-'))
+            run('evaluate.py', f'--logdir={os.path.join(ROOT, "models", model)}',
+                f"--predict={os.path.join(scratch, 'photo.png')}", f'--predict_dir={out}', how)
+            maps[how] = utils.read_image(os.path.join(out, 'photo_prob.png'))
+    top, left, side = int(0.25 * large.shape[0]), int(0.45 * large.shape[1]), 560
+    crop = (slice(top, top + side), slice(left, left + side))
+    fig, axes = utils.pyplot().subplots(1, 3, figsize=(13, 4.6))
+    panels = [(large, f'photo ({large.shape[1]}x{large.shape[0]}, FOV 2.6x DRIVE), crop'),
+              (maps['--norescale'], 'DRIVE model, as it is: hollow, missed'),
+              (maps['--rescale'], "DRIVE model at its scale (the default)")]
+    for axis, (image, title) in zip(axes, panels, strict=True):
+        axis.imshow(image[crop])
+        axis.set_title(title, fontsize=10)
+        axis.axis('off')
+    utils.save_figure(fig, os.path.join(IMAGES, 'scale.png'), dpi=80)
+
+
 def main():
     os.makedirs(IMAGES, exist_ok=True)
     dataset_figures()
+    scale_figure()
     if os.path.isdir(DRIVE_RUN):
         training_curve()
         evaluation_figures()
