@@ -42,8 +42,6 @@ FOLDS = 5  # bench/accuracy.py's CHASE split
 METRICS = ('F1', 'AUC_ROC', 'IoU')
 
 
-
-
 def scores_of(logdir, label_file, rescale, name):
     """evaluate.py's scores on `label_file` at threshold 0.5, from the metrics.json it writes to
     a fresh folder of its own."""
@@ -51,8 +49,8 @@ def scores_of(logdir, label_file, rescale, name):
     shutil.rmtree(output_dir, ignore_errors=True)
     run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={label_file}',
         f'--output_dir={output_dir}', f'--rescale={rescale}')
-    [folder] = glob.glob(os.path.join(output_dir, evaluate.EVALUATIONS_DIR, '*', 'metrics.json'))
-    with open(folder) as stream:
+    [path] = glob.glob(os.path.join(output_dir, evaluate.EVALUATIONS_DIR, '*', 'metrics.json'))
+    with open(path) as stream:
         metrics = json.load(stream)
     return {'images': metrics['images'], **{key: metrics['scores'][key] for key in METRICS}}
 
