@@ -1,5 +1,8 @@
 """What the benchmarks share: paths, running a project script, and reading event files."""
+import glob
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +22,15 @@ def run(script, *args):
     if result.returncode:
         sys.exit(f'{script} failed:\n{result.stderr[-3000:]}')
     return result.stdout, time.time() - started
+
+
+def evaluation_metrics(output_dir, *args):
+    """Runs evaluate.py with `args` into a fresh output_dir; returns the metrics.json it wrote."""
+    shutil.rmtree(output_dir, ignore_errors=True)
+    run('evaluate.py', f'--output_dir={output_dir}', *args)
+    [path] = glob.glob(os.path.join(output_dir, 'evaluations', '*', 'metrics.json'))
+    with open(path) as stream:
+        return json.load(stream)
 
 
 def read_scalars(logdir, tags, folder='train_logs'):

@@ -12,7 +12,6 @@ DRIVE's training set plus each fold's CHASE training images, at its recipe). Sco
 FOV at threshold 0.5. Writes bench/results/cross_dataset.json and prints a Markdown table.
 """
 import argparse
-import glob
 import json
 import os
 import shutil
@@ -29,10 +28,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-import evaluate  # noqa: E402
 import train  # noqa: E402
 from bench.accuracy import CPU_RECIPE, chase_fold_files, prepare_data, train_config  # noqa: E402
-from bench.common import RESULTS, ROOT, WORK, run  # noqa: E402
+from bench.common import RESULTS, ROOT, WORK, evaluation_metrics  # noqa: E402
 from bench.report import cross_dataset_table  # noqa: E402
 
 MODELS = {'DRIVE': 'drive', 'CHASE_DB1': 'chase', 'DRIVE + CHASE_DB1': 'drive_chase'}
@@ -45,13 +43,9 @@ METRICS = ('F1', 'AUC_ROC', 'IoU')
 def scores_of(logdir, label_file, rescale, name):
     """evaluate.py's scores on `label_file` at threshold 0.5, from the metrics.json it writes to
     a fresh folder of its own."""
-    output_dir = os.path.join(WORK, 'cross', f'{name}_{"rescaled" if rescale else "native"}')
-    shutil.rmtree(output_dir, ignore_errors=True)
-    run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={label_file}',
-        f'--output_dir={output_dir}', f'--rescale={rescale}')
-    [path] = glob.glob(os.path.join(output_dir, evaluate.EVALUATIONS_DIR, '*', 'metrics.json'))
-    with open(path) as stream:
-        metrics = json.load(stream)
+    metrics = evaluation_metrics(
+        os.path.join(WORK, 'cross', f'{name}_{"rescaled" if rescale else "native"}'),
+        f'--logdir={logdir}', f'--label_file_path={label_file}', f'--rescale={rescale}')
     return {'images': metrics['images'], **{key: metrics['scores'][key] for key in METRICS}}
 
 

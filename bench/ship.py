@@ -24,7 +24,7 @@ utils.quiet_tensorflow()
 
 import model  # noqa: E402
 from bench.accuracy import trained_steps_and_seconds  # noqa: E402
-from bench.common import ROOT, run  # noqa: E402
+from bench.common import ROOT, WORK, evaluation_metrics  # noqa: E402
 
 SHIPPED = (model.ARCHITECTURE_FILE, model.SCALE_FILE, 'config.json', model.WEIGHTS_FILE)
 CARD_JSON, CARD = 'card.json', 'MODEL.md'
@@ -37,15 +37,10 @@ def label_file(name):
 
 def evaluate(folder, data, threshold=None, calibrate_on=None):
     """evaluate.py's metrics.json for one evaluation of the shipped model."""
-    out = os.path.join(ROOT, 'bench', 'work', 'ship', os.path.basename(folder))
-    shutil.rmtree(out, ignore_errors=True)
     how = ([f'--calibrate_on={calibrate_on}'] if calibrate_on else
            [f'--threshold={threshold!r}'])
-    run('evaluate.py', f'--logdir={folder}', f'--label_file_path={label_file(data)}',
-        f'--output_dir={out}', *how)
-    [name] = os.listdir(os.path.join(out, 'evaluations'))
-    with open(os.path.join(out, 'evaluations', name, 'metrics.json')) as stream:
-        return json.load(stream)
+    return evaluation_metrics(os.path.join(WORK, 'ship', os.path.basename(folder)),
+                              f'--logdir={folder}', f'--label_file_path={label_file(data)}', *how)
 
 
 def main():
