@@ -486,7 +486,9 @@ class Validator:
     ({logdir}/validation_logs) and keeps the weights of the best step in {logdir}/best/."""
 
     def __init__(self, config, unet, examples, scale):
-        self.examples, self.scale, self.preprocess = examples, scale, config.preprocess
+        self.examples = examples
+        self.inputs = [utils.at_model_scale(example.image, example.mask, config.preprocess, scale,
+                                            example.name) for example in examples]  # once a run
         traced = model.make_predictor(unet, model.in_channels(config.preprocess))
         self.predict = lambda image: traced(image[None])[0].numpy()
         self.unet, self.metric, self.logdir = unet, config.best_metric, config.logdir
@@ -495,9 +497,8 @@ class Validator:
 
     def score(self):
         labels, probabilities, losses = [], [], []
-        for example in self.examples:
-            probability = utils.predict_at_scale(self.predict, example.image, example.mask,
-                                                 self.preprocess, self.scale, example.name)
+        for example, image in zip(self.examples, self.inputs, strict=True):
+            probability = utils.to_native(self.predict(image), example.mask.shape)
             fov = example.mask.astype(bool)
             truth = np.take_along_axis(probability, example.label[..., None].astype(int), -1)
             losses.append(float(-np.log(np.maximum(truth[..., 0][fov], 1e-7)).mean()))

@@ -474,16 +474,25 @@ def resize_binary(binary, size):
     return (resize(binary.astype(np.float32), size) >= 0.5).astype(np.uint8)
 
 
-def predict_at_scale(predict, rgb, mask, preprocess, diameter, path):
-    """Probabilities at the image's native size from a model that learned vessels at FOV
-    diameter `diameter` (None: the image as it is). The RGB image is resized to that scale, then
-    preprocessed (CLAHE's tiles are relative to the image), predicted by `predict` (float HxWxC
-    in [0, 1] -> HxW or HxWxK probabilities), and the probabilities resized back."""
+def at_model_scale(rgb, mask, preprocess, diameter, path):
+    """What a model that learned vessels at FOV diameter `diameter` (None: the image as it is)
+    sees of an RGB image: the image resized to that scale, then preprocessed (CLAHE's tiles are
+    relative to the image); float HxWxC in [0, 1]."""
     factor = scale_factor(mask, diameter, path)
     if factor != 1:
         rgb = resize(rgb, scaled_size(mask.shape, factor))
-    probability = predict(model_input(rgb, preprocess).astype(np.float32) / 255.0)
-    return resize(probability, mask.shape) if factor != 1 else probability
+    return model_input(rgb, preprocess).astype(np.float32) / 255.0
+
+
+def to_native(probability, shape):
+    """Probabilities predicted at the model's scale, resized back to the image's (height, width)."""
+    return probability if probability.shape[:2] == tuple(shape) else resize(probability, shape)
+
+
+def predict_at_scale(predict, rgb, mask, preprocess, diameter, path):
+    """Probabilities at the image's native size: `predict` (float HxWxC in [0, 1] -> HxW or HxWxK
+    probabilities) of the image at the model's scale (at_model_scale), resized back."""
+    return to_native(predict(at_model_scale(rgb, mask, preprocess, diameter, path)), mask.shape)
 
 
 # ----------------------------------------------------------------------------- metrics
