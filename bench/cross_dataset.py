@@ -115,7 +115,7 @@ def main():
         },
         'combined_folds': folds,
     }
-    if len(folds) < FOLDS:  # the CV mean above covers other folds too: add the same folds'
+    if len(folds) < FOLDS:  # a subset: the CHASE-only models of the same folds beside it
         record['CHASE_DB1'][f'CHASE_DB1, {which} only'] = {
             'images': f'{held_out} (accuracy_chase.json)',
             **{how: {key: float(np.mean([fold['chase_only'][key] for fold in folds]))
