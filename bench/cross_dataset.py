@@ -55,17 +55,15 @@ def both_ways(logdir, label_file, name):
             'native': scores_of(logdir, label_file, False, name)}
 
 
-def pooled(per_fold):
-    """The mean over folds of each score, rescaled and native."""
-    return {how: {key: float(np.mean([fold[how][key] for fold in per_fold])) for key in METRICS}
-            for how in ('rescaled', 'native')}
+def mean_over(folds, scores):
+    """The mean over folds of each of their `scores` ('rescaled', 'native' or 'chase_only')."""
+    return {key: float(np.mean([fold[scores][key] for fold in folds])) for key in METRICS}
 
 
-def combined_folds(data, folds, evaluate_only):
+def combined_folds(data, folds, chase_only_folds, evaluate_only):
     """The combined recipe retrained without each fold's held-out CHASE images, scored on them,
-    beside the CHASE-only model of the same fold (bench/results/accuracy_chase.json)."""
-    with open(os.path.join(RESULTS, 'accuracy_chase.json')) as stream:
-        chase_only = {fold['fold']: fold for fold in json.load(stream)['folds']}
+    beside the CHASE-only model of the same fold (from bench/results/accuracy_chase.json)."""
+    chase_only = {fold['fold']: fold for fold in chase_only_folds}
     files = chase_fold_files(data, FOLDS)
     results = []
     for fold in folds:
@@ -96,10 +94,11 @@ def main():
     chase_all = os.path.join(data, 'CHASEDB', 'training.txt')
     models = {label: os.path.join(ROOT, 'models', name) for label, name in MODELS.items()}
     drive_scores = both_ways(models['DRIVE'], chase_all, 'drive_chase-all')
-    folds = combined_folds(data, [int(fold) for fold in args.folds.split(',')],
-                           args.evaluate_only)
     with open(os.path.join(RESULTS, 'accuracy_chase.json')) as stream:
-        chase_cv = json.load(stream)['evaluations']['threshold 0.5']['scores']
+        chase_only = json.load(stream)
+    folds = combined_folds(data, [int(fold) for fold in args.folds.split(',')],
+                           chase_only['folds'], args.evaluate_only)
+    chase_cv = chase_only['evaluations']['threshold 0.5']['scores']
     chase_cv = {key: chase_cv[key] for key in METRICS}
     which = f"fold{'s' * (len(folds) > 1)} {args.folds}"
     held_out = f"{which} held out, {sum(len(fold['test_images']) for fold in folds)} images"
@@ -111,15 +110,15 @@ def main():
             'DRIVE': {'images': 'all 20', **drive_scores},
             'CHASE_DB1': {'images': f'{FOLDS}-fold CV, mean (bench/results/accuracy_chase.json)',
                           'rescaled': chase_cv, 'native': chase_cv},
-            'DRIVE + CHASE_DB1': {'images': held_out, **pooled(folds)},
+            'DRIVE + CHASE_DB1': {'images': held_out, 'rescaled': mean_over(folds, 'rescaled'),
+                                  'native': mean_over(folds, 'native')},
         },
         'combined_folds': folds,
     }
     if len(folds) < FOLDS:  # a subset: the CHASE-only models of the same folds beside it
         record['CHASE_DB1'][f'CHASE_DB1, {which} only'] = {
             'images': f'{held_out} (accuracy_chase.json)',
-            **{how: {key: float(np.mean([fold['chase_only'][key] for fold in folds]))
-                     for key in METRICS} for how in ('rescaled', 'native')}}
+            **dict.fromkeys(('rescaled', 'native'), mean_over(folds, 'chase_only'))}
     path = os.path.join(RESULTS, 'cross_dataset.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)
