@@ -1,12 +1,14 @@
 """Accuracy within a CPU budget, with the project's own scripts on real data (../shared/data).
 
-  python bench/accuracy.py drive           # DRIVE: train on training, evaluate on test
+  python bench/accuracy.py drive           # DRIVE: train on training, evaluate on test, 3 seeds
   python bench/accuracy.py chase --folds=5 # CHASE_DB1: subject-wise 5-fold CV on its 20 images
 
-Each run trains from scratch in bench/work/log_{name} (--evaluate_only reuses it) and is
-evaluated three ways: at threshold 0.5; at the threshold with the best F1 on its own training
-images (evaluate.py --calibrate_on, the reported figures); and the same with test-time flips
-(--tta). Writes bench/results/accuracy_{name}.json and prints a Markdown table.
+Each run trains from scratch in bench/work/log_{name}_seed{seed} (--evaluate_only reuses it)
+and is evaluated three ways: at threshold 0.5; at the threshold with the best F1 on its own
+training images (evaluate.py --calibrate_on); and the same with test-time flips (--tta). DRIVE
+repeats the recipe with --seeds (default 0,1,2), CHASE_DB1 with each fold (seed 0 unless
+--seeds says more): every figure is the mean over those runs, with its standard deviation, min,
+max and count. Writes bench/results/accuracy_{name}.json and prints a Markdown table.
 """
 import argparse
 import json
@@ -64,14 +66,15 @@ def trained_steps_and_seconds(logdir):
     return int(steps.max()), float(np.sum(1.0 / rates))
 
 
-def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_only=False):
-    logdir = os.path.join(WORK, f'log_{name}')
+def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_only=False, seed=0):
+    logdir = os.path.join(WORK, f'log_{name}_seed{seed}')
     if not evaluate_only:
         shutil.rmtree(logdir, ignore_errors=True)
-        config = train_config(logdir, training, steps, [*CPU_RECIPE, *extra_flags])
+        config = train_config(logdir, training, steps,
+                              [*CPU_RECIPE, *extra_flags, f'--seed={seed}'])
         train.train(tf.distribute.get_strategy(), config)
     steps, seconds = trained_steps_and_seconds(logdir)
-    record = {'steps': steps, 'train_seconds': round(seconds, 1), 'logdir': logdir,
+    record = {'seed': seed, 'steps': steps, 'train_seconds': round(seconds, 1), 'logdir': logdir,
               'evaluations': {}}
     for evaluation, flags in EVALUATIONS.items():
         _, seconds = run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={test}',
@@ -118,14 +121,27 @@ def chase_fold_files(data, folds):
     return files
 
 
-def chase_folds(data, folds, steps, extra_flags, evaluate_only):
+def chase_folds(data, folds, steps, extra_flags, evaluate_only, seeds):
     results = []
     for fold, (test, training_file, test_file) in enumerate(chase_fold_files(data, folds)):
-        result = train_and_evaluate(f'chase_fold{fold}', training_file, test_file, steps,
-                                    extra_flags, evaluate_only)
-        results.append({'fold': fold, 'test_images': test, **result})
-        scores = result['evaluations'][MAIN_EVALUATION]['scores']
-        print(f'fold {fold}: {scores["F1"]:.4f} F1 ({MAIN_EVALUATION})', flush=True)
+        for seed in seeds:
+            result = train_and_evaluate(f'chase_fold{fold}', training_file, test_file, steps,
+                                        extra_flags, evaluate_only, seed)
+            results.append({'fold': fold, 'test_images': test, **result})
+            scores = result['evaluations'][MAIN_EVALUATION]['scores']
+            print(f'fold {fold}, seed {seed}: {scores["F1"]:.4f} F1 ({MAIN_EVALUATION})',
+                  flush=True)
+    return results
+
+
+def drive_seeds(data, steps, extra_flags, evaluate_only, seeds, name):
+    results = []
+    for seed in seeds:
+        results.append(train_and_evaluate(name, os.path.join(data, 'DRIVE', 'training.txt'),
+                                          os.path.join(data, 'DRIVE', 'test.txt'), steps,
+                                          extra_flags, evaluate_only, seed))
+        scores = results[-1]['evaluations']['threshold 0.5']['scores']
+        print(f'seed {seed}: {scores["F1"]:.4f} F1 (threshold 0.5)', flush=True)
     return results
 
 
@@ -141,9 +157,16 @@ def prepare_data(*folders):
     return data
 
 
-def mean_scores(runs, evaluation):
+def spread(runs, evaluation):
+    """Each score's mean over the runs, with its standard deviation (ddof=1; 0 for one run),
+    min, max and the number of runs."""
     per_run = [run['evaluations'][evaluation]['scores'] for run in runs]
-    return {key: float(np.mean([scores[key] for scores in per_run])) for key in per_run[0]}
+    values = {key: np.array([scores[key] for scores in per_run]) for key in per_run[0]}
+    return {'runs': len(runs),
+            'scores': {key: float(v.mean()) for key, v in values.items()},
+            'std': {key: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for key, v in values.items()},
+            'min': {key: float(v.min()) for key, v in values.items()},
+            'max': {key: float(v.max()) for key, v in values.items()}}
 
 
 def main():
@@ -152,6 +175,8 @@ def main():
     parser.add_argument('--steps', type=int, default=4000,
                         help='training steps (the CPU recipe: about 20 minutes on 2 cores)')
     parser.add_argument('--folds', type=int, default=5)
+    parser.add_argument('--seeds', default=None, help='comma-separated --seed values to repeat '
+                        'the recipe with (default: 0,1,2 for drive, 0 for chase)')
     parser.add_argument('--tag', default='', help='suffix of the run and result names')
     parser.add_argument('--train_flags', default='', help='extra train.py flags, e.g. '
                         '"--dice_weight=1"')
@@ -164,29 +189,31 @@ def main():
     folder = {'drive': 'DRIVE', 'chase': 'CHASEDB1'}[args.dataset]
     if not os.path.isdir(os.path.join(SHARED, folder)):
         sys.exit(f'{os.path.join(SHARED, folder)} is not here: nothing to measure')
+    seeds = [int(seed) for seed in (args.seeds or {'drive': '0,1,2', 'chase': '0'}[
+        args.dataset]).split(',')]
     data = prepare_data(folder)
     record = {'dataset': folder, 'recipe': CPU_RECIPE + extra_flags,
               'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
               'date': time.strftime('%Y-%m-%d')}
     if args.dataset == 'drive':
-        record.update(train_and_evaluate(name, os.path.join(data, 'DRIVE', 'training.txt'),
-                                         os.path.join(data, 'DRIVE', 'test.txt'), args.steps,
-                                         extra_flags, args.evaluate_only))
+        runs = record['runs'] = drive_seeds(data, args.steps, extra_flags, args.evaluate_only,
+                                            seeds, name)
         record['references'] = REFERENCES
+        record['second_observer'] = runs[0]['second_observer']
     else:
-        record['folds'] = chase_folds(data, args.folds, args.steps, extra_flags,
-                                      args.evaluate_only)
-        record['evaluations'] = {evaluation: {'scores': mean_scores(record['folds'], evaluation)}
-                                 for evaluation in EVALUATIONS}
+        runs = record['folds'] = chase_folds(data, args.folds, args.steps, extra_flags,
+                                             args.evaluate_only, seeds)
+    record['evaluations'] = {evaluation: spread(runs, evaluation) for evaluation in EVALUATIONS}
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f'accuracy_{name}.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)
-    steps = record.get('folds', [record])[0]['steps']
-    print(f'| {folder}, {steps} steps | F1 | AUC-ROC | IoU | Se | Sp | Acc |')
+    print(f'| {folder}, {runs[0]["steps"]} steps, mean +- std of {len(runs)} runs | F1 | AUC-ROC '
+          '| IoU | Se | Sp | Acc |')
     for evaluation, entry in record['evaluations'].items():
-        print(f'| {evaluation} | ' + ' | '.join(f"{entry['scores'][k]:.4f}" for k in
-                                                ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')) + ' |')
+        print(f'| {evaluation} | ' + ' | '.join(
+            f"{entry['scores'][k]:.4f} +- {entry['std'][k]:.4f}"
+            for k in ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')) + ' |')
     print(f'wrote {path}')
 
 

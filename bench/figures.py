@@ -24,8 +24,8 @@ import utils  # noqa: E402
 from bench.common import ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
 
 IMAGES = os.path.join(ROOT, 'images')
-DRIVE_RUN = os.path.join(WORK, 'log_drive')
-CHASE_RUN = os.path.join(WORK, 'log_chase_fold0')
+DRIVE_RUN = os.path.join(WORK, 'log_drive_seed0')
+CHASE_RUN = os.path.join(WORK, 'log_chase_fold0_seed0')
 
 
 def dataset_figures():
