@@ -362,30 +362,14 @@ def find_images(pattern):
     return paths
 
 
-def output_names(paths):
-    """{path: output stem}: the file's stem, or its whole name where two inputs share a stem
-    (eye.png and eye.jpg); inputs whose outputs would still collide are refused."""
-    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
-    names = [os.path.basename(path) if stems.count(stem) > 1 else stem
-             for path, stem in zip(paths, stems, strict=True)]
-    for name in set(names):
-        same = [path for path, other in zip(paths, names, strict=True) if other == name]
-        if len(same) > 1:
-            raise utils.UserError(f'--predict: {same[0]} and {same[1]} would write the same '
-                                  'outputs; predict them separately')
-    return dict(zip(paths, names, strict=True))
-
-
 def predict_files(predict, pattern, out_dir, threshold):
     """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
     masks. A file that cannot be read or predicted is reported and skipped; the run then ends
     with an error."""
     paths = find_images(pattern)
-    if any(os.path.samefile(os.path.dirname(path) or '.', out_dir) for path in paths):
-        raise utils.UserError(f'--predict_dir={out_dir}: the folder of the input images; choose '
-                              'another folder')
+    utils.refuse_input_folder(out_dir, paths, '--predict_dir')
     failed = 0
-    for index, (path, name) in enumerate(output_names(paths).items(), 1):
+    for index, (path, name) in enumerate(utils.output_stems(paths, '--predict').items(), 1):
         try:
             share = predict_file(predict, path, out_dir, name, threshold)
         except utils.UserError as error:
@@ -422,6 +406,9 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
     samples = utils.parse_label_file(label_file)
     examples = dataset.load_examples(samples)
     overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if FLAGS.visulize else None
+    for folder in (out_dir, overlay_dir):
+        utils.refuse_input_folder(folder, [path for sample in samples for path in (
+            sample.image, sample.label, sample.mask)], '--output_dir')
     started = time.time()
     rows, result = evaluate(predict, samples, examples, threshold, overlay_dir)
     seconds = time.time() - started

@@ -7,7 +7,7 @@ norm and ReLU; a 1x1 head gives `num_classes` logits. Batch norm uses momentum 0
 statistics after a few hundred steps, not thousands) and is synchronised across replicas, so
 every replica and worker normalises with the global batch and ends with the same weights.
 """
-import json
+import math
 import os
 import re
 
@@ -25,7 +25,22 @@ WEIGHTS_FILE = 'model.weights.h5'
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR, BEST_FILE = 'best', 'best.json'  # the best validation step's weights and scores
 ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preprocess')
-_SMALLEST = {'num_classes': 2, 'base_channels': 1}  # integer keys; the others are booleans
+BEST_METRICS = ('F1', 'AUC_ROC', 'loss')  # the best has the highest value, but the lowest loss
+MAX_BASE_CHANNELS = 512  # 16x the original's width; more is no U-Net a machine here can hold
+ARCHITECTURE_FIELDS = {
+    'num_classes': (utils.is_integer(2, 256), 'an integer from 2 to 256'),
+    'base_channels': (utils.is_integer(1, MAX_BASE_CHANNELS),
+                      f'an integer from 1 to {MAX_BASE_CHANNELS}'),
+    'transpose_conv': (utils.is_bool, 'true or false'),
+    'preprocess': (utils.is_bool, 'true or false')}
+SCALE_FIELDS = {'fov_diameter': (utils.is_number(utils.MIN_FOV_DIAMETER, utils.MAX_FOV_DIAMETER),
+                                 f'a FOV diameter from {utils.MIN_FOV_DIAMETER} to '
+                                 f'{utils.MAX_FOV_DIAMETER} pixels')}
+BEST_FIELDS = {'step': (utils.is_integer(1), 'a step number (an integer >= 1)'),
+               'metric': (lambda value: value in BEST_METRICS,
+                          ' or '.join(f'"{name}"' for name in BEST_METRICS)),
+               'value': (utils.is_number(-math.inf), 'a finite number'),
+               'scores': (lambda value: isinstance(value, dict), 'an object of scores')}
 
 
 def _conv_block(x, channels, name):
@@ -100,24 +115,9 @@ def save_architecture(logdir, architecture):
 
 def load_architecture(logdir):
     """The architecture saved by train.py in `logdir`, or None where there is none."""
-    path = os.path.join(logdir, ARCHITECTURE_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as stream:
-            saved = json.load(stream)
-        architecture = {key: saved[key] for key in ARCHITECTURE_KEYS}
-    except (ValueError, KeyError, TypeError) as error:
-        raise utils.UserError(f'{path}: not a valid architecture file ({error!r})') from None
-    for key, value in architecture.items():
-        if key in _SMALLEST:
-            if type(value) is not int or value < _SMALLEST[key]:
-                raise utils.UserError(f'{path}: "{key}" must be an integer >= {_SMALLEST[key]}, '
-                                      f'found {json.dumps(value)}')
-        elif type(value) is not bool:
-            raise utils.UserError(f'{path}: "{key}" must be true or false, found '
-                                  f'{json.dumps(value)}')
-    return architecture
+    saved = utils.read_json(os.path.join(logdir, ARCHITECTURE_FILE), ARCHITECTURE_FIELDS,
+                            missing_ok=True)
+    return saved and {key: saved[key] for key in ARCHITECTURE_KEYS}
 
 
 def save_scale(logdir, fov_diameter):
@@ -127,18 +127,8 @@ def save_scale(logdir, fov_diameter):
 def load_scale(logdir):
     """The FOV diameter (pixels) the run's model learned vessels at: the median over its training
     images, after any train.py --fov_diameter resizing. None for runs from before scale.json."""
-    path = os.path.join(logdir, SCALE_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as stream:
-            diameter = json.load(stream)['fov_diameter']
-    except (ValueError, KeyError, TypeError) as error:
-        raise utils.UserError(f'{path}: not a valid scale file ({error!r})') from None
-    if type(diameter) not in (int, float) or not diameter > 0:
-        raise utils.UserError(f'{path}: "fov_diameter" must be a positive number of pixels, found '
-                              f'{json.dumps(diameter)}')
-    return float(diameter)
+    saved = utils.read_json(os.path.join(logdir, SCALE_FILE), SCALE_FIELDS, missing_ok=True)
+    return saved and float(saved['fov_diameter'])
 
 
 def checkpoint_steps(directory):
@@ -153,14 +143,8 @@ _CHECKPOINT_INDEX = re.compile(r'ckpt-(\d+)\.index')
 
 def read_best(logdir):
     """{step, metric, value, scores} of the run's best validation step, or None."""
-    path = os.path.join(logdir, BEST_DIR, BEST_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as stream:
-            return json.load(stream)
-    except ValueError as error:
-        raise utils.UserError(f'{path}: unreadable ({error})') from None
+    return utils.read_json(os.path.join(logdir, BEST_DIR, BEST_FILE), BEST_FIELDS,
+                           missing_ok=True)
 
 
 def check_architecture(saved, requested, where):

@@ -18,12 +18,14 @@ import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import errno  # noqa: E402
 import fcntl  # noqa: E402
+import functools  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
-import json  # noqa: E402
+import math  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import stat  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -40,7 +42,6 @@ VALIDATION_DIR = 'validation_logs'
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'train.lock'
 GRADIENT_CLIP_NORM = 10.0
-BEST_METRICS = ('F1', 'AUC_ROC', 'loss')  # the best has the highest value, but the lowest loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +122,8 @@ flags.DEFINE_string('validation_label_file', TrainConfig.validation_label_file, 
                     'a split of the training set: scored inside the FOV during training.')
 flags.DEFINE_integer('validation_interval', TrainConfig.validation_interval, 'Steps between '
                      'validations; 0: at every --save_interval.', lower_bound=0)
-flags.DEFINE_enum('best_metric', TrainConfig.best_metric, BEST_METRICS, 'Validation metric '
+flags.DEFINE_enum('best_metric', TrainConfig.best_metric, model.BEST_METRICS,
+                  'Validation metric '
                   'that picks the best checkpoint, kept in {logdir}/best/.')
 flags.register_validator('image_size', lambda size: size > 0 and size % model.MULTIPLE == 0,
                          message=f'--image_size must be a positive multiple of {model.MULTIPLE}')
@@ -133,20 +135,41 @@ flags.register_validator('patch_size', lambda size: size % model.MULTIPLE == 0,
 
 def load_saved(logdir):
     """(TrainConfig, learning-rate knots) saved in `logdir`, or (None, None) where there is no
-    config.json (a new run, or one trained before settings were saved)."""
+    config.json (a new run, or one trained before settings were saved). Every setting is checked
+    as its flag would check it; a UserError names the file and the setting."""
     path = os.path.join(logdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    saved = utils.read_json(path, {
+        'settings': (lambda value: isinstance(value, dict), 'an object'),
+        'learning_rate_knots': (_valid_knots, 'a list of [step, rate]')}, missing_ok=True)
+    if saved is None:
         return None, None
+    fields = {field.name: (functools.partial(_valid_setting, field), SETTING_TYPES[field.type][1])
+              for field in dataclasses.fields(TrainConfig)}
+    settings = utils.check_fields(path, saved['settings'], fields, prefix='settings.')
+    return (TrainConfig(**{name: settings[name] for name in fields}),
+            [list(knot) for knot in saved['learning_rate_knots']])
+
+
+SETTING_TYPES = {int: ((int,), 'an integer'), float: ((int, float), 'a number'),
+                 bool: ((bool,), 'true or false'), str: ((str,), 'a string'),
+                 str | None: ((str, type(None)), 'a string or null')}
+
+
+def _valid_setting(field, value):
+    """Whether a saved setting has its field's type and passes its flag's own checks."""
+    if type(value) not in SETTING_TYPES[field.type][0] or (
+            type(value) is float and not math.isfinite(value)):
+        return False
     try:
-        with open(path) as stream:
-            saved = json.load(stream)
-        names = {field.name for field in dataclasses.fields(TrainConfig)}
-        config = TrainConfig(**{key: value for key, value in saved['settings'].items()
-                                if key in names})
-        return config, [list(knot) for knot in saved['learning_rate_knots']]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise utils.UserError(f'{path}: unreadable run settings ({error!r}); nothing was '
-                              'changed') from None
+        return all(validator.checker(value) for validator in FLAGS[field.name].validators)
+    except flags.ValidationError:
+        return False
+
+
+def _valid_knots(knots):
+    number = utils.is_number(0)
+    return (isinstance(knots, list) and len(knots) >= 2 and all(
+        isinstance(knot, list) and len(knot) == 2 and all(map(number, knot)) for knot in knots))
 
 
 def save_settings(config, knots):
@@ -229,10 +252,18 @@ def acquire_lock(logdir):
     """Claims `logdir` with an OS lock (fcntl.flock), which the system releases when the process
     ends, however it ends; refuses while another process holds it. Returns the open lock file."""
     path = os.path.join(logdir, LOCK_FILE)
-    try:
-        stream = open(path, 'a+')
+    try:  # never through a link, never anything but a regular file: the lock is truncated
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise utils.UserError(f'{path}: a symbolic link, not the lock train.py writes; '
+                                  'remove it') from None
         raise utils.UserError(f'--logdir={logdir}: cannot write there ({error.strerror})') from None
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise utils.UserError(f'{path}: not a regular file, not the lock train.py writes; '
+                              'remove it')
+    stream = os.fdopen(handle, 'a+')
     try:
         fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

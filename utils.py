@@ -4,8 +4,10 @@ Nothing here imports TensorFlow, so preprocessing and metric tests stay fast.
 """
 import json
 import logging
+import math
 import os
 import re
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -208,6 +210,16 @@ def writable_dir(path, flag):
     return path
 
 
+def refuse_input_folder(folder, inputs, flag):
+    """Refuses an output folder that holds one of the input files: outputs never replace input."""
+    if not folder or not os.path.isdir(folder):
+        return
+    for path in inputs:
+        if os.path.samefile(os.path.dirname(path) or '.', folder):
+            raise UserError(f'{flag}={folder}: the folder of the input images ({path}); choose '
+                            'another folder')
+
+
 def fov_mask(image, image_path, mask_path=None):
     """The FOV mask (uint8 {0, 1}) of an image: read from mask_path (checked to be the image's
     size) or, without one, derived from the image. An empty mask is an error naming the file."""
@@ -287,6 +299,63 @@ def write_json(path, value):
                                   allow_nan=False) + '\n')
 
 
+def read_json(path, fields, missing_ok=False):
+    """The JSON object in the regular file `path`, each of `fields` ({name: (check, what it must
+    be)}) present and passing its check; a UserError names the file and the field. A missing
+    file gives None where missing_ok; a link to nothing, a FIFO or a folder is refused."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if missing_ok and not os.path.lexists(path):
+            return None
+        raise UserError(f'{path}: ' + ('a link to a file that does not exist'
+                                       if os.path.lexists(path) else 'file not found')) from None
+    except OSError as error:
+        raise UserError(f'{path}: cannot be read ({error.strerror})') from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f'{path}: not a regular file')
+    try:
+        with open(path, encoding='utf-8') as stream:
+            value = json.load(stream, parse_constant=_refuse_constant)
+    except (OSError, ValueError) as error:
+        raise UserError(f'{path}: not valid JSON ({first_line(error)})') from None
+    return check_fields(path, value, fields)
+
+
+def check_fields(path, value, fields, prefix=''):
+    """`value` if it is an object whose `fields` pass their checks, else a UserError naming the
+    file and the field (prefix: where a nested object stands, e.g. 'settings.')."""
+    if not isinstance(value, dict):
+        raise UserError(f'{path}: expected a JSON object{" at " + prefix[:-1] if prefix else ""}'
+                        f', found {json.dumps(value)[:60]}')
+    for name, (check, expected) in fields.items():
+        if name not in value:
+            raise UserError(f'{path}: "{prefix}{name}" is missing')
+        if not check(value[name]):
+            raise UserError(f'{path}: "{prefix}{name}" must be {expected}, found '
+                            f'{json.dumps(value[name])[:60]}')
+    return value
+
+
+def _refuse_constant(name):
+    raise ValueError(f'{name} is not a number JSON allows')
+
+
+def is_integer(low, high=math.inf):
+    """A check for read_json: an integer (not a boolean, not 3.0) from low to high."""
+    return lambda value: type(value) is int and low <= value <= high
+
+
+def is_number(low, high=math.inf):
+    """A check for read_json: a finite number from low to high."""
+    return lambda value: (type(value) in (int, float) and math.isfinite(value)
+                          and low <= value <= high)
+
+
+def is_bool(value):
+    return type(value) is bool
+
+
 def _nan_to_none(value):
     if isinstance(value, dict):
         return {key: _nan_to_none(item) for key, item in value.items()}
@@ -355,10 +424,26 @@ def parse_label_file(path, flag='--label_file_path'):
         for file in paths:
             if not os.path.isfile(file):
                 raise UserError(f'{path}:{number}: listed file {file} not found')
-        samples.append(Sample(os.path.splitext(names[0])[0], *paths))
+        samples.append(paths)
     if not samples:
         raise UserError(f'{path}: lists no images')
-    return samples
+    stems = output_stems([paths[0] for paths in samples], path)
+    return [Sample(stems[paths[0]], *paths) for paths in samples]
+
+
+def output_stems(paths, source):
+    """{path: the stem its outputs are named from}: the file's own stem, never a folder, or its
+    whole name where two inputs share a stem (eye.png and eye.jpg); inputs whose outputs would
+    still collide (the same name in two folders, a file listed twice) are refused."""
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    names = [os.path.basename(path) if stems.count(stem) > 1 else stem
+             for path, stem in zip(paths, stems, strict=True)]
+    for name in set(names):
+        same = [path for path, other in zip(paths, names, strict=True) if other == name]
+        if len(same) > 1:
+            raise UserError(f'{source}: {same[0]} and {same[1]} would write the same outputs; '
+                            'list each image once, under names of their own')
+    return dict(zip(paths, names, strict=True))
 
 
 def second_observer_path(sample):
@@ -436,6 +521,7 @@ def _largest_component(binary):
 
 RESCALE_TOLERANCE = 0.05  # an image this close to the model's scale is predicted as it is
 MIN_FOV_DIAMETER = 32  # pixels; a smaller FOV is no fundus photo to rescale
+MAX_FOV_DIAMETER = 10000  # pixels; 3x HRF's, the largest a model's scale may be
 
 
 def fov_diameter(mask):

@@ -263,7 +263,7 @@ def test_predict_reports_bad_files_and_goes_on_with_the_rest(trained, tmp_path):
                         f'--predict_dir={folder}')
     assert result.returncode == 2
     assert last_line(result.stderr) == (f'error: --predict_dir={folder}: the folder of the input '
-                                        'images; choose another folder')
+                                        f'images ({folder}/eye.png); choose another folder')
 
 
 @pytest.mark.parametrize('threshold', ['1.5', '-1', 'nan'])
@@ -291,8 +291,8 @@ def test_corrupt_weights_and_a_mistyped_architecture_say_what_is_wrong(trained, 
     assert last_line(result.stderr).startswith(
         f'error: {weights}: not a readable weights file, truncated or corrupt (')
     architecture = json.load(open(logdir / 'architecture.json'))
-    for key, value, expected in (('base_channels', '8', 'an integer >= 1, found "8"'),
-                                 ('num_classes', 1, 'an integer >= 2, found 1'),
+    for key, value, expected in (('base_channels', '8', 'an integer from 1 to 512, found "8"'),
+                                 ('num_classes', 1, 'an integer from 2 to 256, found 1'),
                                  ('preprocess', 'yes', 'true or false, found "yes"')):
         (logdir / 'architecture.json').write_text(json.dumps({**architecture, key: value}))
         with pytest.raises(utils.UserError, match=f'architecture.json: "{key}" must be {expected}'):
