@@ -20,9 +20,11 @@ def accuracy_rows():
             record = json.load(stream)
         extra = ' '.join(flag for flag in record['recipe'] if 'dice' in flag) or 'CPU recipe'
         name = os.path.basename(path)[len('accuracy_'):-len('.json')]
-        runs = record.get('folds', [record])
+        runs = record.get('folds') or record.get('runs') or [record]
         if 'folds' in record:
             name += f' ({len(runs)}-fold CV, mean)'
+        elif 'runs' in record:
+            name += f' (mean of {len(runs)} seeds)'
         minutes = sum(run['train_seconds'] for run in runs) / len(runs) / 60
         for evaluation, entry in record['evaluations'].items():
             rows.append(f"| {name} | {extra} | {runs[0]['steps']} | {minutes:.1f} | {evaluation} | "
