@@ -72,5 +72,5 @@ def test_architecture_round_trip_and_conflicts(tmp_path):
                        r'--base_channels=32 \(trained with 16\), --transpose_conv=False \(trained with True\)'):
         model.check_architecture(saved, {'transpose_conv': False, 'base_channels': 32}, 'x')
     (tmp_path / model.ARCHITECTURE_FILE).write_text('{"num_classes": 2}')
-    with pytest.raises(utils.UserError, match='not a valid architecture file'):
+    with pytest.raises(utils.UserError, match='architecture.json: "base_channels" is missing'):
         model.load_architecture(str(tmp_path))

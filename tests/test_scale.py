@@ -165,4 +165,4 @@ def test_a_corrupt_scale_file_is_named(trained, tmp_path):
     result = run_here('evaluate.py', f'--logdir={broken}', f'--predict={tmp_path}/none*')
     assert result.returncode == 2
     assert last_line(result.stderr) == (f'error: {broken / model.SCALE_FILE}: "fov_diameter" must be '
-                                        'a positive number of pixels, found -3')
+                                        'a FOV diameter from 32 to 10000 pixels, found -3')
