@@ -40,7 +40,7 @@ BEST_FIELDS = {'step': (utils.is_integer(1), 'a step number (an integer >= 1)'),
                'metric': (lambda value: value in BEST_METRICS,
                           ' or '.join(f'"{name}"' for name in BEST_METRICS)),
                'value': (utils.is_number(-math.inf), 'a finite number'),
-               'scores': (lambda value: isinstance(value, dict), 'an object of scores')}
+               'scores': (utils.is_object, 'an object of scores')}
 
 
 def _conv_block(x, channels, name):

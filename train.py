@@ -123,8 +123,7 @@ flags.DEFINE_string('validation_label_file', TrainConfig.validation_label_file, 
 flags.DEFINE_integer('validation_interval', TrainConfig.validation_interval, 'Steps between '
                      'validations; 0: at every --save_interval.', lower_bound=0)
 flags.DEFINE_enum('best_metric', TrainConfig.best_metric, model.BEST_METRICS,
-                  'Validation metric '
-                  'that picks the best checkpoint, kept in {logdir}/best/.')
+                  'Validation metric that picks the best checkpoint, kept in {logdir}/best/.')
 flags.register_validator('image_size', lambda size: size > 0 and size % model.MULTIPLE == 0,
                          message=f'--image_size must be a positive multiple of {model.MULTIPLE}')
 flags.register_validator('patch_size', lambda size: size % model.MULTIPLE == 0,
@@ -139,7 +138,7 @@ def load_saved(logdir):
     as its flag would check it; a UserError names the file and the setting."""
     path = os.path.join(logdir, CONFIG_FILE)
     saved = utils.read_json(path, {
-        'settings': (lambda value: isinstance(value, dict), 'an object'),
+        'settings': (utils.is_object, 'an object'),
         'learning_rate_knots': (_valid_knots, 'a list of [step, rate]')}, missing_ok=True)
     if saved is None:
         return None, None

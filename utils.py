@@ -325,7 +325,7 @@ def read_json(path, fields, missing_ok=False):
 def check_fields(path, value, fields, prefix=''):
     """`value` if it is an object whose `fields` pass their checks, else a UserError naming the
     file and the field (prefix: where a nested object stands, e.g. 'settings.')."""
-    if not isinstance(value, dict):
+    if not is_object(value):
         raise UserError(f'{path}: expected a JSON object{" at " + prefix[:-1] if prefix else ""}'
                         f', found {json.dumps(value)[:60]}')
     for name, (check, expected) in fields.items():
@@ -354,6 +354,10 @@ def is_number(low, high=math.inf):
 
 def is_bool(value):
     return type(value) is bool
+
+
+def is_object(value):
+    return isinstance(value, dict)
 
 
 def _nan_to_none(value):

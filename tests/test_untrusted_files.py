@@ -14,9 +14,8 @@ def write_label_file(tmp_path, rows):
     for folder in ('images', 'labels', 'masks'):
         (tmp_path / folder).mkdir(exist_ok=True)
     for name in {row[0] for row in rows}:
-        if not os.path.isabs(name):
-            for folder in ('images', 'labels', 'masks'):
-                (tmp_path / folder / name).write_bytes(b'x')
+        for folder in ('images', 'labels', 'masks'):
+            (tmp_path / folder / name).write_bytes(b'x')
     path = tmp_path / 'list.txt'
     path.write_text('images,labels,masks\n' + ''.join(f'{a},{a},{a}\n' for a, in rows))
     return str(path)
