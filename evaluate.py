@@ -32,7 +32,9 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import dataset  # noqa: E402
+import features  # noqa: E402
 import model  # noqa: E402
+import report  # noqa: E402
 
 FLAGS = flags.FLAGS
 utils.define_flags('logdir', 'label_file_path', 'batch_size', 'preprocess', 'transpose_conv',
@@ -55,6 +57,13 @@ flags.DEFINE_string('export_dir', None, 'Also export a SavedModel for serving to
 flags.DEFINE_bool('rescale', True, "Resize each image so its FOV diameter matches the model's "
                   '(scale.json) before predicting, and the probabilities back; runs without '
                   'scale.json predict images as they are.')
+flags.DEFINE_bool('features', True, 'Measure every vessel map (features.csv) and write report.html '
+                  'beside the outputs.')
+flags.DEFINE_float('fov_degrees', None, "The camera's field angle across the FOV diameter (e.g. "
+                   '45): adds millimetre columns to features.csv.', lower_bound=1,
+                   upper_bound=360)
+flags.DEFINE_float('pixel_size_um', None, 'The size of one pixel on the retina in micrometres '
+                   '(instead of --fov_degrees).', lower_bound=0.01, upper_bound=1000)
 flags.DEFINE_string('checkpoint', 'last', "The weights to use: 'last', 'best' (the best "
                     "validation step's, with train.py --validation_label_file) or a step number "
                     'whose checkpoint is kept.')
@@ -236,9 +245,10 @@ def format_scores(scores):
     return '  '.join(f'{key} {format_score(scores[key])}' for key in REPORTED if key in scores)
 
 
-def evaluate(predict, samples, examples, threshold, overlay_dir):
-    """Predicts every example, prints progress, returns (per-image rows, whole-set result)."""
-    rows, all_labels, all_probabilities, second = [], [], [], []
+def evaluate(predict, samples, examples, threshold, overlay_dir, scale):
+    """Predicts every example, prints progress; returns the per-image metrics, the whole-set
+    result and the report rows (the features of the predicted and the manual maps)."""
+    rows, all_labels, all_probabilities, second, measured = [], [], [], [], []
     for index, (sample, example) in enumerate(zip(samples, examples, strict=True), 1):
         started = time.time()
         probability = predict(example.image, example.mask, sample.image)
@@ -256,6 +266,8 @@ def evaluate(predict, samples, examples, threshold, overlay_dir):
         if overlay_dir:
             write_overlay(overlay_dir, example.name, example.image, example.label, probability,
                           fov, threshold)
+        measured += measured_pair(example, probability >= threshold, overlay_dir,
+                                  utils.scale_factor(example.mask, scale, sample.image))
     labels, probabilities = np.concatenate(all_labels), np.concatenate(all_probabilities)
     matrix, scores = utils.evaluate_pixels(labels, probabilities, np.ones_like(labels), threshold)
     result = {'confusion_matrix': matrix.tolist(), 'scores': scores, 'threshold': threshold,
@@ -264,7 +276,16 @@ def evaluate(predict, samples, examples, threshold, overlay_dir):
         result['second_observer'] = utils.scores_from_confusion(sum(second))
     if overlay_dir:
         write_curves(overlay_dir, labels, probabilities, scores, result.get('second_observer'))
-    return rows, result
+    return rows, result, measured
+
+
+def measured_pair(example, prediction, overlay_dir, factor):
+    """The report rows of one labelled image: its predicted map, then its manual one."""
+    thumbnail = f'{OVERLAY_DIR}/{example.name}.png' if overlay_dir else None
+    return [{**report_row(example.name, source, vessels, example.mask, factor),
+             'thumbnail': thumbnail}
+            for source, vessels in (('predicted', prediction & example.mask.astype(bool)),
+                                    ('manual', example.label))]
 
 
 def print_result(result):
@@ -362,31 +383,35 @@ def find_images(pattern):
     return paths
 
 
-def predict_files(predict, pattern, out_dir, threshold):
+def predict_files(predict, pattern, out_dir, threshold, scale):
     """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
     masks. A file that cannot be read or predicted is reported and skipped; the run then ends
     with an error."""
     paths = find_images(pattern)
     utils.refuse_input_folder(out_dir, paths, '--predict_dir')
-    failed = 0
+    failed, rows = 0, []
     for index, (path, name) in enumerate(utils.output_stems(paths, '--predict').items(), 1):
         try:
-            share = predict_file(predict, path, out_dir, name, threshold)
+            row = predict_file(predict, path, out_dir, name, threshold, scale)
         except utils.UserError as error:
             print(f'error: {error}', file=sys.stderr)
+            rows.append(report.unreadable(os.path.basename(path), utils.first_line(error)))
             failed += 1
             continue
-        logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel', index, len(paths), path,
-                     100 * share)
+        rows.append(row)
+        logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel%s', index, len(paths), path,
+                     100 * row['share'], ''.join(f'; {flag}' for flag in row['flags']))
     print(f'wrote {len(PREDICTION_FILES) * (len(paths) - failed)} files to {out_dir}')
+    if FLAGS.features:
+        write_report(out_dir, rows, f'Vessel maps of {pattern}')
     if failed:
         raise utils.UserError(f'{failed} of {len(paths)} images could not be predicted (named '
                               'above)')
 
 
-def predict_file(predict, path, out_dir, name, threshold):
+def predict_file(predict, path, out_dir, name, threshold, scale):
     """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
-    the photo) for one image; returns the vessel share of its FOV."""
+    the photo) for one image; returns its report row, with the vessel share of its FOV."""
     rgb = utils.read_image(path)
     fov = utils.fov_mask(rgb, path)
     probability = predict(rgb, fov, path) * fov
@@ -395,7 +420,25 @@ def predict_file(predict, path, out_dir, name, threshold):
               'overlay': utils.overlay(rgb, vessels, vessels)}
     for suffix in PREDICTION_FILES:
         utils.write_png(os.path.join(out_dir, f'{name}_{suffix}.png'), images[suffix])
-    return float(vessels[fov.astype(bool)].mean())
+    row = report_row(os.path.basename(path), 'predicted', vessels, fov,
+                     utils.scale_factor(fov, scale, path))
+    return {**row, 'thumbnail': f'{name}_overlay.png',
+            'share': float(vessels[fov.astype(bool)].mean())}
+
+
+def report_row(image, source, vessels, fov, factor):
+    """The features (with --features) and flags of one vessel map, whose photo was resized by
+    `factor` to the model's scale."""
+    measured = features.measure(vessels, fov, mm_per_native_px=features.mm_per_native_px(
+        utils.fov_diameter(fov), FLAGS.fov_degrees, FLAGS.pixel_size_um)) if FLAGS.features \
+        else None
+    return {'image': image, 'source': source, **(measured or {}),
+            'flags': report.photo_flags(fov, measured, factor)}
+
+
+def write_report(out_dir, rows, title):
+    csv_path, html_path = report.write(out_dir, rows, title)
+    print(f'features: {csv_path}; report: {html_path}')
 
 
 def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, step, scale):
@@ -410,7 +453,7 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
         utils.refuse_input_folder(folder, [path for sample in samples for path in (
             sample.image, sample.label, sample.mask)], '--output_dir')
     started = time.time()
-    rows, result = evaluate(predict, samples, examples, threshold, overlay_dir)
+    rows, result, measured = evaluate(predict, samples, examples, threshold, overlay_dir, scale)
     seconds = time.time() - started
     logging.info('evaluated %d images in %.1fs', len(rows), seconds)
     result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta, rescale=FLAGS.rescale,
@@ -421,6 +464,8 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
     print(f'metrics: {os.path.join(out_dir, METRICS_JSON)}, {os.path.join(out_dir, METRICS_CSV)}')
     if overlay_dir:
         print(f'overlays, probability maps and ROC/PR curves: {overlay_dir}/')
+    if FLAGS.features:
+        write_report(out_dir, measured, f'Vessel maps of {label_file} ({checkpoint})')
 
 
 def main(argv):
@@ -448,7 +493,7 @@ def main(argv):
     if FLAGS.calibrate_on:
         threshold = calibrate_threshold(predict, FLAGS.calibrate_on)
     if FLAGS.predict:
-        predict_files(predict, FLAGS.predict, out_dir, threshold)
+        predict_files(predict, FLAGS.predict, out_dir, threshold, scale)
     else:
         evaluate_label_file(predict, FLAGS.label_file_path, threshold, out_dir, checkpoint, step,
                             scale)

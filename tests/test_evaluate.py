@@ -1,5 +1,6 @@
 """evaluate.py as users run it: the original's printout, FOV metrics, overlays, the second observer
 on real DRIVE, tiled inference, prediction on new images, the SavedModel export, bad input."""
+import csv
 import glob
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 
 import dataset
 import evaluate
+import features
 import model
 import utils
 from conftest import SHARED_DATA, evaluation_dir, last_line, run_here, run_script
@@ -175,8 +177,13 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
     result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
                         f'--predict_dir={tmp_path / "out"}')
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / 'out')) == [
-        f'{name}_{kind}.png' for name in 'ab' for kind in ('mask', 'overlay', 'prob')]
+    assert sorted(os.listdir(tmp_path / 'out')) == ['a_mask.png', 'a_overlay.png', 'a_prob.png',
+                                                    'b_mask.png', 'b_overlay.png', 'b_prob.png',
+                                                    'features.csv', 'report.html']
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'features.csv')))
+    assert list(rows[0])[:len(features.COLUMNS)] == list(features.COLUMNS)
+    assert [(row['image'], row['source']) for row in rows] == [('a.jpg', 'predicted'),
+                                                               ('b.tif', 'predicted')]
     assert utils.read_image(str(tmp_path / 'out' / 'b_prob.png'), gray=True).shape == (50, 90)
     mask = utils.read_binary(str(tmp_path / 'out' / 'a_mask.png')).astype(bool)
     assert not mask[0, 0] and mask.shape == (70, 90)  # outside the derived FOV: never vessel
@@ -251,8 +258,15 @@ def test_predict_reports_bad_files_and_goes_on_with_the_rest(trained, tmp_path):
                       'format)',
                       'error: 2 of 5 images could not be predicted (named above)']
     assert 'wrote 9 files' in result.stdout
-    assert sorted(os.listdir(out)) == [f'{name}_{kind}.png' for name in ('deep', 'eye.jpg', 'eye.png')
-                                       for kind in ('mask', 'overlay', 'prob')]
+    assert sorted(os.listdir(out)) == sorted(
+        [f'{name}_{kind}.png' for name in ('deep', 'eye.jpg', 'eye.png')
+         for kind in ('mask', 'overlay', 'prob')] + ['features.csv', 'report.html'])
+    rows = {row['image']: row for row in csv.DictReader(open(out / 'features.csv'))}
+    assert sorted(rows) == ['black.png', 'broken.jpg', 'deep.png', 'eye.jpg', 'eye.png']
+    for name in ('black.png', 'broken.jpg'):  # a row that says why, and no numbers
+        assert rows[name]['flags'].startswith('could not be read or predicted: ')
+        assert rows[name]['vessel_density'] == ''
+    assert float(rows['eye.png']['vessel_density']) > 0
     # 16 bits scaled to 8 give the same image, so the same prediction.
     np.testing.assert_array_equal(utils.read_image(str(out / 'deep_prob.png'), gray=True),
                                   utils.read_image(str(out / 'eye.png_prob.png'), gray=True))

@@ -1,0 +1,138 @@
+"""The per-photo table of a set of vessel maps: features.csv and report.html, written together.
+
+A row is a dict: 'image', 'source' ('predicted' or 'manual'), the features of features.measure
+(absent where the photo could not be measured), 'flags' (what a user should see about the photo)
+and 'thumbnail' (an image file relative to the output folder, or None).
+"""
+import csv
+import html
+import io
+import os
+
+import numpy as np
+
+import features
+import utils
+
+FEATURES_CSV, REPORT_HTML = 'features.csv', 'report.html'
+FEW_VESSELS = 0.03  # a vessel density below this (DRIVE's maps: 0.08-0.14) is flagged
+FAR_SCALE = 2.0  # a photo resized by more than this factor (or less than its inverse) is flagged
+
+
+def photo_flags(fov, measured=None, factor=1.0):
+    """What a user should see about one photo: its FOV touching the frame, a resize far from
+    the model's scale, very few vessels found."""
+    flags = []
+    sides = [side for side, edge in (('top', fov[0]), ('bottom', fov[-1]), ('left', fov[:, 0]),
+                                     ('right', fov[:, -1])) if edge.any()]
+    if sides:
+        where = 'on every side' if len(sides) == 4 else f"({', '.join(sides)})"
+        flags.append(f'the FOV touches the frame {where}: its diameter, and so the scale, may '
+                     'be wrong')
+    if not 1 / FAR_SCALE <= factor <= FAR_SCALE:
+        flags.append(f"resized x{factor:.2f} to the model's scale: far from the photos it "
+                     'learned')
+    if measured is not None and measured['vessel_density'] < FEW_VESSELS:
+        flags.append(f"few vessels found ({100 * measured['vessel_density']:.1f}% of the FOV)")
+    return flags
+
+
+def unreadable(image, error):
+    """The row of a photo that could not be read or predicted."""
+    return {'image': image, 'flags': [f'could not be read or predicted: {error}'],
+            'thumbnail': None}
+
+
+def columns(rows):
+    """The CSV's columns: features.COLUMNS, the millimetre columns where a row has them, flags."""
+    physical = any('mm_per_px' in row for row in rows)
+    return [*features.COLUMNS, *(features.MM_COLUMNS if physical else ()), 'flags']
+
+
+def cell(value):
+    """A value as the CSV and the report show it: 6 significant digits, '' for undefined."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ''
+    if isinstance(value, float):
+        return f'{value:.6g}'
+    if isinstance(value, list):
+        return '; '.join(value)
+    return str(value)
+
+
+def write(out_dir, rows, title):
+    """Writes features.csv and report.html for `rows` into out_dir; returns their paths."""
+    names = columns(rows)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator='\n')
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow([cell(row.get(name)) for name in names])
+    paths = os.path.join(out_dir, FEATURES_CSV), os.path.join(out_dir, REPORT_HTML)
+    utils.write_atomic(paths[0], text.getvalue())
+    utils.write_atomic(paths[1], page(rows, names, title))
+    return paths
+
+
+_STYLE = """
+body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: right; vertical-align: top; }
+th { cursor: pointer; background: #f4f4f4; position: sticky; top: 0; }
+td.text { text-align: left; max-width: 24em; }
+td.flags { color: #a30; text-align: left; max-width: 24em; }
+img { width: 200px; display: block; }
+.missing { color: #a30; }
+"""
+
+_SCRIPT = """
+document.querySelectorAll('img').forEach(function (img) {
+  img.addEventListener('error', function () {
+    var note = document.createElement('span');
+    note.className = 'missing';
+    note.textContent = 'image missing: ' + img.getAttribute('src');
+    img.replaceWith(note);
+  });
+});
+window.addEventListener('load', function () {
+  var shown = Array.from(document.images).filter(function (img) {
+    return img.complete && img.naturalWidth > 0; }).length;
+  document.getElementById('summary').textContent =
+    document.querySelectorAll('tbody tr').length + ' rows, ' + shown + ' images shown';
+});
+document.querySelectorAll('th').forEach(function (th, column) {
+  th.addEventListener('click', function () {
+    var body = document.querySelector('tbody');
+    var rows = Array.from(body.rows);
+    var ascending = th.dataset.order !== 'ascending';
+    th.dataset.order = ascending ? 'ascending' : 'descending';
+    rows.sort(function (a, b) {
+      var x = a.cells[column].textContent, y = b.cells[column].textContent;
+      var order = (x === '' || y === '' || isNaN(x) || isNaN(y)) ? x.localeCompare(y) : x - y;
+      return ascending ? order : -order;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  });
+});
+"""
+
+
+def page(rows, names, title):
+    """The report: one table row per photo, the thumbnail first; opens from disk, no server."""
+    shown = [name for name in names if name != 'flags']
+    head = ''.join(f'<th>{html.escape(name)}</th>' for name in ['overlay', *shown, 'flags'])
+    body = []
+    for row in rows:
+        thumbnail = row.get('thumbnail')
+        image = (f'<a href="{html.escape(thumbnail)}"><img src="{html.escape(thumbnail)}" '
+                 f'alt="{html.escape(row["image"])}"></a>' if thumbnail else '')
+        cells = ''.join(f'<td{" class=text" if name in ("image", "source") else ""}>'
+                        f'{html.escape(cell(row.get(name)))}</td>' for name in shown)
+        flags = '<br>'.join(html.escape(flag) for flag in row.get('flags', []))
+        body.append(f'<tr><td>{image}</td>{cells}<td class=flags>{flags}</td></tr>')
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
+            f'</title><style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n'
+            f'<p>Features at a FOV diameter of {features.REFERENCE_FOV_PX} px (columns in '
+            'docs/features.md); click a heading to sort. <span id="summary"></span></p>\n'
+            f'<table><thead><tr>{head}</tr></thead><tbody>\n' + '\n'.join(body)
+            + f'\n</tbody></table>\n<script>{_SCRIPT}</script>\n</body></html>\n')
