@@ -28,9 +28,12 @@ _RING = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))  
 
 
 def at_reference_scale(vessels, fov, reference=REFERENCE_FOV_PX):
-    """The map (any float or {0, 1} array) and FOV mask resized so the FOV diameter is
-    `reference` (None: as they are); returns binary (vessels, fov) and the native FOV diameter."""
+    """The map (any float or {0, 1} array) and FOV mask cut to the FOV's bounding box and resized
+    so the FOV diameter is `reference` (None: as they are); returns binary (vessels, fov) and the
+    native FOV diameter."""
     diameter = utils.fov_diameter(fov)
+    box = ndimage.find_objects(np.asarray(fov, np.uint8))[0]  # the FOV's bounding box
+    vessels, fov = np.asarray(vessels)[box], np.asarray(fov)[box]
     size = utils.scaled_size(fov.shape, reference / diameter) if reference else fov.shape
     vessels = utils.resize(np.asarray(vessels, np.float32), size) >= 0.5
     fov = utils.resize_binary(fov, size).astype(bool)
@@ -147,7 +150,9 @@ def path_measures(pieces):
     (segments of more than one pixel). The pixels of a piece are ordered by 8-connected steps
     from one end (the pixel farthest from another, found by two sweeps); the arc is the length
     of the polyline from that end through the centroids of every CENTROID_STEP_PX pixels to the
-    other end, the chord the distance between the two ends."""
+    other end, the chord the distance between the two ends; 0 for a piece that is no path (a
+    loop, or a branching piece where junction pixels form a triangle, which the crossing number
+    does not see), which tortuosity leaves out."""
     labels, count = ndimage.label(pieces, structure=np.ones((3, 3)))
     if not count:
         return np.zeros(0), np.zeros(0)
@@ -174,6 +179,8 @@ def path_measures(pieces):
     chords = np.linalg.norm(pixels[end] - pixels[start], axis=1).astype(float)
     single = np.bincount(owner) == 1  # a piece of at most CENTROID_STEP_PX pixels
     arcs[single] = chords[single]
+    ends = np.bincount(labels[ends_of(pieces)], minlength=len(start) + 1)[1:]
+    chords[ends != 2] = 0  # a loop, or a junction the crossing number missed: no tortuosity
     kept = np.bincount(piece) > 1
     return arcs[kept], chords[kept]
 

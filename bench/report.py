@@ -11,6 +11,15 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 METRICS = ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')
 
 
+def read_record(name):
+    """The JSON record bench/results/{name}, or None where that benchmark has not run."""
+    path = os.path.join(RESULTS, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as stream:
+        return json.load(stream)
+
+
 def accuracy_rows():
     rows = ['| run | recipe | steps | train minutes | evaluation | ' + ' | '.join(METRICS) + ' |',
             '| --- | --- | --- | --- | --- |' + ' --- |' * len(METRICS)]
@@ -46,11 +55,9 @@ def accuracy_rows():
 
 
 def throughput_rows(name):
-    path = os.path.join(RESULTS, name)
-    if not os.path.exists(path):
+    record = read_record(name)
+    if not record:
         return []
-    with open(path) as stream:
-        record = json.load(stream)
     device = record['gpu'] or f"{record['cpus']} CPU cores ({record['machine']})"
     rows = [f"Training on {device}, TensorFlow {record['tensorflow']}, steps/s (megapixels/s):",
             '', '| setting | train script | pure compute | model.fit | model.fit, XLA '
@@ -107,11 +114,9 @@ def combined_folds_table(record):
 
 
 def cross_dataset_rows():
-    path = os.path.join(RESULTS, 'cross_dataset.json')
-    if not os.path.exists(path):
+    record = read_record('cross_dataset.json')
+    if not record:
         return []
-    with open(path) as stream:
-        record = json.load(stream)
     return ['## Across datasets: the shipped models, with and without rescaling', '',
             *cross_dataset_table(record), '', 'F1 on CHASE_DB1 per fold:', '',
             *combined_folds_table(record), '',
@@ -120,10 +125,40 @@ def cross_dataset_rows():
             '"native" predicts it as it is (`--norescale`).', '']
 
 
+def agreement_table(record):
+    """Per set and feature: means, mean difference, r and ICC(2,1) of predicted against manual
+    maps, and the second observer's r and ICC against the first where the set has one."""
+    rows = ['| images (model) | feature | predicted mean | manual mean | mean difference | r '
+            '| ICC(2,1) | 2nd observer r | ICC(2,1) |', '| --- |' + ' --- |' * 8]
+    for name, entry in record['sets'].items():
+        observer = entry.get('second_observer', {})
+        for key, stats in entry['features'].items():
+            other = observer.get(key)
+            rows.append(f"| {name}, {entry['images']} ({entry['model']}) | {key} | "
+                        f"{stats['predicted_mean']:.4g} | {stats['manual_mean']:.4g} | "
+                        f"{stats['mean_difference']:+.3g} | {stats['pearson_r']:.2f} | "
+                        f"{stats['icc_2_1']:.2f} | "
+                        + (f"{other['pearson_r']:.2f} | {other['icc_2_1']:.2f} |" if other
+                           else ' | |'))
+    return rows
+
+
+def agreement_rows():
+    record = read_record('agreement.json')
+    if not record:
+        return []
+    timing = record['measure_hrf']
+    return ['## Features of predicted against manual maps', '', *agreement_table(record), '',
+            f"Made by `bench/agreement.py`: threshold {record['threshold']}, features at a FOV "
+            f"of {record['reference_fov_px']} px (docs/features.md). features.measure on a "
+            f"{timing['shape'][1]}x{timing['shape'][0]} HRF map: {timing['cpu_seconds']:.2f} s "
+            'of one core.', '']
+
+
 def main():
     lines = ['# Benchmark results', '', 'Made by `bench/report.py` from the JSON files here.', '',
              '## Accuracy on real data, inside the FOV', '', *accuracy_rows(), '',
-             *cross_dataset_rows(),
+             *cross_dataset_rows(), *agreement_rows(),
              '## Speed and memory', '', *throughput_rows('throughput.json'),
              *throughput_rows('throughput_gpu.json')]
     path = os.path.join(RESULTS, 'summary.md')
