@@ -22,10 +22,13 @@ import csv  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
+import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -50,7 +53,7 @@ flags.DEFINE_integer('tile_size', 0, 'Predict in tiles of this side (a multiple 
 flags.DEFINE_integer('tile_overlap', 128, 'Context (a multiple of 16) around each tile, cut '
                      'away after predicting; 128 covers the U-Net receptive field.', lower_bound=0)
 flags.DEFINE_string('predict', None, 'Predict images with no labels instead of evaluating: a '
-                    'folder or a glob of PNG/JPEG/TIFF/GIF/BMP files.')
+                    'folder or a glob of PNG/JPEG/TIFF/GIF/BMP/WebP files.')
 flags.DEFINE_string('predict_dir', None, 'Where --predict writes (default {logdir}/predictions; '
                     'not the folder of the input images).')
 flags.DEFINE_string('export_dir', None, 'Also export a SavedModel for serving to this folder.')
@@ -78,8 +81,9 @@ for _name in ('tile_size', 'tile_overlap'):
 METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
 OVERLAY_DIR = 'visulize'
 EVALUATIONS_DIR = 'evaluations'
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.gif', '.bmp')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.gif', '.bmp', '.webp')
 PREDICTION_FILES = ('prob', 'mask', 'overlay')  # {name}_{suffix}.png for each --predict image
+STALE_SECONDS = 60  # a temporary file this old in an output folder was left by a killed run
 REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')
 
 
@@ -87,18 +91,21 @@ REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'm
 
 def load_model(logdir, checkpoint='last'):
     """Builds the saved architecture, checks it against any architecture flag the user gave, and
-    loads the weights `checkpoint` names: 'last' (the weights train.py exported last), 'best'
-    (the best validation step's) or a step whose checkpoint is kept. Returns the model, the
-    architecture, the checkpoint's name for outputs ('step4000', 'best-step3500') and its step."""
+    loads the weights `checkpoint` names: 'last' (the newest checkpoint, or the exported weights
+    of a run folder without checkpoints), 'best' (the best validation step's) or a step whose
+    checkpoint is kept. Returns the model, the architecture, the checkpoint's name for outputs
+    ('step4000', 'best-step3500', 'last') and its step."""
     if not logdir:
         raise utils.UserError('--logdir is required')
     architecture = model.load_architecture(logdir)
     weights = os.path.join(logdir, model.WEIGHTS_FILE)
     if architecture is None or not os.path.exists(weights):
-        raise utils.UserError(f'--logdir={logdir}: no trained model ({model.ARCHITECTURE_FILE} and '
-                              f'{model.WEIGHTS_FILE} are written by train.py)')
+        raise utils.UserError(f'--logdir={logdir}: no trained model ({model.ARCHITECTURE_FILE}, '
+                              f'{model.WEIGHTS_FILE} and {model.SCALE_FILE} are written by '
+                              'train.py)')
     given = {key: FLAGS[key].value for key in model.ARCHITECTURE_KEYS if FLAGS[key].present}
     model.check_architecture(architecture, given, f'--logdir={logdir}')
+    check_weights_width(weights, architecture)
     unet = model.build_from_architecture(architecture)
     if checkpoint.isdigit():
         step = int(checkpoint)
@@ -112,9 +119,45 @@ def load_model(logdir, checkpoint='last'):
         step = best['step']
         load_weights(unet, os.path.join(logdir, model.BEST_DIR, model.WEIGHTS_FILE))
         return unet, architecture, f'best-step{step}', step
-    step = trained_step(logdir)
-    load_weights(unet, weights)
-    return unet, architecture, f'step{step}' if step else 'last', step
+    step = restore_newest(unet, logdir)
+    if step is None:  # a run folder without checkpoints, as the shipped models
+        load_weights(unet, weights)
+    return unet, architecture, f'step{step}' if step else 'last', step or 0
+
+
+def restore_newest(unet, logdir):
+    """Restores the newest checkpoint that reads back (one being written while training goes on
+    may not yet), so that the step in the outputs' names is the step of the weights loaded;
+    returns that step, or None where the run folder keeps no checkpoint."""
+    steps = model.checkpoint_steps(os.path.join(logdir, model.CHECKPOINT_DIR))
+    for step in steps:
+        try:
+            restore_step(unet, logdir, step)
+            return step
+        except utils.UserError as error:
+            if step == steps[-1]:
+                raise
+            logging.warning('%s; using the checkpoint before it', error)
+    return None
+
+
+def check_weights_width(weights, architecture):
+    """Refuses, before the model is built (a wide one takes gigabytes), weights whose widest
+    layer is not the architecture's: base_channels * 2 ** DEPTH channels at the bottom."""
+    widest = base = architecture['base_channels'] * 2 ** model.DEPTH
+    try:
+        with h5py.File(weights, 'r') as stream:
+            shapes = []
+            stream.visititems(lambda _, item: shapes.append(item.shape) if isinstance(
+                item, h5py.Dataset) else None)
+        widest = max((shape[-1] for shape in shapes if shape), default=base)
+    except OSError:
+        return  # not HDF5: load_weights names the file
+    if widest != base:
+        raise utils.UserError(
+            f'{weights}: does not fit the architecture in {model.ARCHITECTURE_FILE} (its widest '
+            f'layer has {widest} channels; base_channels={architecture["base_channels"]} has '
+            f'{base})')
 
 
 def load_weights(unet, weights):
@@ -181,8 +224,18 @@ def predict_flipped(predict, image):
     return sum(np.flip(predict(np.flip(image, axes)), axes) for axes in flips) / len(flips)
 
 
-def calibrate_threshold(predict, label_file):
-    """The threshold with the best F1 over the FOV pixels of the images `label_file` lists."""
+def calibrate_threshold(predict, label_file, evaluated=None):
+    """The threshold with the best F1 over the FOV pixels of the images `label_file` lists (one
+    or several comma-separated label files), none of which may be an image of the `evaluated`
+    label file: that would tune the threshold on the test set."""
+    if evaluated:
+        tested = {os.path.realpath(sample.image) for sample in utils.parse_label_file(evaluated)}
+        for path in label_file.split(','):
+            for sample in utils.parse_label_file(path.strip(), '--calibrate_on'):
+                if os.path.realpath(sample.image) in tested:
+                    raise utils.UserError(
+                        f'--calibrate_on={label_file}: lists {sample.image}, an image of the '
+                        f'evaluated {evaluated}; calibrate on other images (the training set)')
     examples = dataset.load_label_files(label_file, flag='--calibrate_on')
     labels, probabilities = [], []
     for example in examples:
@@ -211,8 +264,25 @@ def export(unet, channels, export_dir, scale):
             'serve_at_scale', lambda batch, diameters: predict_batch_at_scale(
                 unet, batch, diameters, scale),
             input_signature=[images, tf.TensorSpec([None], tf.float32, name='fov_diameters')])
-    archive.write_out(export_dir, verbose=False)
+    temporary = tempfile.mkdtemp(prefix='.tmp.', dir=os.path.dirname(os.path.abspath(export_dir)))
+    try:
+        archive.write_out(temporary, verbose=False)
+        replace_folder(temporary, export_dir)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
     print(f'SavedModel for serving: {export_dir}')
+
+
+def replace_folder(new, old):
+    """Puts folder `new` in the place of `old` (which may not exist) by renames: the old folder
+    stays whole until the new one is complete."""
+    if not os.path.isdir(old):
+        os.rename(new, old)
+        return
+    retired = tempfile.mkdtemp(prefix='.tmp.', dir=os.path.dirname(os.path.abspath(old)))
+    os.rename(old, os.path.join(retired, 'old'))
+    os.rename(new, old)
+    shutil.rmtree(retired)
 
 
 def predict_batch_at_scale(unet, images, diameters, scale):
@@ -313,26 +383,29 @@ def write_results(out_dir, rows, result, step):
         writer.writerow({key: '' if isinstance(value, float) and np.isnan(value) else value
                          for key, value in row.items()})
     utils.write_atomic(os.path.join(out_dir, METRICS_CSV), text.getvalue())
-    with tf.summary.create_file_writer(out_dir).as_default():
-        for key in REPORTED:
-            if not np.isnan(result['scores'][key]):
-                tf.summary.scalar(f'eval/{key}', result['scores'][key], step=step)
+    try:
+        with tf.summary.create_file_writer(out_dir).as_default():
+            for key in REPORTED:
+                if not np.isnan(result['scores'][key]):
+                    tf.summary.scalar(f'eval/{key}', result['scores'][key], step=step)
+    except (tf.errors.OpError, OSError) as error:
+        raise utils.UserError(f'{out_dir}: could not write the TensorBoard scalars (is the disk '
+                              f'full? {utils.first_line(error)})') from None
 
 
-def trained_step(logdir):
-    """The step of the last checkpoint (0 for a run folder without checkpoints)."""
-    return max(model.checkpoint_steps(os.path.join(logdir, model.CHECKPOINT_DIR)), default=0)
-
-
-def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta, rescale=True):
+def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta, rescale=True,
+                    tiles=None):
     """The folder of one evaluation, from what it evaluates: e.g. DRIVE-test_step4000_threshold0.5
-    or DRIVE-test_best-step3500_calibrated-on-DRIVE-training_tta_norescale."""
-    def data(path):
-        folder, name = os.path.split(os.path.abspath(path))
-        return f'{os.path.basename(folder)}-{os.path.splitext(name)[0]}'
+    or DRIVE-test_best-step3500_calibrated-on-DRIVE-training_tta_norescale_tiles256-128
+    (tiles: (size, overlap) of tiled inference)."""
+    def data(paths):  # one or several comma-separated label files
+        return '+'.join(f'{os.path.basename(folder)}-{os.path.splitext(name)[0]}' for folder, name
+                        in (os.path.split(os.path.abspath(path.strip()))
+                            for path in paths.split(',')))
     how = f'calibrated-on-{data(calibrate_on)}' if calibrate_on else f'threshold{threshold:g}'
     return '_'.join([data(label_file), checkpoint, how] + (['tta'] if tta else [])
-                    + ([] if rescale else ['norescale']))
+                    + ([] if rescale else ['norescale'])
+                    + ([f'tiles{tiles[0]}-{tiles[1]}'] if tiles else []))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -389,10 +462,13 @@ def predict_files(predict, pattern, out_dir, threshold, scale):
     with an error."""
     paths = find_images(pattern)
     utils.refuse_input_folder(out_dir, paths, '--predict_dir')
+    utils.remove_temporaries(out_dir, STALE_SECONDS)
     failed, rows = 0, []
     for index, (path, name) in enumerate(utils.output_stems(paths, '--predict').items(), 1):
         try:
             row = predict_file(predict, path, out_dir, name, threshold, scale)
+        except utils.DiskFullError:
+            raise
         except utils.UserError as error:
             print(f'error: {error}', file=sys.stderr)
             rows.append(report.unreadable(os.path.basename(path), utils.first_line(error)))
@@ -415,11 +491,18 @@ def predict_file(predict, path, out_dir, name, threshold, scale):
     rgb = utils.read_image(path)
     fov = utils.fov_mask(rgb, path)
     probability = predict(rgb, fov, path) * fov
-    vessels = (probability >= threshold).astype(np.uint8)
+    vessels = ((probability >= threshold) & fov.astype(bool)).astype(np.uint8)  # threshold 0 too
     images = {'prob': np.rint(255 * probability).astype(np.uint8), 'mask': vessels * 255,
               'overlay': utils.overlay(rgb, vessels, vessels)}
-    for suffix in PREDICTION_FILES:
-        utils.write_png(os.path.join(out_dir, f'{name}_{suffix}.png'), images[suffix])
+    written = [os.path.join(out_dir, f'{name}_{suffix}.png') for suffix in PREDICTION_FILES]
+    try:
+        for target, suffix in zip(written, PREDICTION_FILES, strict=True):
+            utils.write_png(target, images[suffix])
+    except BaseException:  # a photo's outputs are written whole or not at all
+        for target in written:
+            if os.path.exists(target):
+                os.remove(target)
+        raise
     row = report_row(os.path.basename(path), 'predicted', vessels, fov,
                      utils.scale_factor(fov, scale, path))
     return {**row, 'thumbnail': f'{name}_overlay.png',
@@ -445,13 +528,17 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
     """Evaluates the images a label file lists; prints the results and writes them to their own
     folder under out_dir/evaluations, named by label file, checkpoint and threshold."""
     out_dir = os.path.join(out_dir, EVALUATIONS_DIR, evaluation_name(
-        label_file, checkpoint, threshold, FLAGS.calibrate_on, FLAGS.tta, FLAGS.rescale))
+        label_file, checkpoint, threshold, FLAGS.calibrate_on, FLAGS.tta, FLAGS.rescale,
+        (FLAGS.tile_size, FLAGS.tile_overlap) if FLAGS.tile_size else None))
     samples = utils.parse_label_file(label_file)
     examples = dataset.load_examples(samples)
     overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if FLAGS.visulize else None
     for folder in (out_dir, overlay_dir):
         utils.refuse_input_folder(folder, [path for sample in samples for path in (
             sample.image, sample.label, sample.mask)], '--output_dir')
+    for folder in (out_dir, overlay_dir):
+        if folder and os.path.isdir(folder):
+            utils.remove_temporaries(folder, STALE_SECONDS)
     started = time.time()
     rows, result, measured = evaluate(predict, samples, examples, threshold, overlay_dir, scale)
     seconds = time.time() - started
@@ -475,9 +562,12 @@ def main(argv):
     channels = model.in_channels(architecture['preprocess'])
     traced = make_predictor(unet, channels)
     scale = model.load_scale(FLAGS.logdir) if FLAGS.rescale else None
+    if FLAGS.rescale and scale is None:
+        logging.warning("%s: no readable %s (train.py writes it): images are predicted at their "
+                        "own size, not brought to the model's scale", FLAGS.logdir,
+                        model.SCALE_FILE)
     if FLAGS.export_dir:
         export(unet, channels, FLAGS.export_dir, scale)
-
 
     def at_model_scale(image):
         def once(view):
@@ -491,7 +581,8 @@ def main(argv):
 
     threshold = FLAGS.threshold
     if FLAGS.calibrate_on:
-        threshold = calibrate_threshold(predict, FLAGS.calibrate_on)
+        threshold = calibrate_threshold(predict, FLAGS.calibrate_on,
+                                        None if FLAGS.predict else FLAGS.label_file_path)
     if FLAGS.predict:
         predict_files(predict, FLAGS.predict, out_dir, threshold, scale)
     else:
@@ -503,6 +594,10 @@ def check_outputs():
     """Checks the flags and that the output folder is writable before any work; returns it."""
     if FLAGS.calibrate_on and FLAGS['threshold'].present:
         raise utils.UserError('give --threshold or --calibrate_on, not both')
+    if FLAGS.export_dir:
+        if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+            raise utils.UserError(f'--export_dir={FLAGS.export_dir}: a file, not a folder')
+        utils.writable_dir(os.path.dirname(os.path.abspath(FLAGS.export_dir)), '--export_dir')
     if FLAGS.predict:
         return utils.writable_dir(FLAGS.predict_dir or os.path.join(FLAGS.logdir, 'predictions'),
                                   '--predict_dir')

@@ -32,6 +32,7 @@ utils.define_flags('seed', 'visulize', 'output_dir')
 DEFAULT_OUTPUT_DIR = 'data'
 
 SPLITS = ('training', 'test')
+INPUT_FOLDERS = {'DRIVE': 'DRIVE', 'CHASEDB1': 'CHASEDB', 'SYNTH': 'SYNTH'}  # download: output
 
 
 # ----------------------------------------------------------------------------- finding the data
@@ -96,13 +97,11 @@ def find_chase(chase_dir):
 def find_datasets(data_dir):
     """{output name: {split: [RawSample]}} for every dataset found under `data_dir`."""
     found = {}
-    for folder, name in (('DRIVE', 'DRIVE'), ('SYNTH', 'SYNTH')):
+    for folder, name in INPUT_FOLDERS.items():
         root = os.path.join(data_dir, folder)
         if os.path.isdir(root):
-            found[name] = {split: find_drive_layout(os.path.join(root, split)) for split in SPLITS}
-    chase = os.path.join(data_dir, 'CHASEDB1')
-    if os.path.isdir(chase):
-        found['CHASEDB'] = find_chase(chase)
+            found[name] = find_chase(root) if folder == 'CHASEDB1' else {
+                split: find_drive_layout(os.path.join(root, split)) for split in SPLITS}
     return {name: splits for name, splits in found.items()
             if any(splits[split] for split in SPLITS)}
 
@@ -137,6 +136,19 @@ def write_split(split_dir, loaded):
     utils.write_atomic(f'{split_dir}.txt', text)
 
 
+def refuse_overlap(data_dir, output_dir, datasets):
+    """Refuses an --output_dir whose dataset folders would lie in (or hold) a downloaded one:
+    the next run would find its own PNGs beside the download's images."""
+    inputs = [os.path.realpath(os.path.join(data_dir, folder)) for folder in INPUT_FOLDERS]
+    for name in datasets:
+        written = os.path.realpath(os.path.join(output_dir, name))
+        for folder in inputs:
+            if os.path.commonpath([written, folder]) in (written, folder):
+                raise utils.UserError(f'--output_dir={output_dir}: would write {written} into '
+                                      f'the downloads of --data_dir={data_dir}; choose another '
+                                      'folder')
+
+
 def process(data_dir, output_dir):
     """Reads and checks everything found under `data_dir` first, then writes: bad input leaves
     nothing written. Returns {dataset: {split: count}}."""
@@ -146,6 +158,7 @@ def process(data_dir, output_dir):
     if not datasets:
         raise utils.UserError(f'--data_dir={data_dir}: found no images in DRIVE/, CHASEDB1/ or '
                               'SYNTH/ (unpack the downloads there, or pass --synthetic)')
+    refuse_overlap(data_dir, output_dir, datasets)
     loaded = {(name, split): [(s.name, load_sample(s)) for s in samples]
               for name, splits in datasets.items() for split, samples in splits.items() if samples}
     for (name, split), samples in loaded.items():

@@ -132,6 +132,18 @@ flags.register_validator('patch_size', lambda size: size % model.MULTIPLE == 0,
 
 # ----------------------------------------------------------------------------- the settings
 
+def has_trained(logdir):
+    """Whether `logdir` holds a trained step: a checkpoint or exported weights. The settings of a
+    run that failed before its first checkpoint bind nothing."""
+    return bool(model.checkpoint_steps(os.path.join(logdir, model.CHECKPOINT_DIR))) or \
+        os.path.exists(os.path.join(logdir, model.WEIGHTS_FILE))
+
+
+def binding_settings(logdir):
+    """load_saved(logdir) where the run trained a step; (None, None) otherwise."""
+    return load_saved(logdir) if has_trained(logdir) else (None, None)
+
+
 def load_saved(logdir):
     """(TrainConfig, learning-rate knots) saved in `logdir`, or (None, None) where there is no
     config.json (a new run, or one trained before settings were saved). Every setting is checked
@@ -182,7 +194,7 @@ def config_from_flags():
     run (when resuming), else the flag's default."""
     if not FLAGS.logdir:
         raise utils.UserError('--logdir is required')
-    saved, _ = load_saved(FLAGS.logdir)
+    saved, _ = binding_settings(FLAGS.logdir)
     values = {field.name: FLAGS[field.name].value if FLAGS[field.name].present or saved is None
               else getattr(saved, field.name) for field in dataclasses.fields(TrainConfig)}
     return TrainConfig(**values)
@@ -191,8 +203,8 @@ def config_from_flags():
 def check_resume(config, saved):
     """Refuses, in one line naming the flags, settings that contradict the saved run."""
     if saved is None:
-        architecture = model.load_architecture(config.logdir)  # a run from before config.json
-        if architecture:
+        architecture = has_trained(config.logdir) and model.load_architecture(config.logdir)
+        if architecture:  # a run from before config.json
             model.check_architecture(architecture, config.architecture, f'--logdir={config.logdir}')
         return
     conflicts = [f'--{field.name}={getattr(config, field.name)} (saved: '
@@ -474,14 +486,10 @@ def repair_checkpoint_state(directory, restored):
 def remove_leftovers(logdir):
     """Removes what a killed save leaves: temporary files (.tmp.*) in every folder train.py
     writes, and TensorFlow's checkpoints/*_temp folders."""
-    folders = ('', SUMMARY_DIR, VALIDATION_DIR, model.BEST_DIR)
-    patterns = [os.path.join(folder, '.tmp.*') for folder in folders]
-    for pattern in patterns + [os.path.join(model.CHECKPOINT_DIR, '*_temp')]:
-        for path in glob.glob(os.path.join(glob.escape(logdir), pattern)):
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
+    for folder in ('', SUMMARY_DIR, VALIDATION_DIR, model.BEST_DIR):
+        utils.remove_temporaries(os.path.join(logdir, folder))
+    for path in glob.glob(os.path.join(glob.escape(logdir), model.CHECKPOINT_DIR, '*_temp')):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def trim_events(directory, last_step):
@@ -596,7 +604,7 @@ def train(strategy, config):
         raise utils.UserError('--logdir is required')
     if not config.label_file_path:
         raise utils.UserError('--label_file_path is required')
-    saved, saved_knots = load_saved(config.logdir)
+    saved, saved_knots = binding_settings(config.logdir)
     check_resume(config, saved)
     examples = dataset.load_label_files(config.label_file_path, config.preprocess,
                                         config.fov_diameter)

@@ -13,6 +13,7 @@ utils.quiet_tensorflow()
 
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
@@ -20,6 +21,7 @@ import time  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+import model  # noqa: E402
 import train  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -130,7 +132,28 @@ def choose_strategy():
 def main(argv):
     del argv
     config = train.config_from_flags()
-    train.train(choose_strategy(), config)
+    strategy = choose_strategy()
+    try:
+        train.train(strategy, config)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        raise utils.UserError(lost_worker(error, config.logdir)) from None
+
+
+def lost_worker(error, logdir):
+    """The line that says which worker of the cluster stopped answering, and where the run will
+    resume."""
+    cluster, _ = read_tf_config()
+    task = re.search(r'/job:(\w+)/replica:\d+/task:(\d+)', str(error))
+    who = 'a worker'
+    if task and task.group(1) in cluster and int(task.group(2)) < len(cluster[task.group(1)]):
+        who = f'{task.group(1)} {task.group(2)} ({cluster[task.group(1)][int(task.group(2))]})'
+    directory = os.path.join(logdir, model.CHECKPOINT_DIR)
+    steps = model.checkpoint_steps(directory)
+    last = os.path.join(directory, f'ckpt-{steps[0]}') if steps else 'none yet'
+    return (f'{who} of the cluster stopped answering ({utils.first_line(error, 120)}); the last '
+            f'checkpoint is {last}: restart every worker to resume from it')
 
 
 if __name__ == '__main__':

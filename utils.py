@@ -2,14 +2,18 @@
 
 Nothing here imports TensorFlow, so preprocessing and metric tests stay fast.
 """
+import errno
+import glob
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import stat
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -49,6 +53,10 @@ def quiet_tensorflow():
 
 class UserError(Exception):
     """A problem with the user's input: reported as one line, never as a traceback."""
+
+
+class DiskFullError(UserError):
+    """No space left where an output is written: every later output would fail too."""
 
 
 def run_main(main):
@@ -143,13 +151,14 @@ def read_image(path, gray=False):
     """Reads PNG/JPEG/TIFF/GIF/BMP as uint8: HxWx3 RGB, or HxW when `gray` (a label or mask
     stored as RGB, as DRIVE's GIFs, must have nearly equal channels: its 2nd_manual palette is
     (4, 2, 4) and (252, 254, 252))."""
-    if not os.path.isfile(path):
-        raise UserError(f'{path}: file not found')
+    is_regular_file(path)
     with open(path, 'rb') as stream:
         data = stream.read()
     if not data:
         raise UserError(f'{path}: file is empty')
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # Any depth and colour, and turned as a JPEG's or TIFF's EXIF orientation says (which
+    # IMREAD_UNCHANGED would ignore); an alpha channel is dropped.
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     # OpenCV fills a truncated JPEG with grey instead of failing: require the end marker.
     if image is None or (data[:2] == b'\xff\xd8' and data.rstrip(b'\0')[-2:] != b'\xff\xd9'):
         raise UserError(f'{path}: not a readable image (corrupt or unsupported format)')
@@ -251,17 +260,34 @@ def temporary_path(path):
     return temporary
 
 
+def remove_temporaries(folder, older_than=0.0):
+    """Removes the temporary files and folders (.tmp.*) that killed writers left in `folder`,
+    those last changed over `older_than` seconds ago (a live writer's are seconds old)."""
+    limit = time.time() - older_than
+    for path in glob.glob(os.path.join(glob.escape(folder), '.tmp.*')):
+        if os.lstat(path).st_mtime <= limit:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
 def write_atomic(path, data):
     """Writes bytes or text to `path` through a temporary file and a rename: a killed process
     leaves either the old file or the new one, never half of one."""
-    temporary = temporary_path(path)
+    temporary = None
     try:
+        temporary = temporary_path(path)
         with open(temporary, 'wb') as stream:
             stream.write(data.encode() if isinstance(data, str) else data)
         os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
+    except BaseException as error:
+        if temporary and os.path.exists(temporary):
             os.remove(temporary)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f'{os.path.dirname(os.path.abspath(path))}: the disk is full '
+                                f'(writing {os.path.basename(path)}); nothing of it was '
+                                'kept') from None
         raise
 
 
@@ -299,21 +325,30 @@ def write_json(path, value):
                                   allow_nan=False) + '\n')
 
 
-def read_json(path, fields, missing_ok=False):
-    """The JSON object in the regular file `path`, each of `fields` ({name: (check, what it must
-    be)}) present and passing its check; a UserError names the file and the field. A missing
-    file gives None where missing_ok; a link to nothing, a FIFO or a folder is refused."""
+def is_regular_file(path, missing_ok=False):
+    """True for a regular file (through links); False for a missing one where missing_ok; a
+    UserError naming the file for anything else: missing, a link to nothing, a link loop, a
+    FIFO, a folder or a device (reading those would fail or block)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         if missing_ok and not os.path.lexists(path):
-            return None
+            return False
         raise UserError(f'{path}: ' + ('a link to a file that does not exist'
                                        if os.path.lexists(path) else 'file not found')) from None
     except OSError as error:
         raise UserError(f'{path}: cannot be read ({error.strerror})') from None
     if not stat.S_ISREG(mode):
         raise UserError(f'{path}: not a regular file')
+    return True
+
+
+def read_json(path, fields, missing_ok=False):
+    """The JSON object in the regular file `path`, each of `fields` ({name: (check, what it must
+    be)}) present and passing its check; a UserError names the file and the field. A missing
+    file gives None where missing_ok; a link to nothing, a FIFO or a folder is refused."""
+    if not is_regular_file(path, missing_ok):
+        return None
     try:
         with open(path, encoding='utf-8') as stream:
             value = json.load(stream, parse_constant=_refuse_constant)
@@ -526,6 +561,7 @@ def _largest_component(binary):
 RESCALE_TOLERANCE = 0.05  # an image this close to the model's scale is predicted as it is
 MIN_FOV_DIAMETER = 32  # pixels; a smaller FOV is no fundus photo to rescale
 MAX_FOV_DIAMETER = 10000  # pixels; 3x HRF's, the largest a model's scale may be
+MAX_SCALED_PIXELS = 100 * 10 ** 6  # an image brought to the model's scale may not grow past this
 
 
 def fov_diameter(mask):
@@ -543,6 +579,12 @@ def scale_factor(mask, diameter, path):
         raise UserError(f'{path}: the field of view is only {own:.1f} px across; at least '
                         f'{MIN_FOV_DIAMETER} px are needed to bring it to the model\'s scale')
     factor = diameter / own
+    height, width = scaled_size(mask.shape, factor)
+    if height * width > MAX_SCALED_PIXELS:
+        raise UserError(f"{path}: bringing its {own:.0f} px field of view to the model's "
+                        f'{diameter:.0f} px would make a {width}x{height} image (over '
+                        f'{MAX_SCALED_PIXELS // 10 ** 6} megapixels); is the FOV a small '
+                        'bright spot in a dark frame? Crop the photo to its FOV')
     return 1.0 if abs(factor - 1) <= RESCALE_TOLERANCE else factor
 
 

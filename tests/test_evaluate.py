@@ -19,7 +19,7 @@ import evaluate
 import features
 import model
 import utils
-from conftest import SHARED_DATA, evaluation_dir, last_line, run_here, run_script
+from conftest import SHARED_DATA, evaluation_dir, last_line, run_here, run_script, tmpfs
 
 
 def fov_pixels(label_file):
@@ -99,7 +99,7 @@ def test_threshold_calibrated_on_training_images_with_flips(trained, synthetic, 
     logdir = tmp_path / 'log'
     shutil.copytree(trained, logdir)
     result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
-                        f'--calibrate_on={synthetic["training"]}', '--tta')
+                        f'--calibrate_on={synthetic["training"]}', '--tta', '--nofeatures')
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(evaluation_dir(
         logdir, 'SYNTH-test_step200_calibrated-on-SYNTH-training_tta'), 'metrics.json')))
@@ -173,17 +173,18 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
     image = np.clip(image + rng.integers(0, 20, image.shape), 0, 255).astype(np.uint8)
     cv2.imwrite(str(folder / 'a.jpg'), image)
     cv2.imwrite(str(folder / 'b.tif'), image[:50])
+    cv2.imwrite(str(folder / 'c.webp'), image)
     (folder / 'notes.txt').write_text('not an image: skipped in folder mode')
     result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={folder}',
                         f'--predict_dir={tmp_path / "out"}')
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / 'out')) == ['a_mask.png', 'a_overlay.png', 'a_prob.png',
-                                                    'b_mask.png', 'b_overlay.png', 'b_prob.png',
-                                                    'features.csv', 'report.html']
+    assert sorted(os.listdir(tmp_path / 'out')) == [
+        f'{name}_{kind}.png' for name in 'abc' for kind in ('mask', 'overlay', 'prob')] + [
+        'features.csv', 'report.html']
     rows = list(csv.DictReader(open(tmp_path / 'out' / 'features.csv')))
     assert list(rows[0])[:len(features.COLUMNS)] == list(features.COLUMNS)
-    assert [(row['image'], row['source']) for row in rows] == [('a.jpg', 'predicted'),
-                                                               ('b.tif', 'predicted')]
+    assert [(row['image'], row['source']) for row in rows] == [
+        ('a.jpg', 'predicted'), ('b.tif', 'predicted'), ('c.webp', 'predicted')]
     assert utils.read_image(str(tmp_path / 'out' / 'b_prob.png'), gray=True).shape == (50, 90)
     mask = utils.read_binary(str(tmp_path / 'out' / 'a_mask.png')).astype(bool)
     assert not mask[0, 0] and mask.shape == (70, 90)  # outside the derived FOV: never vessel
@@ -193,6 +194,21 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
     np.testing.assert_array_equal(overlay[~mask], utils.read_image(str(folder / 'a.jpg'))[~mask])
     result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/*.nope')
     assert result.returncode == 2 and 'matches no files' in last_line(result.stderr)
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={folder}/a.jpg',
+                      '--threshold=0', f'--predict_dir={tmp_path / "zero"}', '--nofeatures')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / 'zero')) == ['a_mask.png', 'a_overlay.png', 'a_prob.png']
+    np.testing.assert_array_equal(  # every FOV pixel is vessel at threshold 0, and no other
+        utils.read_binary(str(tmp_path / 'zero' / 'a_mask.png')),
+        utils.derive_fov_mask(utils.read_image(str(folder / 'a.jpg'))))
+
+
+def test_the_evaluation_folder_names_what_was_evaluated():
+    assert evaluate.evaluation_name('data/DRIVE/test.txt', 'step4000', 0.5, None, False) == (
+        'DRIVE-test_step4000_threshold0.5')
+    assert evaluate.evaluation_name(
+        'data/DRIVE/test.txt', 'best-step3500', 0.5, 'data/DRIVE/training.txt', True, False,
+        (256, 128)) == 'DRIVE-test_best-step3500_calibrated-on-DRIVE-training_tta_norescale_tiles256-128'
 
 
 def test_exported_savedmodel_matches_keras_in_a_fresh_process(trained, tmp_path, drive):
@@ -300,6 +316,7 @@ def test_corrupt_weights_and_a_mistyped_architecture_say_what_is_wrong(trained, 
     shutil.copytree(trained, logdir)
     weights = logdir / 'model.weights.h5'
     weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    shutil.rmtree(logdir / 'checkpoints')  # as a shipped model: the weights file is all there is
     result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}')
     assert result.returncode == 2
     assert last_line(result.stderr).startswith(
@@ -328,3 +345,89 @@ def test_labels_without_vessels_report_undefined_not_nan(trained, synthetic, tmp
     assert metrics['scores']['Se'] is None and metrics['scores']['AUC_ROC'] is None
     assert metrics['scores']['Sp'] == pytest.approx(metrics['scores']['Acc'])  # all negatives
     assert ',,' in open(os.path.join(out, 'metrics.csv')).read()  # undefined: an empty cell
+    assert evaluate.evaluation_name('data/DRIVE/test.txt', 'step10', 0.5,
+                                    'data/DRIVE/training.txt, data/CHASEDB/training.txt',
+                                    False) == (
+        'DRIVE-test_step10_calibrated-on-DRIVE-training+CHASEDB-training')
+
+
+def test_calibrating_on_the_evaluated_images_is_refused(trained, synthetic, tmp_path):
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--label_file_path={synthetic["test"]}',
+                      f'--calibrate_on={synthetic["training"]},{synthetic["test"]}',
+                      f'--output_dir={tmp_path / "out"}')
+    assert result.returncode == 2
+    first = utils.parse_label_file(synthetic['test'])[0].image
+    assert last_line(result.stderr) == (
+        f'error: --calibrate_on={synthetic["training"]},{synthetic["test"]}: lists {first}, an '
+        f'image of the evaluated {synthetic["test"]}; calibrate on other images (the training '
+        'set)')
+    assert not os.path.exists(tmp_path / 'out' / 'evaluations')
+
+
+def test_the_last_checkpoint_is_what_an_evaluation_loads_and_names(trained, synthetic, tmp_path):
+    logdir = tmp_path / 'log'
+    shutil.copytree(trained, logdir)
+    stale = model.build_from_architecture(model.load_architecture(str(logdir)))
+    stale.save_weights(str(logdir / model.WEIGHTS_FILE))  # as if killed before the export
+    scores = {}
+    for checkpoint in ('last', '200'):
+        result = run_here('evaluate.py', f'--logdir={logdir}', f'--checkpoint={checkpoint}',
+                          f'--label_file_path={synthetic["test"]}', '--nofeatures',
+                          f'--output_dir={tmp_path / checkpoint}')
+        assert result.returncode == 0, result.stderr[-2000:]
+        scores[checkpoint] = json.load(open(evaluation_dir(
+            tmp_path / checkpoint, 'SYNTH-test_step200_threshold0.5') + '/metrics.json'))['scores']
+    assert scores['last'] == scores['200'] and scores['last']['F1'] > 0.5
+
+
+def test_an_export_replaces_the_old_folder_whole_and_refuses_a_file(trained, tmp_path):
+    export_dir = tmp_path / 'export'
+    export_dir.mkdir()
+    (export_dir / 'stale.txt').write_text('from an older export')
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/none*',
+                      f'--export_dir={export_dir}')
+    assert result.returncode == 2  # nothing to predict, but the export came first
+    assert sorted(os.listdir(export_dir)) == ['assets', 'fingerprint.pb', 'saved_model.pb',
+                                              'variables']
+    assert [name for name in os.listdir(tmp_path) if name.startswith('.tmp.')] == []
+    (tmp_path / 'file').write_text('not a folder')
+    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={tmp_path}/none*',
+                      f'--export_dir={tmp_path / "file"}')
+    assert result.returncode == 2
+    assert last_line(result.stderr) == f'error: --export_dir={tmp_path / "file"}: a file, not a folder'
+    assert (tmp_path / 'file').read_text() == 'not a folder'
+
+
+def test_a_full_disk_stops_predicting_with_one_line_and_no_half_written_photo(trained, tmp_path):
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(8):  # noise compresses badly: each photo's outputs take about 300 KB
+        image = rng.integers(0, 255, (300, 300, 3)).astype(np.uint8)
+        cv2.circle(image, (150, 150), 60, (0, 0, 0), -1)
+        utils.write_png(str(photos / f'{index}.png'), image)
+    with tmpfs(tmp_path / 'small', '1m') as disk:
+        result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={photos}',
+                          f'--predict_dir={disk}')
+        assert result.returncode == 2
+        assert re.fullmatch(rf'error: {disk}: the disk is full \(writing \S+\.png\); nothing of '
+                            r'it was kept', last_line(result.stderr)), last_line(result.stderr)
+        assert 'Traceback' not in result.stderr
+        names = os.listdir(disk)
+        assert not [name for name in names if name.startswith('.tmp.')]
+        stems = {name.rsplit('_', 1)[0] for name in names}
+        assert 0 < len(stems) < 8
+        assert all(sorted(name for name in names if name.startswith(f'{stem}_')) == [
+            f'{stem}_{kind}.png' for kind in ('mask', 'overlay', 'prob')] for stem in stems)
+
+
+def test_weights_of_another_width_are_refused_before_the_model_is_built(trained, tmp_path):
+    logdir = tmp_path / 'log'
+    shutil.copytree(trained, logdir)
+    architecture = json.load(open(logdir / 'architecture.json'))
+    (logdir / 'architecture.json').write_text(json.dumps({**architecture, 'base_channels': 512}))
+    result = run_here('evaluate.py', f'--logdir={logdir}', f'--predict={tmp_path}/none*')
+    assert result.returncode == 2
+    assert last_line(result.stderr) == (  # the trained run is base 8: 128 channels at the bottom
+        f'error: {logdir}/model.weights.h5: does not fit the architecture in architecture.json '
+        '(its widest layer has 128 channels; base_channels=512 has 8192)')

@@ -199,3 +199,14 @@ def test_cli_missing_or_empty_data_dir(tmp_path):
     result = run_script('preprocess.py')
     assert result.returncode == 1 and '--data_dir' in result.stderr and 'Traceback' not in result.stderr
 
+
+
+def test_an_output_folder_inside_the_downloads_is_refused(tmp_path, raw):
+    files = sorted(glob.glob(str(tmp_path / 'raw/**/*.*'), recursive=True))
+    for output in (tmp_path / 'raw', tmp_path / 'raw' / 'SYNTH' / 'training'):
+        with pytest.raises(utils.UserError, match=f'--output_dir={output}: would write .* into '
+                           'the downloads of --data_dir='):
+            preprocess.process(str(tmp_path / 'raw'), str(output))
+    assert sorted(glob.glob(str(tmp_path / 'raw/**/*.*'), recursive=True)) == files
+    preprocess.process(str(tmp_path / 'raw'), str(tmp_path))  # the downloads beside the output
+    assert os.path.exists(tmp_path / 'SYNTH' / 'training.txt')

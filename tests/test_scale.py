@@ -133,6 +133,7 @@ def test_a_run_without_scale_json_predicts_images_as_they_are(trained, tmp_path)
         result = run_here('evaluate.py', f'--logdir={logdir}', f'--predict={photo}',
                           f'--predict_dir={out}', *flags)
         assert result.returncode == 0, result.stderr[-3000:]
+        assert (f'{logdir}: no readable scale.json' in result.stderr) == (logdir == old)
         outputs[len(outputs)] = utils.read_image(str(out / 'eye_prob.png'), gray=True)
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
@@ -152,8 +153,9 @@ def test_a_tiny_field_of_view_is_named_and_the_other_photos_are_written(trained,
     lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
     assert lines[0].startswith(f'error: {photos / "speck.png"}: the field of view is only 1')
     assert last_line(result.stderr) == 'error: 1 of 2 images could not be predicted (named above)'
-    assert sorted(os.listdir(tmp_path / 'out')) == ['fine_mask.png', 'fine_overlay.png',
-                                                   'fine_prob.png']
+    assert sorted(os.listdir(tmp_path / 'out')) == ['features.csv', 'fine_mask.png',
+                                                   'fine_overlay.png', 'fine_prob.png',
+                                                   'report.html']
 
 
 def test_a_corrupt_scale_file_is_named(trained, tmp_path):
@@ -166,3 +168,12 @@ def test_a_corrupt_scale_file_is_named(trained, tmp_path):
     assert result.returncode == 2
     assert last_line(result.stderr) == (f'error: {broken / model.SCALE_FILE}: "fov_diameter" must be '
                                         'a FOV diameter from 32 to 10000 pixels, found -3')
+
+
+def test_a_tiny_spot_in_a_huge_frame_is_refused_before_any_allocation():
+    mask = np.zeros((3000, 4000), np.uint8)
+    cv2.circle(mask, (2000, 1500), 22, 1, -1)  # a 44 px FOV: the model's 919 px is 21x that
+    with pytest.raises(utils.UserError, match=r"spot.png: bringing its 4\d px field of view to "
+                       r"the model's 919 px would make a \d+x\d+ image \(over 100 megapixels\)"):
+        utils.scale_factor(mask, 919, 'spot.png')
+    assert utils.scale_factor(mask, 44, 'spot.png') == 1.0

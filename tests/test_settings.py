@@ -109,7 +109,7 @@ def test_validation_is_scored_like_evaluate_and_keeps_the_best_checkpoint(tmp_pa
     assert os.path.exists(logdir / 'best' / 'model.weights.h5')
     # evaluate.py on the best checkpoint, at 0.5, reproduces the validation scores of its step.
     result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
-                        '--checkpoint=best')
+                        '--checkpoint=best', '--nofeatures')
     assert result.returncode == 0, result.stderr[-2000:]
     name = f'SYNTH-test_best-step{best["step"]}_threshold0.5'
     metrics = json.load(open(os.path.join(evaluation_dir(logdir, name), 'metrics.json')))
@@ -121,7 +121,8 @@ def test_evaluations_of_several_checkpoints_sit_side_by_side(tmp_path, synthetic
     settings = config(tmp_path, synthetic, max_iters=20, save_interval=10)
     run(settings)
     logdir = tmp_path / 'log'
-    evaluate = ['evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}']
+    evaluate = ['evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
+                '--nofeatures']
     assert run_here(*evaluate).returncode == 0
     assert run_here(*evaluate, '--checkpoint=10', '--threshold=0.3').returncode == 0
     import evaluate as evaluate_module
@@ -162,8 +163,8 @@ def test_tensorflow_start_up_noise_is_hidden_unless_asked_for(tmp_path):
     command = ['evaluate.py', f'--logdir={tmp_path}', '--label_file_path=x']
     quiet = run_script(*command)
     assert quiet.stderr.strip().splitlines() == [f'error: --logdir={tmp_path}: no trained model '
-                                                 '(architecture.json and model.weights.h5 are '
-                                                 'written by train.py)']
+                                                 '(architecture.json, model.weights.h5 and '
+                                                 'scale.json are written by train.py)']
     loud = run_script(*command, env={'RETINA_UNET_TF_LOGS': '1'})
     assert 'oneDNN' in loud.stderr or 'cuda' in loud.stderr.lower()
 
@@ -171,3 +172,14 @@ def test_tensorflow_start_up_noise_is_hidden_unless_asked_for(tmp_path):
 @pytest.fixture(autouse=True)
 def _info_logs(caplog):
     caplog.set_level(logging.INFO, logger='absl')
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_binds_no_setting(tmp_path, synthetic):
+    with pytest.raises(utils.UserError, match='the loss became nan'):
+        run(config(tmp_path, synthetic, initial_lr=1e30, max_iters=6, save_interval=100))
+    assert os.path.exists(tmp_path / 'log' / 'config.json')  # written before the first step
+    settings = config(tmp_path, synthetic, initial_lr=3e-3, base_channels=4, max_iters=2,
+                      save_interval=2)
+    run(settings)  # the corrected rerun trains: nothing was trained with the old settings
+    assert json.load(open(tmp_path / 'log' / 'config.json'))['settings'] == dataclasses.asdict(
+        settings)

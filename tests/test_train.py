@@ -283,3 +283,30 @@ def test_a_missing_peer_is_waited_for_with_progress_then_a_timeout(tmp_path, syn
             break
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+def test_a_lost_worker_is_named_in_one_line(tmp_path, synthetic):
+    workers = [f'127.0.0.1:{free_port()}' for _ in range(2)]
+    logdir = tmp_path / 'log'
+    processes = []
+    for index in range(2):
+        config = {'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': index}}
+        command = [sys.executable, os.path.join(ROOT, 'train_distribute.py'), f'--logdir={logdir}',
+                   f'--label_file_path={synthetic["training"]}', *TINY_TRAINING,
+                   '--max_iters=100000', '--save_interval=4']
+        processes.append(subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'TF_CONFIG': json.dumps(config)}))
+    try:
+        wait_for(lambda: os.path.exists(logdir / 'checkpoints' / 'ckpt-8.index'), timeout=300)
+        processes[1].kill()
+        output = processes[0].communicate(timeout=120)[1]
+    finally:
+        for process in processes:
+            process.kill()
+    assert processes[0].returncode == 2, output[-3000:]
+    line = last_line(output)
+    assert re.fullmatch(rf'error: worker 1 \({workers[1]}\) of the cluster stopped answering '
+                        rf'\(.*\); the last checkpoint is {logdir}/checkpoints/ckpt-\d+: restart '
+                        'every worker to resume from it', line), line
+    assert 'Traceback' not in output

@@ -151,3 +151,50 @@ def test_write_atomic_leaves_no_temporary_and_keeps_old_file_on_failure(tmp_path
         utils.write_atomic(str(path), Exploding('new'))
     assert path.read_text() == 'old'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['out.txt']
+
+
+@pytest.mark.parametrize('orientation, corner', [(1, (0, 0)), (3, (-1, -1)), (6, (0, -1)),
+                                                 (8, (-1, 0))])
+def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path, orientation, corner):
+    from PIL import Image
+    photo = np.zeros((40, 60, 3), np.uint8)
+    photo[:10, :10] = 255  # the top left corner, as stored
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # 3: turned 180 degrees, 6: 90 clockwise, 8: 90 anticlockwise
+    Image.fromarray(photo).save(tmp_path / 'photo.jpg', exif=exif, quality=95)
+    shown = utils.read_image(str(tmp_path / 'photo.jpg'))
+    assert shown.shape == ((40, 60, 3) if orientation in (1, 3) else (60, 40, 3))
+    rows = slice(0, 10) if corner[0] == 0 else slice(-10, None)
+    columns = slice(0, 10) if corner[1] == 0 else slice(-10, None)
+    assert shown[rows, columns].mean() > 250 and shown.mean() < 255 * 0.1
+
+
+def test_only_stale_temporaries_are_removed(tmp_path):
+    import os
+    import time
+    for name in ('.tmp.old.png', '.tmp.fresh.png', 'keep.png'):
+        (tmp_path / name).write_bytes(b'x')
+    (tmp_path / '.tmp.folder').mkdir()
+    (tmp_path / '.tmp.folder' / 'inside').write_bytes(b'x')
+    an_hour_ago = time.time() - 3600
+    for name in ('.tmp.old.png', '.tmp.folder'):
+        os.utime(tmp_path / name, (an_hour_ago, an_hour_ago))
+    utils.remove_temporaries(str(tmp_path), older_than=60)
+    assert sorted(os.listdir(tmp_path)) == ['.tmp.fresh.png', 'keep.png']
+    utils.remove_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ['keep.png']
+
+
+def test_a_fifo_or_a_link_loop_in_place_of_an_image_is_named_not_read(tmp_path):
+    import os
+    os.mkfifo(tmp_path / 'fifo.png')  # reading it would block forever
+    with pytest.raises(utils.UserError, match=r'fifo.png: not a regular file$'):
+        utils.read_image(str(tmp_path / 'fifo.png'))
+    os.symlink(tmp_path / 'loop.png', tmp_path / 'loop.png')
+    with pytest.raises(utils.UserError, match=r'loop.png: cannot be read \(Too many levels of '
+                       r'symbolic links\)$'):
+        utils.read_image(str(tmp_path / 'loop.png'))
+    os.symlink(tmp_path / 'gone.png', tmp_path / 'dangling.png')
+    with pytest.raises(utils.UserError, match=r'dangling.png: a link to a file that does not '
+                       'exist$'):
+        utils.read_image(str(tmp_path / 'dangling.png'))
