@@ -186,18 +186,24 @@ def test_two_cpu_replicas_train_with_the_same_loop(tmp_path, synthetic):
         train_module.check_settings(odd, examples, replicas=2)
 
 
-def test_two_workers_end_with_identical_weights(tmp_path, synthetic):
+def start_workers(logdir, label_file, *args):
+    """Two local train_distribute.py workers of one cluster: (their host:port, processes)."""
     workers = [f'127.0.0.1:{free_port()}' for _ in range(2)]
-    logdir = tmp_path / 'log'
     processes = []
     for index in range(2):
         config = {'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': index}}
         command = [sys.executable, os.path.join(ROOT, 'train_distribute.py'), f'--logdir={logdir}',
-                   f'--label_file_path={synthetic["training"]}', *TINY_TRAINING,
-                   '--max_iters=8', '--save_interval=4']
+                   f'--label_file_path={label_file}', *TINY_TRAINING, *args]
         processes.append(subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'TF_CONFIG': json.dumps(config)}))
+    return workers, processes
+
+
+def test_two_workers_end_with_identical_weights(tmp_path, synthetic):
+    logdir = tmp_path / 'log'
+    _, processes = start_workers(logdir, synthetic['training'], '--max_iters=8',
+                                 '--save_interval=4')
     outputs = [process.communicate(timeout=300)[1] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs[1][-3000:]
     checksums = [re.search(r'checksum (\S+)\)', output).group(1) for output in outputs]
@@ -286,17 +292,9 @@ def test_a_missing_peer_is_waited_for_with_progress_then_a_timeout(tmp_path, syn
 
 
 def test_a_lost_worker_is_named_in_one_line(tmp_path, synthetic):
-    workers = [f'127.0.0.1:{free_port()}' for _ in range(2)]
     logdir = tmp_path / 'log'
-    processes = []
-    for index in range(2):
-        config = {'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': index}}
-        command = [sys.executable, os.path.join(ROOT, 'train_distribute.py'), f'--logdir={logdir}',
-                   f'--label_file_path={synthetic["training"]}', *TINY_TRAINING,
-                   '--max_iters=100000', '--save_interval=4']
-        processes.append(subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'TF_CONFIG': json.dumps(config)}))
+    workers, processes = start_workers(logdir, synthetic['training'], '--max_iters=100000',
+                                       '--save_interval=4')
     try:
         wait_for(lambda: os.path.exists(logdir / 'checkpoints' / 'ckpt-8.index'), timeout=300)
         processes[1].kill()
