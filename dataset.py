@@ -40,12 +40,21 @@ def load_examples(samples, preprocess=False, fov_diameter=None):
     return examples
 
 
+def label_file_samples(paths, flag='--label_file_path'):
+    """The samples of one label file or of a comma-separated list of them, in order."""
+    return [sample for path in label_file_paths(paths)
+            for sample in utils.parse_label_file(path, flag)]
+
+
+def label_file_paths(paths):
+    """The label files of a comma-separated list (one file is a list of one)."""
+    return [path.strip() for path in paths.split(',')]
+
+
 def load_label_files(paths, preprocess=False, fov_diameter=None, flag='--label_file_path'):
     """The examples of one label file or of a comma-separated list of them, in order. Training
     draws every image equally often, so each file weighs in proportion to its images."""
-    samples = [sample for path in paths.split(',')
-               for sample in utils.parse_label_file(path.strip(), flag)]
-    return load_examples(samples, preprocess, fov_diameter)
+    return load_examples(label_file_samples(paths, flag), preprocess, fov_diameter)
 
 
 # ----------------------------------------------------------------------------- training stream

@@ -144,7 +144,7 @@ def restore_newest(unet, logdir):
 def check_weights_width(weights, architecture):
     """Refuses, before the model is built (a wide one takes gigabytes), weights whose widest
     layer is not the architecture's: base_channels * 2 ** DEPTH channels at the bottom."""
-    widest = base = architecture['base_channels'] * 2 ** model.DEPTH
+    base = architecture['base_channels'] * 2 ** model.DEPTH
     try:
         with h5py.File(weights, 'r') as stream:
             shapes = []
@@ -228,15 +228,15 @@ def calibrate_threshold(predict, label_file, evaluated=None):
     """The threshold with the best F1 over the FOV pixels of the images `label_file` lists (one
     or several comma-separated label files), none of which may be an image of the `evaluated`
     label file: that would tune the threshold on the test set."""
+    samples = dataset.label_file_samples(label_file, '--calibrate_on')
     if evaluated:
         tested = {os.path.realpath(sample.image) for sample in utils.parse_label_file(evaluated)}
-        for path in label_file.split(','):
-            for sample in utils.parse_label_file(path.strip(), '--calibrate_on'):
-                if os.path.realpath(sample.image) in tested:
-                    raise utils.UserError(
-                        f'--calibrate_on={label_file}: lists {sample.image}, an image of the '
-                        f'evaluated {evaluated}; calibrate on other images (the training set)')
-    examples = dataset.load_label_files(label_file, flag='--calibrate_on')
+        for sample in samples:
+            if os.path.realpath(sample.image) in tested:
+                raise utils.UserError(
+                    f'--calibrate_on={label_file}: lists {sample.image}, an image of the '
+                    f'evaluated {evaluated}; calibrate on other images (the training set)')
+    examples = dataset.load_examples(samples)
     labels, probabilities = [], []
     for example in examples:
         fov = example.mask.astype(bool)
@@ -336,8 +336,9 @@ def evaluate(predict, samples, examples, threshold, overlay_dir, scale):
         if overlay_dir:
             write_overlay(overlay_dir, example.name, example.image, example.label, probability,
                           fov, threshold)
-        measured += measured_pair(example, probability >= threshold, overlay_dir,
-                                  utils.scale_factor(example.mask, scale, sample.image))
+        if FLAGS.features:
+            measured += measured_pair(example, probability >= threshold, overlay_dir,
+                                      utils.scale_factor(example.mask, scale, sample.image))
     labels, probabilities = np.concatenate(all_labels), np.concatenate(all_probabilities)
     matrix, scores = utils.evaluate_pixels(labels, probabilities, np.ones_like(labels), threshold)
     result = {'confusion_matrix': matrix.tolist(), 'scores': scores, 'threshold': threshold,
@@ -400,8 +401,8 @@ def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta, rescal
     (tiles: (size, overlap) of tiled inference)."""
     def data(paths):  # one or several comma-separated label files
         return '+'.join(f'{os.path.basename(folder)}-{os.path.splitext(name)[0]}' for folder, name
-                        in (os.path.split(os.path.abspath(path.strip()))
-                            for path in paths.split(',')))
+                        in map(os.path.split, map(os.path.abspath,
+                                                  dataset.label_file_paths(paths))))
     how = f'calibrated-on-{data(calibrate_on)}' if calibrate_on else f'threshold{threshold:g}'
     return '_'.join([data(label_file), checkpoint, how] + (['tta'] if tta else [])
                     + ([] if rescale else ['norescale'])
@@ -536,7 +537,6 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
     for folder in (out_dir, overlay_dir):
         utils.refuse_input_folder(folder, [path for sample in samples for path in (
             sample.image, sample.label, sample.mask)], '--output_dir')
-    for folder in (out_dir, overlay_dir):
         if folder and os.path.isdir(folder):
             utils.remove_temporaries(folder, STALE_SECONDS)
     started = time.time()
