@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+import fov
+import scale
 import utils
 
 
@@ -25,13 +27,13 @@ class Example:
 def load_examples(samples, preprocess=False, fov_diameter=None):
     """Reads and checks every sample once: the decoded-image cache that training draws from.
     With fov_diameter, each image, label and mask is first resized so its FOV has that diameter
-    (utils.scale_factor); the image is then what the model sees (utils.model_input)."""
+    (scale.disc_factor); the image is then what the model sees (utils.model_input)."""
     examples = []
     for sample in samples:
         rgb = utils.read_image(sample.image)
         label = utils.read_binary_for(sample.label, rgb, sample.image)
-        mask = utils.fov_mask(rgb, sample.image, sample.mask)
-        factor = utils.scale_factor(mask, fov_diameter, sample.image)
+        mask = fov.read(rgb, sample.image, sample.mask)
+        factor = scale.disc_factor(mask, fov_diameter, sample.image)
         if factor != 1:
             size = utils.scaled_size(mask.shape, factor)
             rgb = utils.resize(rgb, size)
@@ -104,7 +106,10 @@ def _canvas(examples, margin, image_size):
         pad_h, pad_w = max(image_size - height, 0), max(image_size - width, 0)
         canvas = np.pad(canvas, [(0, 0), (pad_h // 2, pad_h - pad_h // 2),
                                  (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
-    return tf.constant(canvas), tf.ragged.constant(fov, dtype=tf.int64)
+    # from_row_lengths, not tf.ragged.constant: that walks every index in Python (minutes for
+    # 65 images of a megapixel).
+    return tf.constant(canvas), tf.RaggedTensor.from_row_lengths(
+        np.concatenate(fov), [len(indices) for indices in fov])
 
 
 def _epoch_order(seed, samples, count):

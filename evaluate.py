@@ -36,8 +36,10 @@ from absl import app, flags, logging  # noqa: E402
 
 import dataset  # noqa: E402
 import features  # noqa: E402
+import fov  # noqa: E402
 import model  # noqa: E402
 import report  # noqa: E402
+import scale  # noqa: E402
 
 FLAGS = flags.FLAGS
 utils.define_flags('logdir', 'label_file_path', 'batch_size', 'preprocess', 'transpose_conv',
@@ -62,6 +64,10 @@ flags.DEFINE_bool('rescale', True, "Resize each image so its FOV diameter matche
                   'scale.json predict images as they are.')
 flags.DEFINE_bool('features', True, 'Measure every vessel map (features.csv) and write report.html '
                   'beside the outputs.')
+flags.DEFINE_float('photo_fov_diameter', None, "The photos' FOV diameter in pixels, where you "
+                   'know it: it sets their scale instead of the FOV found in each photo (needed '
+                   'where a FOV fills the frame and shows too few vessels to tell the scale).',
+                   lower_bound=1)
 flags.DEFINE_float('fov_degrees', None, "The camera's field angle across the FOV diameter (e.g. "
                    '45): adds millimetre columns to features.csv.', lower_bound=1,
                    upper_bound=360)
@@ -239,16 +245,16 @@ def calibrate_threshold(predict, label_file, evaluated=None):
     examples = dataset.load_examples(samples)
     labels, probabilities = [], []
     for example in examples:
-        fov = example.mask.astype(bool)
-        labels.append(example.label[fov])
-        probabilities.append(predict(example.image, example.mask, example.name)[fov])
+        inside = example.mask.astype(bool)
+        labels.append(example.label[inside])
+        probabilities.append(predict(example.image, example.mask, example.name)[0][inside])
     threshold, f1 = utils.best_f1_threshold(np.concatenate(labels), np.concatenate(probabilities))
     print(f'--calibrate_on: threshold {threshold:.4f}, the best F1 ({f1:.4f}) on the '
           f'{len(examples)} images of {label_file}')
     return threshold
 
 
-def export(unet, channels, export_dir, scale):
+def export(unet, channels, export_dir, model_diameter):
     """A SavedModel for serving. `serve` maps a float batch [N, H, W, C] in [0, 1] (what the
     model sees: RGB, or the preprocessed gray image) of any size to vessel probabilities
     [N, H, W]. Where the run recorded its scale, `serve_at_scale` also takes each image's FOV
@@ -259,10 +265,10 @@ def export(unet, channels, export_dir, scale):
     images = tf.TensorSpec([None, None, None, channels], tf.float32, name='images')
     archive.add_endpoint('serve', lambda batch: model.predict_probabilities(unet, batch)[..., 1],
                          input_signature=[images])
-    if scale:
+    if model_diameter:
         archive.add_endpoint(
             'serve_at_scale', lambda batch, diameters: predict_batch_at_scale(
-                unet, batch, diameters, scale),
+                unet, batch, diameters, model_diameter),
             input_signature=[images, tf.TensorSpec([None], tf.float32, name='fov_diameters')])
     temporary = tempfile.mkdtemp(prefix='.tmp.', dir=os.path.dirname(os.path.abspath(export_dir)))
     try:
@@ -285,9 +291,10 @@ def replace_folder(new, old):
     shutil.rmtree(retired)
 
 
-def predict_batch_at_scale(unet, images, diameters, scale):
-    """utils.predict_at_scale in TensorFlow, image by image: resize (area averaging down,
-    bilinear up) so the FOV diameter becomes `scale`, predict, resize the probabilities back."""
+def predict_batch_at_scale(unet, images, diameters, model_diameter):
+    """scale.predict_at_scale's FOV rule in TensorFlow, image by image: resize (area averaging
+    down, bilinear up) so the FOV diameter becomes `model_diameter`, predict, resize the
+    probabilities back."""
     def resize(image, size):
         shrinks = tf.reduce_prod(size) < tf.reduce_prod(tf.shape(image)[:2])
         return tf.cond(shrinks, lambda: tf.image.resize(image, size, 'area'),
@@ -295,8 +302,8 @@ def predict_batch_at_scale(unet, images, diameters, scale):
 
     def one(args):
         image, diameter = args
-        factor = scale / diameter
-        factor = tf.where(tf.abs(factor - 1) <= utils.RESCALE_TOLERANCE, 1.0, factor)
+        factor = model_diameter / diameter
+        factor = tf.where(tf.abs(factor - 1) <= scale.RESCALE_TOLERANCE, 1.0, factor)
         size = tf.shape(image)[:2]
         scaled = tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32))
         probability = model.predict_probabilities(unet, resize(image, scaled)[None])[0]
@@ -315,30 +322,29 @@ def format_scores(scores):
     return '  '.join(f'{key} {format_score(scores[key])}' for key in REPORTED if key in scores)
 
 
-def evaluate(predict, samples, examples, threshold, overlay_dir, scale):
+def evaluate(predict, samples, examples, threshold, overlay_dir):
     """Predicts every example, prints progress; returns the per-image metrics, the whole-set
     result and the report rows (the features of the predicted and the manual maps)."""
     rows, all_labels, all_probabilities, second, measured = [], [], [], [], []
     for index, (sample, example) in enumerate(zip(samples, examples, strict=True), 1):
         started = time.time()
-        probability = predict(example.image, example.mask, sample.image)
-        fov = example.mask.astype(bool)
-        matrix, scores = utils.evaluate_pixels(example.label, probability, fov, threshold)
+        probability, decision = predict(example.image, example.mask, sample.image)
+        inside = example.mask.astype(bool)
+        matrix, scores = utils.evaluate_pixels(example.label, probability, inside, threshold)
         rows.append({'image': example.name, **scores})
-        all_labels.append(example.label[fov])
-        all_probabilities.append(probability[fov])
+        all_labels.append(example.label[inside])
+        all_probabilities.append(probability[inside])
         second_path = utils.second_observer_path(sample)
         if second_path:
             second.append(utils.confusion_matrix(example.label, utils.read_binary(second_path),
-                                                 fov))
+                                                 inside))
         logging.info('[%d/%d] %s  %.2fs  %s', index, len(samples), example.name,
                      time.time() - started, format_scores(scores))
         if overlay_dir:
             write_overlay(overlay_dir, example.name, example.image, example.label, probability,
-                          fov, threshold)
+                          inside, threshold)
         if FLAGS.features:
-            measured += measured_pair(example, probability >= threshold, overlay_dir,
-                                      utils.scale_factor(example.mask, scale, sample.image))
+            measured += measured_pair(example, probability >= threshold, overlay_dir, decision)
     labels, probabilities = np.concatenate(all_labels), np.concatenate(all_probabilities)
     matrix, scores = utils.evaluate_pixels(labels, probabilities, np.ones_like(labels), threshold)
     result = {'confusion_matrix': matrix.tolist(), 'scores': scores, 'threshold': threshold,
@@ -350,10 +356,10 @@ def evaluate(predict, samples, examples, threshold, overlay_dir, scale):
     return rows, result, measured
 
 
-def measured_pair(example, prediction, overlay_dir, factor):
+def measured_pair(example, prediction, overlay_dir, decision):
     """The report rows of one labelled image: its predicted map, then its manual one."""
     thumbnail = f'{OVERLAY_DIR}/{example.name}.png' if overlay_dir else None
-    return [{**report_row(example.name, source, vessels, example.mask, factor),
+    return [{**report_row(example.name, source, vessels, example.mask, decision),
              'thumbnail': thumbnail}
             for source, vessels in (('predicted', prediction & example.mask.astype(bool)),
                                     ('manual', example.label))]
@@ -411,14 +417,14 @@ def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta, rescal
 
 # ----------------------------------------------------------------------------- figures
 
-def write_overlay(directory, name, rgb, label, probability, fov, threshold):
+def write_overlay(directory, name, rgb, label, probability, inside, threshold):
     """{name}.png: the input above, the coloured comparison drawn on it below;
     {name}_prob.png: the vessel probability as a gray image."""
-    prediction = (probability >= threshold) & fov
+    prediction = (probability >= threshold) & inside
     coloured = utils.overlay(rgb, label, prediction)
     utils.write_png(os.path.join(directory, f'{name}.png'), np.concatenate([rgb, coloured]))
     utils.write_png(os.path.join(directory, f'{name}_prob.png'),
-                    np.rint(255 * probability * fov).astype(np.uint8))
+                    np.rint(255 * probability * inside).astype(np.uint8))
 
 
 def write_curves(directory, labels, probabilities, scores, second_observer):
@@ -457,7 +463,7 @@ def find_images(pattern):
     return paths
 
 
-def predict_files(predict, pattern, out_dir, threshold, scale):
+def predict_files(predict, pattern, out_dir, threshold):
     """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
     masks. A file that cannot be read or predicted is reported and skipped; the run then ends
     with an error."""
@@ -467,7 +473,7 @@ def predict_files(predict, pattern, out_dir, threshold, scale):
     failed, rows = 0, []
     for index, (path, name) in enumerate(utils.output_stems(paths, '--predict').items(), 1):
         try:
-            row = predict_file(predict, path, out_dir, name, threshold, scale)
+            row = predict_file(predict, path, out_dir, name, threshold)
         except utils.DiskFullError:
             raise
         except utils.UserError as error:
@@ -476,8 +482,9 @@ def predict_files(predict, pattern, out_dir, threshold, scale):
             failed += 1
             continue
         rows.append(row)
-        logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel%s', index, len(paths), path,
-                     100 * row['share'], ''.join(f'; {flag}' for flag in row['flags']))
+        logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s', index,
+                     len(paths), path, 100 * row['share'], row['decision'].factor,
+                     row['decision'].rule, ''.join(f'; {flag}' for flag in row['flags']))
     print(f'wrote {len(PREDICTION_FILES) * (len(paths) - failed)} files to {out_dir}')
     if FLAGS.features:
         write_report(out_dir, rows, f'Vessel maps of {pattern}')
@@ -486,13 +493,14 @@ def predict_files(predict, pattern, out_dir, threshold, scale):
                               'above)')
 
 
-def predict_file(predict, path, out_dir, name, threshold, scale):
+def predict_file(predict, path, out_dir, name, threshold):
     """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
     the photo) for one image; returns its report row, with the vessel share of its FOV."""
     rgb = utils.read_image(path)
-    fov = utils.fov_mask(rgb, path)
-    probability = predict(rgb, fov, path) * fov
-    vessels = ((probability >= threshold) & fov.astype(bool)).astype(np.uint8)  # threshold 0 too
+    inside = fov.read(rgb, path)
+    probability, decision = predict(rgb, inside, path)
+    probability *= inside
+    vessels = ((probability >= threshold) & inside.astype(bool)).astype(np.uint8)  # threshold 0 too
     images = {'prob': np.rint(255 * probability).astype(np.uint8), 'mask': vessels * 255,
               'overlay': utils.overlay(rgb, vessels, vessels)}
     written = [os.path.join(out_dir, f'{name}_{suffix}.png') for suffix in PREDICTION_FILES]
@@ -504,20 +512,21 @@ def predict_file(predict, path, out_dir, name, threshold, scale):
             if os.path.exists(target):
                 os.remove(target)
         raise
-    row = report_row(os.path.basename(path), 'predicted', vessels, fov,
-                     utils.scale_factor(fov, scale, path))
-    return {**row, 'thumbnail': f'{name}_overlay.png',
-            'share': float(vessels[fov.astype(bool)].mean())}
+    row = report_row(os.path.basename(path), 'predicted', vessels, inside, decision)
+    return {**row, 'thumbnail': f'{name}_overlay.png', 'decision': decision,
+            'share': float(vessels[inside.astype(bool)].mean())}
 
 
-def report_row(image, source, vessels, fov, factor):
-    """The features (with --features) and flags of one vessel map, whose photo was resized by
-    `factor` to the model's scale."""
-    measured = features.measure(vessels, fov, mm_per_native_px=features.mm_per_native_px(
-        utils.fov_diameter(fov), FLAGS.fov_degrees, FLAGS.pixel_size_um)) if FLAGS.features \
-        else None
+def report_row(image, source, vessels, inside, decision):
+    """The features (with --features) and flags of one vessel map, whose photo was brought to
+    the model's scale as `decision` (scale.Decision) says."""
+    measured = None
+    if FLAGS.features:
+        mm_per_px = features.mm_per_native_px(FLAGS.photo_fov_diameter or fov.diameter(inside),
+                                              FLAGS.fov_degrees, FLAGS.pixel_size_um)
+        measured = features.measure(vessels, inside, mm_per_native_px=mm_per_px)
     return {'image': image, 'source': source, **(measured or {}),
-            'flags': report.photo_flags(fov, measured, factor)}
+            'flags': report.photo_flags(inside, measured, decision)}
 
 
 def write_report(out_dir, rows, title):
@@ -525,7 +534,7 @@ def write_report(out_dir, rows, title):
     print(f'features: {csv_path}; report: {html_path}')
 
 
-def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, step, scale):
+def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, step, model_scale):
     """Evaluates the images a label file lists; prints the results and writes them to their own
     folder under out_dir/evaluations, named by label file, checkpoint and threshold."""
     out_dir = os.path.join(out_dir, EVALUATIONS_DIR, evaluation_name(
@@ -540,11 +549,12 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
         if folder and os.path.isdir(folder):
             utils.remove_temporaries(folder, STALE_SECONDS)
     started = time.time()
-    rows, result, measured = evaluate(predict, samples, examples, threshold, overlay_dir, scale)
+    rows, result, measured = evaluate(predict, samples, examples, threshold, overlay_dir)
     seconds = time.time() - started
     logging.info('evaluated %d images in %.1fs', len(rows), seconds)
     result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta, rescale=FLAGS.rescale,
-                  model_fov_diameter=scale, label_file=label_file,
+                  model_fov_diameter=model_scale and model_scale.fov_diameter,
+                  label_file=label_file,
                   checkpoint=checkpoint, seconds=round(seconds, 2))
     print_result(result)
     write_results(out_dir, rows, result, step)
@@ -561,33 +571,33 @@ def main(argv):
     out_dir = check_outputs()
     channels = model.in_channels(architecture['preprocess'])
     traced = make_predictor(unet, channels)
-    scale = model.load_scale(FLAGS.logdir) if FLAGS.rescale else None
-    if FLAGS.rescale and scale is None:
+    model_scale = model.load_scale(FLAGS.logdir) if FLAGS.rescale else None
+    if FLAGS.rescale and model_scale is None:
         logging.warning("%s: no readable %s (train.py writes it): images are predicted at their "
                         "own size, not brought to the model's scale", FLAGS.logdir,
                         model.SCALE_FILE)
     if FLAGS.export_dir:
-        export(unet, channels, FLAGS.export_dir, scale)
+        export(unet, channels, FLAGS.export_dir, model_scale and model_scale.fov_diameter)
 
     def at_model_scale(image):
         def once(view):
             return predict_image(traced, view, FLAGS.tile_size, FLAGS.tile_overlap)
         return predict_flipped(once, image) if FLAGS.tta else once(image)
 
-    def predict(rgb, fov, path):
-        """Vessel probabilities of an RGB image at its own size."""
-        return utils.predict_at_scale(at_model_scale, rgb, fov, architecture['preprocess'],
-                                      scale, path)
+    def predict(rgb, inside, path):
+        """(vessel probabilities of an RGB image at its own size, scale.Decision)."""
+        return scale.predict_at_scale(at_model_scale, rgb, inside, architecture['preprocess'],
+                                      model_scale, path, FLAGS.photo_fov_diameter)
 
     threshold = FLAGS.threshold
     if FLAGS.calibrate_on:
         threshold = calibrate_threshold(predict, FLAGS.calibrate_on,
                                         None if FLAGS.predict else FLAGS.label_file_path)
     if FLAGS.predict:
-        predict_files(predict, FLAGS.predict, out_dir, threshold, scale)
+        predict_files(predict, FLAGS.predict, out_dir, threshold)
     else:
         evaluate_label_file(predict, FLAGS.label_file_path, threshold, out_dir, checkpoint, step,
-                            scale)
+                            model_scale)
 
 
 def check_outputs():

@@ -12,6 +12,7 @@ from scipy.sparse import csgraph
 from skimage import morphology
 
 import utils
+from fov import diameter_or_area
 
 REFERENCE_FOV_PX = 1000  # FOV diameter the maps are brought to before measuring
 MIN_OBJECT_PX = 10  # vessel fragments smaller than this (at the reference scale) are noise
@@ -31,7 +32,7 @@ def at_reference_scale(vessels, fov, reference=REFERENCE_FOV_PX):
     """The map (any float or {0, 1} array) and FOV mask cut to the FOV's bounding box and resized
     so the FOV diameter is `reference` (None: as they are); returns binary (vessels, fov) and the
     native FOV diameter."""
-    diameter = utils.fov_diameter(fov)
+    diameter = diameter_or_area(fov)
     box = ndimage.find_objects(np.asarray(fov, np.uint8))[0]  # the FOV's bounding box
     vessels, fov = np.asarray(vessels)[box], np.asarray(fov)[box]
     size = utils.scaled_size(fov.shape, reference / diameter) if reference else fov.shape
@@ -80,10 +81,11 @@ def millimetres(features, mm_per_px):
 
 def mm_per_native_px(fov_diameter, field_degrees=None, pixel_um=None):
     """Millimetres on the retina per pixel of the photo: from the pixel size, or from the
-    camera's field angle across the FOV diameter; None when neither is known."""
+    camera's field angle across the FOV diameter (None: the FOV shows no disc); None when
+    neither is known."""
     if pixel_um:
         return pixel_um / 1000
-    if field_degrees:
+    if field_degrees and fov_diameter:
         return field_degrees * RETINA_MM_PER_DEGREE / fov_diameter
     return None
 

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+import scale
 import utils
 
 DEPTH = 4
@@ -33,9 +34,11 @@ ARCHITECTURE_FIELDS = {
                       f'an integer from 1 to {MAX_BASE_CHANNELS}'),
     'transpose_conv': (utils.is_bool, 'true or false'),
     'preprocess': (utils.is_bool, 'true or false')}
-SCALE_FIELDS = {'fov_diameter': (utils.is_number(utils.MIN_FOV_DIAMETER, utils.MAX_FOV_DIAMETER),
-                                 f'a FOV diameter from {utils.MIN_FOV_DIAMETER} to '
-                                 f'{utils.MAX_FOV_DIAMETER} pixels')}
+SCALE_FIELDS = {'fov_diameter': (utils.is_number(scale.MIN_FOV_DIAMETER, scale.MAX_FOV_DIAMETER),
+                                 f'a FOV diameter from {scale.MIN_FOV_DIAMETER} to '
+                                 f'{scale.MAX_FOV_DIAMETER} pixels')}
+CALIBRE_FIELDS = {'vessel_calibre': (utils.is_number(0.5, 1000), 'a calibre from 0.5 to 1000 '
+                                                                 'pixels')}
 BEST_FIELDS = {'step': (utils.is_integer(1), 'a step number (an integer >= 1)'),
                'metric': (lambda value: value in BEST_METRICS,
                           ' or '.join(f'"{name}"' for name in BEST_METRICS)),
@@ -120,15 +123,25 @@ def load_architecture(logdir):
     return saved and {key: saved[key] for key in ARCHITECTURE_KEYS}
 
 
-def save_scale(logdir, fov_diameter):
-    utils.write_json(os.path.join(logdir, SCALE_FILE), {'fov_diameter': round(fov_diameter, 2)})
+def save_scale(logdir, model_scale):
+    """Writes scale.json: a scale.ModelScale."""
+    value = {'fov_diameter': round(model_scale.fov_diameter, 2)}
+    if model_scale.vessel_calibre is not None:
+        value['vessel_calibre'] = round(model_scale.vessel_calibre, 2)
+    utils.write_json(os.path.join(logdir, SCALE_FILE), value)
 
 
 def load_scale(logdir):
-    """The FOV diameter (pixels) the run's model learned vessels at: the median over its training
-    images, after any train.py --fov_diameter resizing. None for runs from before scale.json."""
+    """The scale.ModelScale the run's model learned vessels at: its training images' median FOV
+    diameter (after any train.py --fov_diameter resizing) and, where recorded, the main-vessel
+    calibre it predicts there. None for runs from before scale.json."""
     saved = utils.read_json(os.path.join(logdir, SCALE_FILE), SCALE_FIELDS, missing_ok=True)
-    return saved and float(saved['fov_diameter'])
+    if not saved:
+        return None
+    calibre = saved.get('vessel_calibre')
+    if calibre is not None:
+        utils.check_fields(os.path.join(logdir, SCALE_FILE), saved, CALIBRE_FIELDS)
+    return scale.ModelScale(float(saved['fov_diameter']), calibre and float(calibre))
 
 
 def checkpoint_steps(directory):

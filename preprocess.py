@@ -1,10 +1,12 @@
-"""Turns DRIVE / CHASE_DB1 downloads (or a generated synthetic set) into PNG folders + label files.
+"""Turns DRIVE / CHASE_DB1 / STARE / HRF downloads (or a generated synthetic set) into PNG folders
+and label files.
 
-  python preprocess.py --data_dir=downloads           # DRIVE/ and/or CHASEDB1/ as unpacked
+  python preprocess.py --data_dir=downloads           # DRIVE/ CHASEDB1/ STARE/ HRF/ as unpacked
   python preprocess.py --synthetic --data_dir=data/raw  # generate the synthetic set, then process
 
-Writes `{output_dir}/{DRIVE,CHASEDB,SYNTH}/{split}/{images,images_pre,labels,masks}/*.png` and the
-label files `{output_dir}/{DATASET}/{split}.txt`. The download itself is never modified.
+Writes `{output_dir}/{DRIVE,CHASEDB,STARE,HRF,SYNTH}/{split}/{images,images_pre,labels,masks}/*.png`
+and the label files `{output_dir}/{DATASET}/{split}.txt`, with each dataset's standard split
+(either split may be absent). The download itself is never modified.
 """
 import glob
 import os
@@ -15,11 +17,12 @@ import cv2
 import numpy as np
 from absl import app, flags
 
+import fov
 import utils
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('data_dir', None, 'Folder holding DRIVE/ and/or CHASEDB1/ as downloaded '
-                    '(and SYNTH/ once generated).')
+flags.DEFINE_string('data_dir', None, 'Folder holding DRIVE/, CHASEDB1/, STARE/ and/or HRF/ as '
+                    'downloaded (and SYNTH/ once generated).')
 flags.DEFINE_bool('synthetic', False, 'Generate the synthetic retina set under {data_dir}/SYNTH '
                   'first.')
 flags.DEFINE_integer('synthetic_train', 8, 'Synthetic training images.', lower_bound=1)
@@ -32,7 +35,12 @@ utils.define_flags('seed', 'visulize', 'output_dir')
 DEFAULT_OUTPUT_DIR = 'data'
 
 SPLITS = ('training', 'test')
-INPUT_FOLDERS = {'DRIVE': 'DRIVE', 'CHASEDB1': 'CHASEDB', 'SYNTH': 'SYNTH'}  # download: output
+INPUT_FOLDERS = {'DRIVE': 'DRIVE', 'CHASEDB1': 'CHASEDB', 'STARE': 'STARE', 'HRF': 'HRF',
+                 'SYNTH': 'SYNTH'}  # download: output
+# STARE's 20 labelled images split 10/10 (Maninis et al. 2016, bob.ip.binseg): these 10 train.
+STARE_TRAINING = ('im0001', 'im0002', 'im0003', 'im0004', 'im0005', 'im0044', 'im0077', 'im0081',
+                  'im0082', 'im0139')
+HRF_TRAINING = range(1, 6)  # 01-05 of each group (h, g, dr) train, 06-15 test
 
 
 # ----------------------------------------------------------------------------- finding the data
@@ -94,13 +102,58 @@ def find_chase(chase_dir):
     return splits
 
 
+def _stem(path):
+    """A file's name without its extensions: im0001.ppm.gz -> im0001."""
+    return os.path.basename(path).split('.')[0]
+
+
+def find_stare(stare_dir):
+    """STARE as downloaded: stare-images/imNNNN.ppm (or .ppm.gz), labels-ah/imNNNN.ah.ppm (the
+    ground truth), labels-vk/imNNNN.vk.ppm (the second observer), each possibly gzipped."""
+    splits = {split: [] for split in SPLITS}
+    for image in _files(os.path.join(stare_dir, 'stare-images'), 'im*.ppm*'):
+        stem = _stem(image)
+        utils.check_listable(stem, image)
+        label = _first_match(os.path.join(stare_dir, 'labels-ah'), f'{stem}.ah.ppm*')
+        if label is None:
+            raise utils.UserError(f'{image}: no label {stem}.ah.ppm in '
+                                  f'{os.path.join(stare_dir, "labels-ah")}')
+        second = _first_match(os.path.join(stare_dir, 'labels-vk'), f'{stem}.vk.ppm*')
+        split = 'training' if stem in STARE_TRAINING else 'test'
+        splits[split].append(RawSample(stem, image, label, None, second))
+    return splits
+
+
+def find_hrf(hrf_dir):
+    """HRF as downloaded: images/NN_{h,g,dr}.jpg (or .JPG), manual1/<name>.tif,
+    mask/<name>_mask.tif."""
+    splits = {split: [] for split in SPLITS}
+    for image in _files(os.path.join(hrf_dir, 'images'), '*'):
+        stem = _stem(image)
+        match = re.fullmatch(r'(\d+)_(h|g|dr)', stem)
+        if not match:
+            continue
+        found = {folder: _first_match(os.path.join(hrf_dir, folder), f'{pattern}.*')
+                 for folder, pattern in (('manual1', stem), ('mask', f'{stem}_mask'))}
+        for folder, path in found.items():
+            if path is None:
+                raise utils.UserError(f'{image}: no {folder} file in '
+                                      f'{os.path.join(hrf_dir, folder)}')
+        split = 'training' if int(match.group(1)) in HRF_TRAINING else 'test'
+        splits[split].append(RawSample(stem, image, found['manual1'], found['mask']))
+    return splits
+
+
+FINDERS = {'CHASEDB1': find_chase, 'STARE': find_stare, 'HRF': find_hrf}  # others: DRIVE's layout
+
+
 def find_datasets(data_dir):
     """{output name: {split: [RawSample]}} for every dataset found under `data_dir`."""
     found = {}
     for folder, name in INPUT_FOLDERS.items():
         root = os.path.join(data_dir, folder)
         if os.path.isdir(root):
-            found[name] = find_chase(root) if folder == 'CHASEDB1' else {
+            found[name] = FINDERS[folder](root) if folder in FINDERS else {
                 split: find_drive_layout(os.path.join(root, split)) for split in SPLITS}
     return {name: splits for name, splits in found.items()
             if any(splits[split] for split in SPLITS)}
@@ -116,7 +169,7 @@ def load_sample(sample):
         return utils.read_binary_for(path, image, sample.image)
 
     label = binary(sample.label)
-    mask = utils.fov_mask(image, sample.image, sample.mask)
+    mask = fov.read(image, sample.image, sample.mask)
     arrays = {'images': image, 'images' + utils.PREPROCESSED_SUFFIX:
               utils.preprocess_image(image)['gamma'], 'labels': label * 255, 'masks': mask * 255}
     if sample.second_label:
@@ -156,8 +209,9 @@ def process(data_dir, output_dir):
         raise utils.UserError(f'--data_dir={data_dir}: no such folder')
     datasets = find_datasets(data_dir)
     if not datasets:
-        raise utils.UserError(f'--data_dir={data_dir}: found no images in DRIVE/, CHASEDB1/ or '
-                              'SYNTH/ (unpack the downloads there, or pass --synthetic)')
+        raise utils.UserError(f'--data_dir={data_dir}: found no images in DRIVE/, CHASEDB1/, '
+                              'STARE/, HRF/ or SYNTH/ (unpack the downloads there, or pass '
+                              '--synthetic)')
     refuse_overlap(data_dir, output_dir, datasets)
     loaded = {(name, split): [(s.name, load_sample(s)) for s in samples]
               for name, splits in datasets.items() for split, samples in splits.items() if samples}
@@ -263,7 +317,7 @@ def draw_figures(sample, figure_dir):
     image = utils.read_image(sample.image)
     stages = utils.preprocess_image(image)
     label = utils.read_binary(sample.label)
-    mask = utils.read_binary(sample.mask) if sample.mask else utils.derive_fov_mask(image)
+    mask = utils.read_binary(sample.mask) if sample.mask else fov.derive(image)
     figures = {
         'preprocess.png': [('input', image), ('1. gray', stages['gray']),
                            ('2. standardised', stages['standardized']),

@@ -12,6 +12,8 @@ import os
 import numpy as np
 
 import features
+import fov
+import scale
 import utils
 
 FEATURES_CSV, REPORT_HTML = 'features.csv', 'report.html'
@@ -19,16 +21,17 @@ FEW_VESSELS = 0.03  # a vessel density below this (DRIVE's maps: 0.08-0.14) is f
 FAR_SCALE = 2.0  # a photo resized by more than this factor (or less than its inverse) is flagged
 
 
-def photo_flags(fov, measured=None, factor=1.0):
-    """What a user should see about one photo: its FOV touching the frame, a resize far from
-    the model's scale, very few vessels found."""
+def photo_flags(mask, measured=None, decision=scale.NATIVE):
+    """What a user should see about one photo: its FOV touching the frame, the rule that set its
+    scale where the FOV shows no disc, a resize far from the model's scale, very few vessels."""
     flags = []
-    sides = [side for side, edge in (('top', fov[0]), ('bottom', fov[-1]), ('left', fov[:, 0]),
-                                     ('right', fov[:, -1])) if edge.any()]
+    sides = fov.sides_touched(mask)
     if sides:
         where = 'on every side' if len(sides) == 4 else f"({', '.join(sides)})"
-        flags.append(f'the FOV touches the frame {where}: its diameter, and so the scale, may '
-                     'be wrong')
+        flags.append(f'the FOV touches the frame {where}')
+    if fov.diameter(mask) is None:
+        flags.append(f'the FOV shows no disc: scale from {decision.rule}')
+    factor = decision.factor
     if not 1 / FAR_SCALE <= factor <= FAR_SCALE:
         flags.append(f"resized x{factor:.2f} to the model's scale: far from the photos it "
                      'learned')

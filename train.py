@@ -36,6 +36,7 @@ from absl import app, flags, logging  # noqa: E402
 
 import dataset  # noqa: E402
 import model  # noqa: E402
+import scale  # noqa: E402
 
 SUMMARY_DIR = 'train_logs'
 VALIDATION_DIR = 'validation_logs'
@@ -523,10 +524,11 @@ class Validator:
     image predicted at the run's scale as evaluate.py does. Writes them to TensorBoard
     ({logdir}/validation_logs) and keeps the weights of the best step in {logdir}/best/."""
 
-    def __init__(self, config, unet, examples, scale):
+    def __init__(self, config, unet, examples, model_scale):
         self.examples = examples
-        self.inputs = [utils.at_model_scale(example.image, example.mask, config.preprocess, scale,
-                                            example.name) for example in examples]  # once a run
+        self.inputs = [scale.at_model_scale(example.image, scale.disc_factor(
+            example.mask, model_scale.fov_diameter, example.name), config.preprocess)
+            for example in examples]  # once a run
         traced = model.make_predictor(unet, model.in_channels(config.preprocess))
         self.predict = lambda image: traced(image[None])[0].numpy()
         self.unet, self.metric, self.logdir = unet, config.best_metric, config.logdir
@@ -536,7 +538,7 @@ class Validator:
     def score(self):
         labels, probabilities, losses = [], [], []
         for example, image in zip(self.examples, self.inputs, strict=True):
-            probability = utils.to_native(self.predict(image), example.mask.shape)
+            probability = scale.to_native(self.predict(image), example.mask.shape)
             fov = example.mask.astype(bool)
             truth = np.take_along_axis(probability, example.label[..., None].astype(int), -1)
             losses.append(float(-np.log(np.maximum(truth[..., 0][fov], 1e-7)).mean()))
@@ -612,18 +614,19 @@ def train(strategy, config):
     validation = dataset.load_label_files(
         config.validation_label_file, flag='--validation_label_file'
     ) if config.validation_label_file else None
-    scale = float(np.median([utils.fov_diameter(example.mask) for example in examples]))
+    model_scale = scale.ModelScale(float(np.median([
+        scale.disc_diameter(example.mask, example.name) for example in examples])))
     lock = prepare_logdir(config, chief)
     try:
         with StopSignal() as stop:
-            _train(strategy, config, examples, validation, scale, chief, saved_knots, stop)
+            _train(strategy, config, examples, validation, model_scale, chief, saved_knots, stop)
     finally:
         keras.mixed_precision.set_global_policy('float32')
         if lock:
             lock.close()
 
 
-def build_and_restore(strategy, config, scale, chief, saved_knots):
+def build_and_restore(strategy, config, model_scale, chief, saved_knots):
     """Model, schedule, optimizer and checkpoint manager, built under the strategy's scope and
     restored from the logdir's newest readable checkpoint where there is one. The chief then
     writes what the run folder describes: architecture, scale and settings."""
@@ -649,7 +652,7 @@ def build_and_restore(strategy, config, scale, chief, saved_knots):
         for folder in (SUMMARY_DIR, VALIDATION_DIR):
             trim_events(os.path.join(config.logdir, folder), restored)
         model.save_architecture(config.logdir, config.architecture)
-        model.save_scale(config.logdir, scale)
+        model.save_scale(config.logdir, model_scale)
         save_settings(config, knots)
     else:  # other workers must save too, but somewhere private
         directory = os.path.join(directory, f'.worker{strategy.cluster_resolver.task_id}')
@@ -657,9 +660,9 @@ def build_and_restore(strategy, config, scale, chief, saved_knots):
     return unet, optimizer, schedule, manager, restored
 
 
-def _train(strategy, config, examples, validation, scale, chief, saved_knots, stop):
+def _train(strategy, config, examples, validation, model_scale, chief, saved_knots, stop):
     logdir, global_batch = config.logdir, config.batch_size
-    unet, optimizer, schedule, manager, resumed = build_and_restore(strategy, config, scale,
+    unet, optimizer, schedule, manager, resumed = build_and_restore(strategy, config, model_scale,
                                                                    chief, saved_knots)
     start = int(optimizer.iterations.numpy())
     replicas = strategy.num_replicas_in_sync
@@ -685,7 +688,7 @@ def _train(strategy, config, examples, validation, scale, chief, saved_knots, st
                                  config.dice_weight)
     writer = (tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)) if chief
               else tf.summary.create_noop_writer())
-    validate = Validator(config, unet, validation, scale) if chief and validation else None
+    validate = Validator(config, unet, validation, model_scale) if chief and validation else None
     validation_interval = config.validation_interval or config.save_interval
     pending = []
     started = last_time = time.time()
@@ -718,10 +721,20 @@ def _train(strategy, config, examples, validation, scale, chief, saved_knots, st
             logging.info('signal %d: stopped at step %d after saving; rerun to resume',
                          stop.received, step)
             raise SystemExit(128 + stop.received)
+    if chief:
+        record_calibre(unet, config, examples, model_scale)
     checksum = sum(float(tf.reduce_sum(tf.cast(w, tf.float64))) for w in unet.weights)
     logging.info('done: %d steps in %s; weights in %s (checksum %.12g)', config.max_iters - start,
                  _format_seconds(time.time() - started), os.path.join(logdir, model.WEIGHTS_FILE),
                  checksum)
+
+
+def record_calibre(unet, config, examples, model_scale):
+    """Adds to scale.json the main-vessel calibre the trained model predicts on its training
+    images: what scale's calibre rule matches a photo without a FOV disc to."""
+    traced = model.make_predictor(unet, model.in_channels(config.preprocess))
+    calibre = scale.reference_calibre(lambda image: traced(image[None])[0].numpy(), examples)
+    model.save_scale(config.logdir, dataclasses.replace(model_scale, vessel_calibre=calibre))
 
 
 def main(argv):

@@ -4,6 +4,7 @@ Nothing here imports TensorFlow, so preprocessing and metric tests stay fast.
 """
 import errno
 import glob
+import gzip
 import json
 import logging
 import math
@@ -14,12 +15,12 @@ import stat
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from absl import flags
-from scipy import ndimage
 
 # TensorFlow's start-up lines on a CPU machine: oneDNN, missing CUDA, CPU features, absl's warning.
 _STARTUP_NOISE = re.compile(r'^(WARNING: All log messages before absl::InitializeLog|[IWE]0000 |'
@@ -148,14 +149,19 @@ def define_flags(*names):
 # ----------------------------------------------------------------------------- image I/O
 
 def read_image(path, gray=False):
-    """Reads PNG/JPEG/TIFF/GIF/BMP as uint8: HxWx3 RGB, or HxW when `gray` (a label or mask
-    stored as RGB, as DRIVE's GIFs, must have nearly equal channels: its 2nd_manual palette is
-    (4, 2, 4) and (252, 254, 252))."""
+    """Reads PNG/JPEG/TIFF/GIF/BMP/PPM (gzipped too: STARE's .ppm.gz) as uint8: HxWx3 RGB, or
+    HxW when `gray` (a label or mask stored as RGB, as DRIVE's GIFs, must have nearly equal
+    channels: its 2nd_manual palette is (4, 2, 4) and (252, 254, 252))."""
     is_regular_file(path)
     with open(path, 'rb') as stream:
         data = stream.read()
     if not data:
         raise UserError(f'{path}: file is empty')
+    if path.lower().endswith('.gz'):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            raise UserError(f'{path}: not a readable gzip file ({first_line(error)})') from None
     # Any depth and colour, and turned as a JPEG's or TIFF's EXIF orientation says (which
     # IMREAD_UNCHANGED would ignore); an alpha channel is dropped.
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
@@ -227,20 +233,6 @@ def refuse_input_folder(folder, inputs, flag):
         if os.path.samefile(os.path.dirname(path) or '.', folder):
             raise UserError(f'{flag}={folder}: the folder of the input images ({path}); choose '
                             'another folder')
-
-
-def fov_mask(image, image_path, mask_path=None):
-    """The FOV mask (uint8 {0, 1}) of an image: read from mask_path (checked to be the image's
-    size) or, without one, derived from the image. An empty mask is an error naming the file."""
-    if mask_path:
-        mask = read_binary_for(mask_path, image, image_path)
-        if not mask.any():
-            raise UserError(f'{mask_path}: the FOV mask is empty (all zero)')
-    else:
-        mask = derive_fov_mask(image)
-        if not mask.any():
-            raise UserError(f'{image_path}: no field of view found (the image is black)')
-    return mask
 
 
 def first_line(error, limit=200):
@@ -538,55 +530,7 @@ def model_input(rgb, preprocess):
     return preprocess_image(rgb)['gamma'][..., None] if preprocess else rgb
 
 
-def derive_fov_mask(image, threshold=12):
-    """FOV mask (uint8 {0,1}) of a fundus image: the bright disc on a black background.
-    Max over channels above `threshold`, holes filled, largest component, one 3x3 erosion."""
-    foreground = image.max(axis=-1) > threshold if image.ndim == 3 else image > threshold
-    foreground = ndimage.binary_fill_holes(foreground)
-    eroded = ndimage.binary_erosion(_largest_component(foreground), np.ones((3, 3), bool))
-    return _largest_component(eroded).astype(np.uint8)
-
-
-def _largest_component(binary):
-    components, count = ndimage.label(binary)
-    if count == 0:
-        return binary
-    return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
-
-
-# ----------------------------------------------------------------------------- scale
-# A model knows vessels at the widths its training images showed. Photos from other cameras are
-# brought to its scale by the one size every fundus photo has: the diameter of its FOV.
-
-RESCALE_TOLERANCE = 0.05  # an image this close to the model's scale is predicted as it is
-MIN_FOV_DIAMETER = 32  # pixels; a smaller FOV is no fundus photo to rescale
-MAX_FOV_DIAMETER = 10000  # pixels; 3x HRF's, the largest a model's scale may be
-MAX_SCALED_PIXELS = 100 * 10 ** 6  # an image brought to the model's scale may not grow past this
-
-
-def fov_diameter(mask):
-    """The diameter in pixels of the disc with the FOV mask's area: sqrt(4 * area / pi)."""
-    return float(np.sqrt(4 * np.count_nonzero(mask) / np.pi))
-
-
-def scale_factor(mask, diameter, path):
-    """The factor that brings the image's FOV diameter to `diameter`: 1 where `diameter` is None
-    or within RESCALE_TOLERANCE. A FOV too small to rescale is an error naming the file."""
-    if not diameter:
-        return 1.0
-    own = fov_diameter(mask)
-    if own < MIN_FOV_DIAMETER:
-        raise UserError(f'{path}: the field of view is only {own:.1f} px across; at least '
-                        f'{MIN_FOV_DIAMETER} px are needed to bring it to the model\'s scale')
-    factor = diameter / own
-    height, width = scaled_size(mask.shape, factor)
-    if height * width > MAX_SCALED_PIXELS:
-        raise UserError(f"{path}: bringing its {own:.0f} px field of view to the model's "
-                        f'{diameter:.0f} px would make a {width}x{height} image (over '
-                        f'{MAX_SCALED_PIXELS // 10 ** 6} megapixels); is the FOV a small '
-                        'bright spot in a dark frame? Crop the photo to its FOV')
-    return 1.0 if abs(factor - 1) <= RESCALE_TOLERANCE else factor
-
+# ----------------------------------------------------------------------------- resizing
 
 def scaled_size(shape, factor):
     return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
@@ -604,27 +548,6 @@ def resize(array, size):
 def resize_binary(binary, size):
     """A {0, 1} label or mask resized: the resized fraction, at or above one half."""
     return (resize(binary.astype(np.float32), size) >= 0.5).astype(np.uint8)
-
-
-def at_model_scale(rgb, mask, preprocess, diameter, path):
-    """What a model that learned vessels at FOV diameter `diameter` (None: the image as it is)
-    sees of an RGB image: the image resized to that scale, then preprocessed (CLAHE's tiles are
-    relative to the image); float HxWxC in [0, 1]."""
-    factor = scale_factor(mask, diameter, path)
-    if factor != 1:
-        rgb = resize(rgb, scaled_size(mask.shape, factor))
-    return model_input(rgb, preprocess).astype(np.float32) / 255.0
-
-
-def to_native(probability, shape):
-    """Probabilities predicted at the model's scale, resized back to the image's (height, width)."""
-    return probability if probability.shape[:2] == tuple(shape) else resize(probability, shape)
-
-
-def predict_at_scale(predict, rgb, mask, preprocess, diameter, path):
-    """Probabilities at the image's native size: `predict` (float HxWxC in [0, 1] -> HxW or HxWxK
-    probabilities) of the image at the model's scale (at_model_scale), resized back."""
-    return to_native(predict(at_model_scale(rgb, mask, preprocess, diameter, path)), mask.shape)
 
 
 # ----------------------------------------------------------------------------- metrics

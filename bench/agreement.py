@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import features  # noqa: E402
+import fov  # noqa: E402
 import report  # noqa: E402
 import utils  # noqa: E402
 from bench.common import RESULTS, ROOT, SHARED, WORK, run  # noqa: E402
@@ -55,7 +56,7 @@ def label_files():
     for path in sorted(glob.glob(os.path.join(stare, 'stare-images', '*.ppm'))):
         stem = os.path.basename(path)[:-len('.ppm')]
         utils.write_png(os.path.join(masks, f'{stem}.png'),
-                        255 * utils.derive_fov_mask(utils.read_image(path)))
+                        255 * fov.derive(utils.read_image(path)))
         rows.append((f'{stem}.ppm', f'{stem}.ah.ppm', f'{stem}.png'))
     sets['STARE (unseen camera)'] = ('drive_chase', write_label_file(
         folder, 'stare.txt', [os.path.join(stare, 'stare-images'),

@@ -17,6 +17,7 @@ import pytest
 import dataset
 import evaluate
 import features
+import fov
 import model
 import utils
 from conftest import SHARED_DATA, evaluation_dir, last_line, run_here, run_script, tmpfs
@@ -200,7 +201,7 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
     assert sorted(os.listdir(tmp_path / 'zero')) == ['a_mask.png', 'a_overlay.png', 'a_prob.png']
     np.testing.assert_array_equal(  # every FOV pixel is vessel at threshold 0, and no other
         utils.read_binary(str(tmp_path / 'zero' / 'a_mask.png')),
-        utils.derive_fov_mask(utils.read_image(str(folder / 'a.jpg'))))
+        fov.derive(utils.read_image(str(folder / 'a.jpg'))))
 
 
 def test_the_evaluation_folder_names_what_was_evaluated():
@@ -220,7 +221,7 @@ def test_exported_savedmodel_matches_keras_in_a_fresh_process(trained, tmp_path,
     path = os.path.join(os.path.dirname(drive['test']), 'test', 'images_pre', '01_test.png')
     mask = utils.read_binary(os.path.join(os.path.dirname(drive['test']), 'test', 'masks',
                                           '01_test.png'))
-    diameter = utils.fov_diameter(mask)
+    diameter = fov.diameter(mask)
     script = ('import sys, numpy as np, tensorflow as tf, cv2\n'
               'image = cv2.imread(sys.argv[2], cv2.IMREAD_GRAYSCALE)[None, ..., None] / 255.0\n'
               'image = tf.constant(image, tf.float32)\n'
@@ -238,7 +239,7 @@ def test_exported_savedmodel_matches_keras_in_a_fresh_process(trained, tmp_path,
     assert served.shape == (1, 584, 565)
     np.testing.assert_allclose(served, expected, atol=1e-5)
     # At scale: DRIVE's 538 px FOV brought to the synthetic model's, predicted, and sized back.
-    factor = model.load_scale(trained) / diameter
+    factor = model.load_scale(trained).fov_diameter / diameter
     small = cv2.resize(image, (round(565 * factor), round(584 * factor)), interpolation=cv2.INTER_AREA)
     probability = model.predict_probabilities(unet, small[None, ..., None]).numpy()[0, ..., 1]
     expected = cv2.resize(probability, (565, 584), interpolation=cv2.INTER_LINEAR)

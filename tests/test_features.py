@@ -145,3 +145,4 @@ def test_millimetre_columns_from_the_field_angle():
     assert result['calibre_median_um'] == pytest.approx(10 * 12.96 / 380 * 1000, rel=0.1)
     assert features.mm_per_native_px(diameter, pixel_um=6.5) == pytest.approx(0.0065)
     assert features.mm_per_native_px(diameter) is None
+    assert features.mm_per_native_px(None, field_degrees=45) is None  # a FOV that shows no disc

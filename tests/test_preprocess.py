@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from scipy import ndimage, stats
+from scipy import stats
 
 import preprocess
 import utils
@@ -45,39 +45,6 @@ def test_preprocess_image_runs_the_steps_in_order():
     assert list(stages) == ['gray', 'standardized', 'clahe', 'gamma']
     np.testing.assert_array_equal(stages['gamma'],
                                   utils.adjust_gamma(utils.clahe(stages['standardized'])))
-
-
-def test_derived_fov_fills_holes_and_drops_specks():
-    yy, xx = np.mgrid[:101, :101]
-    disc = np.hypot(yy - 50, xx - 50) <= 40
-    image = np.zeros((101, 101, 3), np.uint8)
-    image[disc] = (180, 80, 40)
-    image[45:55, 45:55] = 0  # a dark spot inside the retina: a hole to fill
-    image[2:5, 2:5] = 200    # a bright speck outside: not the largest component
-    expected = ndimage.binary_erosion(disc, np.ones((3, 3)))
-    np.testing.assert_array_equal(utils.derive_fov_mask(image), expected)
-
-
-def test_derived_fov_matches_drive_masks():
-    images = sorted(glob.glob(os.path.join(require_shared('DRIVE'), '*', 'images', '*.tif')))
-    assert len(images) == 40
-    for path in images:
-        shipped = utils.read_binary(path.replace('/images/', '/mask/').replace('.tif', '_mask.gif'))
-        derived = utils.derive_fov_mask(utils.read_image(path))
-        iou = (shipped & derived).sum() / (shipped | derived).sum()
-        assert iou >= 0.97, f'{path}: IoU {iou:.4f}'
-
-
-def test_chase_masks_are_one_solid_region_covering_the_vessels():
-    images = sorted(glob.glob(os.path.join(require_shared('CHASEDB1'), 'Image_??[LR].jpg')))
-    assert len(images) == 20
-    for path in images:
-        mask = utils.derive_fov_mask(utils.read_image(path)).astype(bool)
-        assert ndimage.label(mask)[1] == 1, path
-        assert (ndimage.binary_fill_holes(mask) == mask).all(), path
-        assert 0.55 < mask.mean() < 0.8, path
-        vessels = utils.read_binary(path.replace('.jpg', '_1stHO.png')).astype(bool)
-        assert (vessels & mask).sum() >= 0.99 * vessels.sum(), path
 
 
 def test_real_drive_becomes_png_triples_and_label_files(drive):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import report
+import scale
 import utils
 from conftest import evaluation_dir, run_here
 
@@ -31,16 +32,18 @@ def summary(dom):
 def test_flags_name_what_a_user_should_see():
     fov = np.zeros((100, 100), np.uint8)
     cv2.circle(fov, (50, 50), 40, 1, -1)
-    assert report.photo_flags(fov, {'vessel_density': 0.1}, 1.0) == []
+    assert report.photo_flags(fov, {'vessel_density': 0.1}) == []
     cut = fov[20:80]  # a camera crop: the disc cut at the top and the bottom
-    [touching] = report.photo_flags(cut, None, 1.0)
-    assert touching.startswith('the FOV touches the frame (top, bottom)')
-    [filling] = report.photo_flags(np.ones((100, 100), np.uint8), None, 1.0)
-    assert filling.startswith('the FOV touches the frame on every side')
-    assert report.photo_flags(fov, None, 1.9) == []
-    [far] = report.photo_flags(fov, None, 2.5)
+    [touching] = report.photo_flags(cut, None)
+    assert touching == 'the FOV touches the frame (top, bottom)'
+    by_calibre = scale.Decision(1.4, 'main-vessel calibre')
+    filling = report.photo_flags(np.ones((100, 100), np.uint8), None, by_calibre)
+    assert filling == ['the FOV touches the frame on every side',
+                       'the FOV shows no disc: scale from main-vessel calibre']
+    assert report.photo_flags(fov, None, scale.Decision(1.9, 'FOV diameter')) == []
+    [far] = report.photo_flags(fov, None, scale.Decision(2.5, 'FOV diameter'))
     assert far.startswith("resized x2.50 to the model's scale")
-    [few] = report.photo_flags(fov, {'vessel_density': 0.012}, 1.0)
+    [few] = report.photo_flags(fov, {'vessel_density': 0.012})
     assert few == 'few vessels found (1.2% of the FOV)'
 
 

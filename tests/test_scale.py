@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import dataset
+import fov
 import model
+import scale
 import utils
-from conftest import last_line, run_here
+from conftest import ROOT, last_line, require_shared, run_here
 
 
 def disc_mask(size, diameter):
@@ -20,12 +22,14 @@ def disc_mask(size, diameter):
 
 def test_fov_diameter_and_scale_factor():
     mask = disc_mask(400, 301)
-    assert utils.fov_diameter(mask) == pytest.approx(301, rel=0.01)
-    assert utils.scale_factor(mask, 150, 'x.png') == pytest.approx(150 / utils.fov_diameter(mask))
-    assert utils.scale_factor(mask, 310, 'x.png') == 1.0  # within 5%: as it is
-    assert utils.scale_factor(mask, None, 'x.png') == 1.0  # a model with no recorded scale
+    assert fov.diameter(mask) == pytest.approx(301, rel=0.01)
+    assert scale.disc_factor(mask, 150, 'x.png') == pytest.approx(150 / fov.diameter(mask))
+    assert scale.disc_factor(mask, 310, 'x.png') == 1.0  # within 5%: as it is
+    assert scale.disc_factor(mask, None, 'x.png') == 1.0  # a model with no recorded scale
     with pytest.raises(utils.UserError, match=r'^x.png: the field of view is only 2\d.\d px across'):
-        utils.scale_factor(disc_mask(400, 21), 538, 'x.png')
+        scale.disc_factor(disc_mask(400, 21), 538, 'x.png')
+    with pytest.raises(utils.UserError, match=r'^x.png: the FOV shows no disc boundary'):
+        scale.disc_factor(np.ones((400, 400), np.uint8), 538, 'x.png')
 
 
 def test_predict_at_scale_predicts_at_the_model_scale_and_answers_at_native_size():
@@ -37,23 +41,25 @@ def test_predict_at_scale_predicts_at_the_model_scale_and_answers_at_native_size
     def predict(image):
         seen.append(image.shape)
         return image[..., -1]  # the ramp itself (or its gray image), in [0, 1]
-    probability = utils.predict_at_scale(predict, rgb, mask, False, 150, 'x.png')
-    factor = 150 / utils.fov_diameter(mask)
+    probability, decision = scale.predict_at_scale(predict, rgb, mask, False,
+                                                   scale.ModelScale(150), 'x.png')
+    factor = 150 / fov.diameter(mask)
+    assert decision.factor == pytest.approx(factor) and 'circle fit' in decision.rule
     assert seen == [(round(400 * factor), round(360 * factor), 3)]
     assert probability.shape == (400, 360)
     np.testing.assert_allclose(probability, rgb[..., 2] / 255, atol=0.02)
     # Preprocessed models get the gray image computed at the model's scale.
-    utils.predict_at_scale(predict, rgb, mask, True, 150, 'x.png')
+    scale.predict_at_scale(predict, rgb, mask, True, scale.ModelScale(150), 'x.png')
     assert seen[-1] == (round(400 * factor), round(360 * factor), 1)
 
 
 def test_load_examples_brings_images_labels_and_masks_to_one_fov_diameter(synthetic):
     samples = utils.parse_label_file(synthetic['training'])
     native = dataset.load_examples(samples)
-    target = 2 * utils.fov_diameter(native[0].mask)
+    target = 2 * fov.diameter(native[0].mask)
     examples = dataset.load_examples(samples, preprocess=True, fov_diameter=target)
     for before, after in zip(native, examples, strict=True):
-        assert utils.fov_diameter(after.mask) == pytest.approx(target, rel=0.02)
+        assert fov.diameter(after.mask) == pytest.approx(target, rel=0.02)
         assert after.image.shape[2] == 1 and after.image.shape[:2] == after.label.shape
         assert after.label.mean() == pytest.approx(before.label.mean(), rel=0.1)  # vessel share
 
@@ -82,9 +88,14 @@ def test_mixed_label_files_weigh_each_image_equally(tmp_path):
 
 
 def test_training_records_the_scale_it_learned(trained, synthetic):
-    masks = [utils.read_binary(sample.mask) for sample in utils.parse_label_file(synthetic['training'])]
-    expected = np.median([np.sqrt(4 * mask.sum() / np.pi) for mask in masks])
-    assert model.load_scale(trained) == pytest.approx(expected, abs=0.01)
+    samples = utils.parse_label_file(synthetic['training'])
+    masks = [utils.read_binary(sample.mask) for sample in samples]
+    expected = np.median([np.sqrt(4 * mask.sum() / np.pi) for mask in masks])  # whole discs
+    recorded = model.load_scale(trained)
+    assert recorded.fov_diameter == pytest.approx(expected, rel=0.01)
+    # The main vessels the model predicts are about as wide as the labels' main vessels.
+    labelled = np.median([scale.main_calibre(utils.read_binary(s.label)) or np.nan for s in samples])
+    assert recorded.vessel_calibre == pytest.approx(labelled, rel=0.5)
 
 
 def vessel_share(directory, name):
@@ -173,7 +184,41 @@ def test_a_corrupt_scale_file_is_named(trained, tmp_path):
 def test_a_tiny_spot_in_a_huge_frame_is_refused_before_any_allocation():
     mask = np.zeros((3000, 4000), np.uint8)
     cv2.circle(mask, (2000, 1500), 22, 1, -1)  # a 44 px FOV: the model's 919 px is 21x that
-    with pytest.raises(utils.UserError, match=r"spot.png: bringing its 4\d px field of view to "
-                       r"the model's 919 px would make a \d+x\d+ image \(over 100 megapixels\)"):
-        utils.scale_factor(mask, 919, 'spot.png')
-    assert utils.scale_factor(mask, 44, 'spot.png') == 1.0
+    with pytest.raises(utils.UserError, match=r"spot.png: bringing it to the model's scale "
+                       r"\(x2\d.\d\d\) would make a \d+x\d+ image \(over 100 megapixels\)"):
+        scale.disc_factor(mask, 919, 'spot.png')
+    assert scale.disc_factor(mask, 44, 'spot.png') == 1.0
+
+
+@pytest.fixture(scope='module')
+def drive_chase_predict():
+    import evaluate
+    unet, architecture, _, _ = evaluate.load_model(os.path.join(ROOT, 'models', 'drive_chase'))
+    traced = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
+    return (lambda image: evaluate.predict_image(traced, image),
+            model.load_scale(os.path.join(ROOT, 'models', 'drive_chase')))
+
+
+def test_a_crop_without_its_disc_takes_its_scale_from_the_vessels(drive_chase_predict):
+    """The central 70% of a DRIVE photo (its FOV cut on every side, no disc left to fit, the main
+    vessels in view), as it is and enlarged 1.5x: the calibre rule brings both near the scale
+    the disc rule gives the whole photo, so the same pixels get nearly the same vessel share."""
+    predict, model_scale = drive_chase_predict
+    path = os.path.join(require_shared('DRIVE'), 'test', 'images', '01_test.tif')
+    rgb = utils.read_image(path)
+    whole, by_disc = scale.predict_at_scale(predict, rgb, fov.derive(rgb), True, model_scale, path)
+    assert 'circle fit' in by_disc.rule
+    height, width = round(0.7 * rgb.shape[0]), round(0.7 * rgb.shape[1])
+    top, left = (rgb.shape[0] - height) // 2, (rgb.shape[1] - width) // 2
+    box = np.s_[top:top + height, left:left + width]
+    reference = (whole[box] >= 0.5).mean()
+    for zoom in (1.0, 1.5):
+        crop = utils.resize(rgb[box], utils.scaled_size((height, width), zoom))
+        inside = fov.derive(crop)
+        assert fov.sides_touched(inside) == fov.SIDES and fov.diameter(inside) is None
+        probability, decision = scale.predict_at_scale(predict, crop, inside, True, model_scale,
+                                                       path)
+        assert 'calibre' in decision.rule
+        assert decision.factor * zoom == pytest.approx(by_disc.factor, rel=0.2), zoom
+        share = (utils.resize(probability, (height, width)) >= 0.5).mean()
+        assert share == pytest.approx(reference, rel=0.1), zoom

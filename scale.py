@@ -1,0 +1,175 @@
+"""Bringing a photo to the scale a model learned vessels at, and its probabilities back.
+
+A model knows vessels at the widths its training images showed (scale.json: their median FOV
+diameter, and the calibre of the main vessels it predicts there). Each photo's factor comes from
+the first rule that applies: the FOV diameter the user gives (evaluate.py --photo_fov_diameter);
+the diameter of the photo's FOV disc (fov.diameter: a circle fitted to its curved boundary);
+where the FOV is no disc (it fills the frame, or it is cut on every side), the calibre of the
+main vessels predicted in the photo, matched to the model's by a few predict-measure-resize
+passes. That rule needs the main vessels in view: a crop showing only thin vessels (the macula
+alone) is enlarged too much; give such photos --photo_fov_diameter.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage import morphology
+
+import fov
+import utils
+
+RESCALE_TOLERANCE = 0.05  # an image this close to the model's scale is predicted as it is
+MIN_FOV_DIAMETER = 32  # pixels; a smaller FOV is no fundus photo to rescale
+MAX_FOV_DIAMETER = 10000  # pixels; 3x HRF's, the largest a model's scale may be
+MAX_SCALED_PIXELS = 100 * 10 ** 6  # an image brought to the model's scale may not grow past this
+CALIBRE_PERCENTILE = 90  # of the widths along the skeleton: the main vessels' calibre
+MIN_SKELETON_PX = 50  # fewer skeleton pixels than this tell no calibre
+CALIBRE_RESPONSE = 0.6  # d log(measured calibre) / d log(resize factor), measured (docs/scale.md)
+CALIBRE_PASSES = 3  # predict-measure-resize passes before the last prediction
+MIN_FACTOR, MAX_FACTOR = 0.25, 4.0  # the resize the calibre rule may choose
+
+
+@dataclass(frozen=True)
+class ModelScale:
+    """What scale.json records of a run: its training images' median FOV diameter and the
+    main-vessel calibre (px) the model predicts at that scale (None for older runs)."""
+    fov_diameter: float
+    vessel_calibre: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The factor one photo was resized by, and the rule that set it (for the log and report)."""
+    factor: float
+    rule: str
+
+
+NATIVE = Decision(1.0, 'native size')
+
+
+def factor_for(diameter, target, shape, path):
+    """The factor that brings a FOV diameter to `target`: 1 within RESCALE_TOLERANCE. A FOV too
+    small to rescale, or a result over MAX_SCALED_PIXELS, is an error naming the file."""
+    if diameter < MIN_FOV_DIAMETER:
+        raise utils.UserError(f'{path}: the field of view is only {diameter:.1f} px across; at '
+                              f"least {MIN_FOV_DIAMETER} px are needed to bring it to the model's "
+                              'scale')
+    factor = target / diameter
+    _check_size(shape, factor, path)
+    return 1.0 if abs(factor - 1) <= RESCALE_TOLERANCE else factor
+
+
+def _check_size(shape, factor, path):
+    height, width = utils.scaled_size(shape, factor)
+    if height * width > MAX_SCALED_PIXELS:
+        raise utils.UserError(f"{path}: bringing it to the model's scale (x{factor:.2f}) would "
+                              f'make a {width}x{height} image (over '
+                              f'{MAX_SCALED_PIXELS // 10 ** 6} megapixels); is the FOV a small '
+                              'bright spot in a dark frame? Crop the photo to its FOV')
+
+
+def disc_diameter(mask, path):
+    """fov.diameter of a FOV that must show its disc (training and labelled evaluation); an
+    error naming the file where it does not."""
+    diameter = fov.diameter(mask)
+    if diameter is None:
+        raise utils.UserError(f'{path}: the FOV shows no disc boundary (it fills the frame), so '
+                              'its scale is unknown; give a FOV mask that shows the disc')
+    return diameter
+
+
+def disc_factor(mask, target, path):
+    """The factor that brings the FOV disc of `mask` to `target` (None: 1)."""
+    return factor_for(disc_diameter(mask, path), target, mask.shape, path) if target else 1.0
+
+
+def decide(mask, model_scale, path, given_diameter=None):
+    """The Decision for a photo from its FOV alone (the given diameter, then its disc); None
+    where neither tells the scale."""
+    if model_scale is None:
+        return NATIVE
+    target = model_scale.fov_diameter
+    if given_diameter:
+        return Decision(factor_for(given_diameter, target, mask.shape, path),
+                        f'FOV diameter {given_diameter:.0f} px (--photo_fov_diameter)')
+    diameter = fov.diameter(mask)
+    if diameter is None:
+        return None
+    return Decision(factor_for(diameter, target, mask.shape, path),
+                    f'FOV diameter {diameter:.0f} px (circle fit)')
+
+
+def main_calibre(vessels):
+    """The main vessels' calibre in pixels of a binary map: the CALIBRE_PERCENTILE-th percentile
+    of twice the distance to the background along its skeleton; None for too few vessels."""
+    vessels = morphology.remove_small_objects(np.asarray(vessels, bool), max_size=30)
+    skeleton = morphology.skeletonize(vessels)
+    if skeleton.sum() < MIN_SKELETON_PX:
+        return None
+    widths = 2 * ndimage.distance_transform_edt(vessels)[skeleton]
+    return float(np.percentile(widths, CALIBRE_PERCENTILE))
+
+
+def at_model_scale(rgb, factor, preprocess):
+    """What the model sees of an RGB image resized by `factor`: the image resized, then
+    preprocessed (CLAHE's tiles are relative to the image); float HxWxC in [0, 1]."""
+    if factor != 1:
+        rgb = utils.resize(rgb, utils.scaled_size(rgb.shape, factor))
+    return utils.model_input(rgb, preprocess).astype(np.float32) / 255.0
+
+
+def to_native(probability, shape):
+    """Probabilities predicted at the model's scale, resized back to the image's (height, width)."""
+    return probability if probability.shape[:2] == tuple(shape) else utils.resize(probability,
+                                                                                  shape)
+
+
+def predict_at_scale(predict, rgb, mask, preprocess, model_scale, path, given_diameter=None):
+    """(probabilities at the image's native size, Decision): `predict` (float HxWxC in [0, 1] ->
+    HxW or HxWxK probabilities) of the image resized by the first rule that applies."""
+    decision = decide(mask, model_scale, path, given_diameter)
+    if decision is None:
+        decision, probability = _by_calibre(predict, rgb, mask, preprocess, model_scale, path)
+        if probability is not None:
+            return probability, decision
+    probability = predict(at_model_scale(rgb, decision.factor, preprocess))
+    return to_native(probability, mask.shape), decision
+
+
+def _by_calibre(predict, rgb, mask, preprocess, model_scale, path):
+    """The calibre rule: resize until the main vessels predicted are as wide as the model's."""
+    if model_scale.vessel_calibre is None:
+        return Decision(1.0, 'native size (the FOV shows no disc and the model records no '
+                             'vessel calibre)'), None
+    factor = 1.0
+    for _ in range(CALIBRE_PASSES):
+        probability = predict(at_model_scale(rgb, factor, preprocess))
+        inside = utils.resize_binary(mask, probability.shape[:2]).astype(bool)
+        calibre = main_calibre((_vessel_probability(probability) >= 0.5) & inside)
+        if calibre is None:
+            raise utils.UserError(f'{path}: the FOV shows no disc and too few vessels to tell '
+                                  'the scale; give --photo_fov_diameter')
+        step = (model_scale.vessel_calibre / calibre) ** (1 / CALIBRE_RESPONSE)
+        if abs(step - 1) <= RESCALE_TOLERANCE:
+            break
+        factor = float(np.clip(factor * step, MIN_FACTOR, MAX_FACTOR))
+        _check_size(rgb.shape, factor, path)
+    else:
+        probability = predict(at_model_scale(rgb, factor, preprocess))
+    return (Decision(factor, 'main-vessel calibre (the FOV shows no disc)'),
+            to_native(probability, mask.shape))
+
+
+def _vessel_probability(probability):
+    return probability[..., 1] if probability.ndim == 3 else probability
+
+
+def reference_calibre(predict, examples):
+    """The median over `examples` (dataset.Example, already at the model's scale) of the
+    main-vessel calibre the model predicts: what the calibre rule matches a photo's to."""
+    calibres = []
+    for example in examples:
+        probability = _vessel_probability(predict(example.image.astype(np.float32) / 255.0))
+        calibres.append(main_calibre((probability >= 0.5) & example.mask.astype(bool)))
+    calibres = [value for value in calibres if value is not None]
+    return float(np.median(calibres)) if calibres else None
