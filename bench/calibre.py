@@ -1,0 +1,38 @@
+"""Adds the main-vessel calibre (scale.json's vessel_calibre) to runs trained before train.py
+recorded it, from the images they trained on, as train.py does at the end of a run.
+
+  python bench/calibre.py models/drive models/chase models/drive_chase
+
+The label files are the run's own (config.json), under the current folder's data/.
+"""
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+
+import dataset  # noqa: E402
+import evaluate  # noqa: E402
+import model  # noqa: E402
+import train  # noqa: E402
+
+
+def add_calibre(folder):
+    config, _ = train.load_saved(folder)
+    unet = evaluate.load_model(folder)[0]
+    examples = dataset.load_label_files(config.label_file_path, config.preprocess,
+                                        config.fov_diameter or None)
+    train.record_calibre(unet, dataclasses.replace(config, logdir=folder), examples,
+                         model.load_scale(folder))
+    print(f'{folder}: {model.load_scale(folder)}')
+
+
+if __name__ == '__main__':
+    from absl import flags
+    flags.FLAGS(sys.argv[:1])
+    for path in sys.argv[1:]:
+        add_calibre(path)
