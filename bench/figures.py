@@ -8,6 +8,10 @@ overlay_drive.png, roc_drive.png, pr_drive.png: evaluate.py --visulize's outputs
 overlay_chase.png: the same for a held-out image of the first CHASE_DB1 cross-validation fold.
 scale.png: the shipped DRIVE model (models/drive) on a photo 2.6x DRIVE's scale, predicted as it is
 and at the model's scale (evaluate.py --predict with and without --norescale).
+fov_stare.png: the FOV fov.derive finds on the 10 STARE training photos (dark, noisy film-scan
+borders), with the circle its diameter comes from.
+
+  python bench/figures.py fov  # that figure alone
 """
 import glob
 import os
@@ -19,6 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+import cv2  # noqa: E402
+
+import fov  # noqa: E402
 import preprocess  # noqa: E402
 import utils  # noqa: E402
 from bench.common import ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
@@ -105,9 +112,38 @@ def scale_figure(model='drive', photo='Image_01L.jpg', zoom=1.5):
     utils.save_figure(fig, os.path.join(IMAGES, 'scale.png'), dpi=80)
 
 
+def fov_figure():
+    """The derived FOV's outline (green) and its fitted circle (red) on each STARE photo."""
+    found = preprocess.find_datasets(SHARED).get('STARE')
+    if not found:
+        return
+    fig, axes = utils.pyplot().subplots(2, 5, figsize=(15, 6.6))
+    for axis, sample in zip(axes.ravel(), found['training'], strict=False):
+        rgb = utils.read_image(sample.image)
+        mask = fov.derive(rgb)
+        drawn = rgb.copy()
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(drawn, contours, -1, (0, 255, 0), 3)
+        circle = fov.fit_circle(mask)
+        if circle:
+            cv2.circle(drawn, (round(circle.x), round(circle.y)), round(circle.radius),
+                       (255, 0, 0), 2)
+        axis.imshow(drawn)
+        diameter = fov.diameter(mask)
+        axis.set_title(f'{os.path.basename(sample.image).split(".")[0]}: FOV '
+                       f'{diameter:.0f} px' if diameter else 'no disc', fontsize=10)
+        axis.axis('off')
+    fig.suptitle('fov.derive on STARE (film scans): outline green, fitted circle red')
+    utils.save_figure(fig, os.path.join(IMAGES, 'fov_stare.png'), dpi=70)
+
+
 def main():
     os.makedirs(IMAGES, exist_ok=True)
+    if sys.argv[1:] == ['fov']:
+        fov_figure()
+        return
     dataset_figures()
+    fov_figure()
     scale_figure()
     if os.path.isdir(DRIVE_RUN):
         training_curve()
