@@ -21,9 +21,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 import fov  # noqa: E402
 import preprocess  # noqa: E402

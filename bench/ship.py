@@ -73,7 +73,7 @@ def main():
             'training_data': args.training,
             'steps': steps, 'training_loop_seconds': round(seconds),
             'machine': f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})',
-            'versions': versions, 'fov_diameter': model.load_scale(folder),
+            'versions': versions, 'fov_diameter': model.load_scale(folder).fov_diameter,
             'calibrated_threshold': calibrated, 'evaluations': evaluations, 'notes': args.notes,
             'date': time.strftime('%Y-%m-%d')}
     with open(os.path.join(folder, CARD_JSON), 'w') as stream:
@@ -96,7 +96,7 @@ def render(card):
         '```bash', f"python evaluate.py --logdir=models/{card['name']} --predict='photos/*.jpg'",
         '```', '',
         '## Training', '',
-        '```bash', 'python preprocess.py --data_dir=../shared/data   # DRIVE and CHASEDB1',
+        '```bash', 'python preprocess.py --data_dir=../shared/data   # DRIVE, CHASEDB1, STARE, HRF',
         card['command'], '```', '',
         f"- Code: commit {card['commit']} of this repository.",
         f"- Data: {card['training_data']} (label files written by preprocess.py).",
