@@ -87,7 +87,8 @@ for _name in ('tile_size', 'tile_overlap'):
 METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
 OVERLAY_DIR = 'visulize'
 EVALUATIONS_DIR = 'evaluations'
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.gif', '.bmp', '.webp')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.gif', '.bmp', '.webp', '.ppm',
+                    '.ppm.gz')
 PREDICTION_FILES = ('prob', 'mask', 'overlay')  # {name}_{suffix}.png for each --predict image
 STALE_SECONDS = 60  # a temporary file this old in an output folder was left by a killed run
 REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')

@@ -33,8 +33,7 @@ def photo_flags(mask, measured=None, decision=scale.NATIVE):
         flags.append(f'the FOV shows no disc: scale from {decision.rule}')
     factor = decision.factor
     if not 1 / FAR_SCALE <= factor <= FAR_SCALE:
-        flags.append(f"resized x{factor:.2f} to the model's scale: far from the photos it "
-                     'learned')
+        flags.append(f"resized x{factor:.2f} to the model's scale (far from the photo's own)")
     if measured is not None and measured['vessel_density'] < FEW_VESSELS:
         flags.append(f"few vessels found ({100 * measured['vessel_density']:.1f}% of the FOV)")
     return flags

@@ -466,7 +466,7 @@ def output_stems(paths, source):
     """{path: the stem its outputs are named from}: the file's own stem, never a folder, or its
     whole name where two inputs share a stem (eye.png and eye.jpg); inputs whose outputs would
     still collide (the same name in two folders, a file listed twice) are refused."""
-    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    stems = [os.path.splitext(os.path.basename(path).removesuffix('.gz'))[0] for path in paths]
     names = [os.path.basename(path) if stems.count(stem) > 1 else stem
              for path, stem in zip(paths, stems, strict=True)]
     for name in set(names):

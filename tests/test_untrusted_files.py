@@ -117,3 +117,9 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
     os.mkfifo(logdir / train.LOCK_FILE)
     with pytest.raises(utils.UserError, match='not a regular file'):
         train.acquire_lock(str(logdir))
+
+
+def test_a_gzipped_photo_is_named_by_its_stem():
+    stems = utils.output_stems(['s/im0001.ppm.gz', 's/im0002.ppm', 'eye.png', 'eye.jpg'], '--predict')
+    assert stems == {'s/im0001.ppm.gz': 'im0001', 's/im0002.ppm': 'im0002', 'eye.png': 'eye.png',
+                     'eye.jpg': 'eye.jpg'}
