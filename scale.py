@@ -6,8 +6,8 @@ the first rule that applies: the FOV diameter the user gives (evaluate.py --phot
 the diameter of the photo's FOV disc (fov.diameter: a circle fitted to its curved boundary);
 where the FOV is no disc (it fills the frame, or it is cut on every side), the calibre of the
 main vessels predicted in the photo, matched to the model's by a few predict-measure-resize
-passes. That rule needs the main vessels in view: a crop showing only thin vessels (the macula
-alone) is enlarged too much; give such photos --photo_fov_diameter.
+passes (docs/scale.md). That rule needs the main vessels in view: a crop showing only thin
+vessels (the macula alone) is enlarged too much; give such photos --photo_fov_diameter.
 """
 from dataclasses import dataclass
 
