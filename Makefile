@@ -46,7 +46,7 @@ demo:  ## the whole job on the synthetic set: generate, preprocess, train 300 st
 lint:  ## ruff
 	$(PYTHON) -m ruff check .
 
-test: lint  ## lint, then the test suite (about 12 minutes on 2 cores)
+test: lint  ## lint, then the test suite (about 11 minutes on 2 cores)
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 journey:  ## the README's main command in a fresh copy and virtual environment (CI runs it too)
