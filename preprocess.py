@@ -70,7 +70,7 @@ def find_drive_layout(split_dir):
     mask/NN_split_mask.*, 2nd_manual/NN_manual2.*."""
     samples = []
     for image in _files(os.path.join(split_dir, 'images'), '*'):
-        stem = os.path.splitext(os.path.basename(image))[0]
+        stem = utils.file_stem(image)
         utils.check_listable(stem, image)
         number = glob.escape(stem.split('_')[0])
         label = _first_match(os.path.join(split_dir, '1st_manual'), f'{number}_manual1.*')
@@ -88,7 +88,7 @@ def find_chase(chase_dir):
     Images 01-10 are the standard training split, 11-14 the test split."""
     splits = {split: [] for split in SPLITS}
     for image in _files(chase_dir, 'Image_*.jpg'):
-        stem = os.path.splitext(os.path.basename(image))[0]
+        stem = utils.file_stem(image)
         match = re.fullmatch(r'Image_(\d+)[LR]', stem)
         if not match:
             continue
@@ -102,17 +102,12 @@ def find_chase(chase_dir):
     return splits
 
 
-def _stem(path):
-    """A file's name without its extensions: im0001.ppm.gz -> im0001."""
-    return os.path.basename(path).split('.')[0]
-
-
 def find_stare(stare_dir):
     """STARE as downloaded: stare-images/imNNNN.ppm (or .ppm.gz), labels-ah/imNNNN.ah.ppm (the
     ground truth), labels-vk/imNNNN.vk.ppm (the second observer), each possibly gzipped."""
     splits = {split: [] for split in SPLITS}
     for image in _files(os.path.join(stare_dir, 'stare-images'), 'im*.ppm*'):
-        stem = _stem(image)
+        stem = utils.file_stem(image)
         utils.check_listable(stem, image)
         label = _first_match(os.path.join(stare_dir, 'labels-ah'), f'{stem}.ah.ppm*')
         if label is None:
@@ -129,7 +124,7 @@ def find_hrf(hrf_dir):
     mask/<name>_mask.tif."""
     splits = {split: [] for split in SPLITS}
     for image in _files(os.path.join(hrf_dir, 'images'), '*'):
-        stem = _stem(image)
+        stem = utils.file_stem(image)
         match = re.fullmatch(r'(\d+)_(h|g|dr)', stem)
         if not match:
             continue

@@ -462,11 +462,16 @@ def parse_label_file(path, flag='--label_file_path'):
     return [Sample(stems[paths[0]], *paths) for paths in samples]
 
 
+def file_stem(path):
+    """A file's name without its extension, a gzipped one's too: im0001.ppm.gz -> im0001."""
+    return os.path.splitext(os.path.basename(path).removesuffix('.gz'))[0]
+
+
 def output_stems(paths, source):
     """{path: the stem its outputs are named from}: the file's own stem, never a folder, or its
     whole name where two inputs share a stem (eye.png and eye.jpg); inputs whose outputs would
     still collide (the same name in two folders, a file listed twice) are refused."""
-    stems = [os.path.splitext(os.path.basename(path).removesuffix('.gz'))[0] for path in paths]
+    stems = [file_stem(path) for path in paths]
     names = [os.path.basename(path) if stems.count(stem) > 1 else stem
              for path, stem in zip(paths, stems, strict=True)]
     for name in set(names):
