@@ -529,8 +529,7 @@ class Validator:
         self.inputs = [scale.at_model_scale(example.image, scale.disc_factor(
             example.mask, model_scale.fov_diameter, example.name), config.preprocess)
             for example in examples]  # once a run
-        traced = model.make_predictor(unet, model.in_channels(config.preprocess))
-        self.predict = lambda image: traced(image[None])[0].numpy()
+        self.predict = image_predictor(unet, config.preprocess)
         self.unet, self.metric, self.logdir = unet, config.best_metric, config.logdir
         self.writer = tf.summary.create_file_writer(os.path.join(config.logdir, VALIDATION_DIR))
         self.best = model.read_best(config.logdir)
@@ -729,11 +728,16 @@ def _train(strategy, config, examples, validation, model_scale, chief, saved_kno
                  checksum)
 
 
+def image_predictor(unet, preprocess):
+    """One whole image (float HxWxC in [0, 1]) -> its probabilities (HxWxK numpy), traced once."""
+    traced = model.make_predictor(unet, model.in_channels(preprocess))
+    return lambda image: traced(image[None])[0].numpy()
+
+
 def record_calibre(unet, config, examples, model_scale):
     """Adds to scale.json the main-vessel calibre the trained model predicts on its training
     images: what scale's calibre rule matches a photo without a FOV disc to."""
-    traced = model.make_predictor(unet, model.in_channels(config.preprocess))
-    calibre = scale.reference_calibre(lambda image: traced(image[None])[0].numpy(), examples)
+    calibre = scale.reference_calibre(image_predictor(unet, config.preprocess), examples)
     model.save_scale(config.logdir, dataclasses.replace(model_scale, vessel_calibre=calibre))
 
 
