@@ -28,7 +28,11 @@ def load_examples(samples, preprocess=False, fov_diameter=None):
     """Reads and checks every sample once: the decoded-image cache that training draws from.
     With fov_diameter, each image, label and mask is first resized so its FOV has that diameter
     (scale.disc_factor); the image is then what the model sees (utils.model_input)."""
-    examples = []
+    return list(iter_examples(samples, preprocess, fov_diameter))
+
+
+def iter_examples(samples, preprocess=False, fov_diameter=None):
+    """load_examples one at a time, for passes that keep nothing of an image once done."""
     for sample in samples:
         rgb = utils.read_image(sample.image)
         label = utils.read_binary_for(sample.label, rgb, sample.image)
@@ -38,8 +42,7 @@ def load_examples(samples, preprocess=False, fov_diameter=None):
             size = utils.scaled_size(mask.shape, factor)
             rgb = utils.resize(rgb, size)
             label, mask = utils.resize_binary(label, size), utils.resize_binary(mask, size)
-        examples.append(Example(sample.name, utils.model_input(rgb, preprocess), label, mask))
-    return examples
+        yield Example(sample.name, utils.model_input(rgb, preprocess), label, mask)
 
 
 def label_file_samples(paths, flag='--label_file_path'):

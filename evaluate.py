@@ -37,6 +37,7 @@ from absl import app, flags, logging  # noqa: E402
 import dataset  # noqa: E402
 import features  # noqa: E402
 import fov  # noqa: E402
+import metrics  # noqa: E402
 import model  # noqa: E402
 import report  # noqa: E402
 import scale  # noqa: E402
@@ -243,15 +244,13 @@ def calibrate_threshold(predict, label_file, evaluated=None):
                 raise utils.UserError(
                     f'--calibrate_on={label_file}: lists {sample.image}, an image of the '
                     f'evaluated {evaluated}; calibrate on other images (the training set)')
-    examples = dataset.load_examples(samples)
-    labels, probabilities = [], []
-    for example in examples:
-        inside = example.mask.astype(bool)
-        labels.append(example.label[inside])
-        probabilities.append(predict(example.image, example.mask, example.name)[0][inside])
-    threshold, f1 = utils.best_f1_threshold(np.concatenate(labels), np.concatenate(probabilities))
+    counts = metrics.no_pixels()
+    for example in dataset.iter_examples(samples):
+        probability = predict(example.image, example.mask, example.name)[0]
+        counts += metrics.count_pixels(example.label, probability, example.mask)
+    threshold, f1 = metrics.best_f1_threshold(counts.histogram)
     print(f'--calibrate_on: threshold {threshold:.4f}, the best F1 ({f1:.4f}) on the '
-          f'{len(examples)} images of {label_file}')
+          f'{len(samples)} images of {label_file}')
     return threshold
 
 
@@ -323,22 +322,25 @@ def format_scores(scores):
     return '  '.join(f'{key} {format_score(scores[key])}' for key in REPORTED if key in scores)
 
 
-def evaluate(predict, samples, examples, threshold, overlay_dir):
-    """Predicts every example, prints progress; returns the per-image metrics, the whole-set
-    result and the report rows (the features of the predicted and the manual maps)."""
-    rows, all_labels, all_probabilities, second, measured = [], [], [], [], []
+def evaluate(predict, samples, threshold, overlay_dir):
+    """Predicts every sample, one image in memory at a time, and prints progress; returns the
+    per-image metrics, the whole-set result and the report rows (the features of the predicted
+    and the manual maps)."""
+    rows, second, measured = [], [], []
+    counts = metrics.no_pixels()
+    examples = dataset.iter_examples(samples)
     for index, (sample, example) in enumerate(zip(samples, examples, strict=True), 1):
         started = time.time()
         probability, decision = predict(example.image, example.mask, sample.image)
         inside = example.mask.astype(bool)
-        matrix, scores = utils.evaluate_pixels(example.label, probability, inside, threshold)
+        image_counts = metrics.count_pixels(example.label, probability, inside, threshold)
+        counts += image_counts
+        scores = metrics.scores(image_counts)
         rows.append({'image': example.name, **scores})
-        all_labels.append(example.label[inside])
-        all_probabilities.append(probability[inside])
         second_path = utils.second_observer_path(sample)
         if second_path:
-            second.append(utils.confusion_matrix(example.label, utils.read_binary(second_path),
-                                                 inside))
+            second.append(metrics.confusion_matrix(example.label,
+                                                   utils.read_binary(second_path), inside))
         logging.info('[%d/%d] %s  %.2fs  %s', index, len(samples), example.name,
                      time.time() - started, format_scores(scores))
         if overlay_dir:
@@ -346,14 +348,13 @@ def evaluate(predict, samples, examples, threshold, overlay_dir):
                           inside, threshold)
         if FLAGS.features:
             measured += measured_pair(example, probability >= threshold, overlay_dir, decision)
-    labels, probabilities = np.concatenate(all_labels), np.concatenate(all_probabilities)
-    matrix, scores = utils.evaluate_pixels(labels, probabilities, np.ones_like(labels), threshold)
-    result = {'confusion_matrix': matrix.tolist(), 'scores': scores, 'threshold': threshold,
-              'images': len(rows)}
+    scores = metrics.scores(counts)
+    result = {'confusion_matrix': counts.matrix.tolist(), 'scores': scores,
+              'threshold': threshold, 'images': len(rows)}
     if second:
-        result['second_observer'] = utils.scores_from_confusion(sum(second))
+        result['second_observer'] = metrics.scores_from_confusion(sum(second))
     if overlay_dir:
-        write_curves(overlay_dir, labels, probabilities, scores, result.get('second_observer'))
+        write_curves(overlay_dir, counts.histogram, scores, result.get('second_observer'))
     return rows, result, measured
 
 
@@ -428,10 +429,11 @@ def write_overlay(directory, name, rgb, label, probability, inside, threshold):
                     np.rint(255 * probability * inside).astype(np.uint8))
 
 
-def write_curves(directory, labels, probabilities, scores, second_observer):
-    """ROC and precision-recall curves, with the second observer as a point where known."""
+def write_curves(directory, histogram, scores, second_observer):
+    """ROC and precision-recall curves (from metrics.PixelCounts' histogram), with the second
+    observer as a point where known."""
     plt = utils.pyplot()
-    points = utils.curves(labels, probabilities)
+    points = metrics.curves(histogram)
     panels = {'roc.png': ('fpr', 'tpr', 'AUC_ROC', 'false positive rate (1 - Sp)',
                           'true positive rate (Se)', lambda s: (1 - s['Sp'], s['Se'])),
               'pr.png': ('recall', 'precision', 'AUC_PR', 'recall (Se)', 'precision',
@@ -542,7 +544,6 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
         label_file, checkpoint, threshold, FLAGS.calibrate_on, FLAGS.tta, FLAGS.rescale,
         (FLAGS.tile_size, FLAGS.tile_overlap) if FLAGS.tile_size else None))
     samples = utils.parse_label_file(label_file)
-    examples = dataset.load_examples(samples)
     overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if FLAGS.visulize else None
     for folder in (out_dir, overlay_dir):
         utils.refuse_input_folder(folder, [path for sample in samples for path in (
@@ -550,7 +551,7 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
         if folder and os.path.isdir(folder):
             utils.remove_temporaries(folder, STALE_SECONDS)
     started = time.time()
-    rows, result, measured = evaluate(predict, samples, examples, threshold, overlay_dir)
+    rows, result, measured = evaluate(predict, samples, threshold, overlay_dir)
     seconds = time.time() - started
     logging.info('evaluated %d images in %.1fs', len(rows), seconds)
     result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta, rescale=FLAGS.rescale,

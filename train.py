@@ -35,6 +35,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import dataset  # noqa: E402
+import metrics  # noqa: E402
 import model  # noqa: E402
 import scale  # noqa: E402
 
@@ -520,7 +521,7 @@ def trim_events(directory, last_step):
 
 class Validator:
     """Scores the model on held-out images inside their FOV: the loss (cross-entropy) and the
-    metrics evaluate.py reports at threshold 0.5 (utils.evaluate_pixels, the same code), each
+    metrics evaluate.py reports at threshold 0.5 (metrics.scores, the same code), each
     image predicted at the run's scale as evaluate.py does. Writes them to TensorBoard
     ({logdir}/validation_logs) and keeps the weights of the best step in {logdir}/best/."""
 
@@ -535,18 +536,14 @@ class Validator:
         self.best = model.read_best(config.logdir)
 
     def score(self):
-        labels, probabilities, losses = [], [], []
+        counts, losses = metrics.no_pixels(), []
         for example, image in zip(self.examples, self.inputs, strict=True):
             probability = scale.to_native(self.predict(image), example.mask.shape)
             fov = example.mask.astype(bool)
             truth = np.take_along_axis(probability, example.label[..., None].astype(int), -1)
             losses.append(float(-np.log(np.maximum(truth[..., 0][fov], 1e-7)).mean()))
-            labels.append(example.label[fov])
-            probabilities.append(probability[..., 1][fov])
-        labels = np.concatenate(labels)
-        _, scores = utils.evaluate_pixels(labels, np.concatenate(probabilities),
-                                          np.ones_like(labels))
-        return {'loss': float(np.mean(losses)), **scores}
+            counts += metrics.count_pixels(example.label, probability[..., 1], fov)
+        return {'loss': float(np.mean(losses)), **metrics.scores(counts)}
 
     def __call__(self, step):
         """Scores step `step`, writes the scalars, and keeps the weights if they are the best."""

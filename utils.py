@@ -1,6 +1,6 @@
-"""What several scripts share: image I/O with clear errors, atomic writes, metrics, overlays.
+"""What several scripts share: image I/O with clear errors, atomic writes, label files, overlays.
 
-Nothing here imports TensorFlow, so preprocessing and metric tests stay fast.
+Nothing here imports TensorFlow, so preprocessing tests stay fast.
 """
 import errno
 import glob
@@ -555,125 +555,18 @@ def resize_binary(binary, size):
     return (resize(binary.astype(np.float32), size) >= 0.5).astype(np.uint8)
 
 
-# ----------------------------------------------------------------------------- metrics
-
-def confusion_matrix(labels, predictions, mask=None):
-    """2x2 matrix [[TN, FP], [FN, TP]] (rows: label, columns: prediction) over pixels where
-    `mask` is set (all pixels when mask is None)."""
-    labels = np.asarray(labels).astype(bool).ravel()
-    predictions = np.asarray(predictions).astype(bool).ravel()
-    if mask is not None:
-        keep = np.asarray(mask).astype(bool).ravel()
-        labels, predictions = labels[keep], predictions[keep]
-    counts = np.bincount(labels.astype(np.int64) * 2 + predictions, minlength=4)
-    return counts.reshape(2, 2)
-
-
-def _ratio(numerator, denominator):
-    """numerator / denominator, NaN (undefined) when the denominator is 0: F1 of an image with no
-    vessel that is predicted to have none is undefined, not 0."""
-    return float(numerator) / float(denominator) if denominator else float('nan')
-
-
-def scores_from_confusion(matrix):
-    """The field's threshold metrics from a 2x2 confusion matrix; vessel is the positive class.
-    A ratio with nothing to count (F1, IoU, Se, Precision of an image with no vessel labelled or
-    predicted) is NaN, reported as undefined (null in JSON); mIoU averages the defined IoUs."""
-    (tn, fp), (fn, tp) = np.asarray(matrix, dtype=np.int64)
-    iou_vessel = _ratio(tp, tp + fp + fn)
-    iou_background = _ratio(tn, tn + fn + fp)
-    defined = [iou for iou in (iou_vessel, iou_background) if not np.isnan(iou)]
-    return {
-        'IoU': iou_vessel,
-        'mIoU': sum(defined) / len(defined) if defined else float('nan'),  # over defined classes
-        'F1': _ratio(2 * tp, 2 * tp + fp + fn),
-        'Acc': _ratio(tp + tn, tp + tn + fp + fn),
-        'Se': _ratio(tp, tp + fn),
-        'Sp': _ratio(tn, tn + fp),
-        'Precision': _ratio(tp, tp + fp),
-    }
-
-
-def _ranked_counts(labels, scores):
-    """Each distinct score from the highest down, with the true and false positives counted at
-    or above it."""
-    labels = np.asarray(labels).astype(bool).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    if not scores.size:
-        return scores, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    order = np.argsort(-scores, kind='stable')
-    scores, labels = scores[order], labels[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
-    true_positives = np.cumsum(labels)[last_of_tie]
-    false_positives = (last_of_tie + 1) - true_positives
-    return scores[last_of_tie], true_positives, false_positives
-
-
-def roc_auc(labels, scores):
-    """Exact area under the ROC curve (ties count half), from every distinct score."""
-    _, tp, fp = _ranked_counts(labels, scores)
-    if tp.size == 0 or tp[-1] == 0 or fp[-1] == 0:
-        return float('nan')
-    tpr = np.r_[0.0, tp / tp[-1]]
-    fpr = np.r_[0.0, fp / fp[-1]]
-    return float(np.trapezoid(tpr, fpr))
-
-
-def pr_auc(labels, scores):
-    """Area under the precision-recall curve as average precision (step-wise, no interpolation)."""
-    _, tp, fp = _ranked_counts(labels, scores)
-    if tp.size == 0 or tp[-1] == 0:
-        return float('nan')
-    precision = tp / (tp + fp)
-    recall = np.r_[0.0, tp / tp[-1]]
-    return float(np.sum(np.diff(recall) * precision))
-
-
-def curves(labels, scores, points=512):
-    """ROC (fpr, tpr) and precision-recall (recall, precision) curves, thinned for plotting."""
-    _, tp, fp = _ranked_counts(labels, scores)
-    keep = np.unique(np.linspace(0, tp.size - 1, min(points, tp.size)).astype(int))
-    tp, fp = tp[keep], fp[keep]
-    return {
-        'fpr': np.r_[0.0, fp / max(fp[-1], 1)], 'tpr': np.r_[0.0, tp / max(tp[-1], 1)],
-        'recall': tp / max(tp[-1], 1), 'precision': tp / np.maximum(tp + fp, 1),
-    }
-
-
-def best_f1_threshold(labels, scores):
-    """The threshold (inclusive) at which F1 is highest, and that F1."""
-    thresholds, tp, fp = _ranked_counts(labels, scores)
-    f1 = 2 * tp / (tp + fp + tp[-1])
-    best = int(np.argmax(f1))
-    return float(thresholds[best]), float(f1[best])
-
-
-def evaluate_pixels(labels, probabilities, mask, threshold=0.5):
-    """Every metric the field reports for one image or a whole set, inside the FOV `mask`."""
-    keep = np.asarray(mask).astype(bool)
-    labels, probabilities = np.asarray(labels)[keep], np.asarray(probabilities)[keep]
-    matrix = confusion_matrix(labels, probabilities >= threshold)
-    scores = scores_from_confusion(matrix)
-    scores['AUC_ROC'] = roc_auc(labels, probabilities)
-    scores['AUC_PR'] = pr_auc(labels, probabilities)
-    return matrix, scores
-
-
 # ----------------------------------------------------------------------------- drawing
 
 OVERLAY_COLOURS = {'hit': (0, 255, 0), 'false_alarm': (255, 0, 0), 'miss': (0, 0, 255)}
 
 
-def overlay(image, label, prediction, alpha=1.0):
-    """Colours an RGB copy of `image`: green where vessel is predicted and labelled, red where
-    predicted but not labelled, blue where labelled but missed. `alpha` blends the colours."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
+def overlay(image, label, prediction):
+    """Colours an RGB uint8 copy of `image`: green where vessel is predicted and labelled, red
+    where predicted but not labelled, blue where labelled but missed."""
+    image = np.asarray(image, np.uint8)
+    out = np.stack([image] * 3, axis=-1) if image.ndim == 2 else image.copy()
     label, prediction = np.asarray(label).astype(bool), np.asarray(prediction).astype(bool)
-    out = image.astype(np.float32)
     for name, where in (('hit', label & prediction), ('false_alarm', prediction & ~label),
                         ('miss', label & ~prediction)):
-        colour = np.array(OVERLAY_COLOURS[name], np.float32)
-        out[where] = (1 - alpha) * out[where] + alpha * colour
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        out[where] = OVERLAY_COLOURS[name]
+    return out

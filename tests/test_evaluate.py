@@ -18,6 +18,7 @@ import dataset
 import evaluate
 import features
 import fov
+import metrics
 import model
 import utils
 from conftest import SHARED_DATA, evaluation_dir, last_line, run_here, run_script, tmpfs
@@ -38,12 +39,12 @@ def test_evaluate_prints_the_original_lines_and_writes_everything(trained, synth
     assert lines[4].startswith('mIoU:  ')
     out = evaluation_dir(trained, 'SYNTH-test_step200_threshold0.5')
     assert f'metrics: {out}/metrics.json' in result.stdout
-    metrics = json.load(open(os.path.join(out, 'metrics.json')))
-    assert metrics['checkpoint'] == 'step200' and metrics['label_file'] == synthetic['test']
-    assert np.sum(metrics['confusion_matrix']) == fov_pixels(synthetic['test'])
-    assert [row['image'] for row in metrics['per_image']] == ['05_test', '06_test']
-    assert metrics['scores']['F1'] > 0.5 and metrics['scores']['AUC_ROC'] > 0.9
-    assert float(lines[3].split()[1]) == pytest.approx(metrics['scores']['IoU'])
+    written = json.load(open(os.path.join(out, 'metrics.json')))
+    assert written['checkpoint'] == 'step200' and written['label_file'] == synthetic['test']
+    assert np.sum(written['confusion_matrix']) == fov_pixels(synthetic['test'])
+    assert [row['image'] for row in written['per_image']] == ['05_test', '06_test']
+    assert written['scores']['F1'] > 0.5 and written['scores']['AUC_ROC'] > 0.9
+    assert float(lines[3].split()[1]) == pytest.approx(written['scores']['IoU'])
     csv_lines = open(os.path.join(out, 'metrics.csv')).read().splitlines()
     assert csv_lines[0].startswith('image,F1,Acc,Se,Sp') and csv_lines[-1].startswith('all,')
     overlays = sorted(os.listdir(os.path.join(out, 'visulize')))
@@ -102,9 +103,9 @@ def test_threshold_calibrated_on_training_images_with_flips(trained, synthetic, 
     result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
                         f'--calibrate_on={synthetic["training"]}', '--tta', '--nofeatures')
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.load(open(os.path.join(evaluation_dir(
+    written = json.load(open(os.path.join(evaluation_dir(
         logdir, 'SYNTH-test_step200_calibrated-on-SYNTH-training_tta'), 'metrics.json')))
-    assert metrics['calibrated_on'] == synthetic['training'] and metrics['tta'] is True
+    assert written['calibrated_on'] == synthetic['training'] and written['tta'] is True
     # Recomputed here: flip-averaged probabilities of the saved model, the F1 of every threshold
     # on a 0.005 grid over the training images, and the test confusion matrix.
     unet = model.build_from_architecture(model.load_architecture(str(logdir)))
@@ -121,15 +122,16 @@ def test_threshold_calibrated_on_training_images_with_flips(trained, synthetic, 
 
     labels, probabilities = pixels(synthetic['training'])
     def f1(threshold):
-        return utils.evaluate_pixels(labels, probabilities, np.ones_like(labels), threshold)[1]['F1']
-    chosen = metrics['threshold']
+        return metrics.scores_from_confusion(metrics.confusion_matrix(
+            labels, probabilities >= threshold))['F1']
+    chosen = written['threshold']
     assert f1(chosen) >= max(f1(t) for t in np.arange(0.005, 1, 0.005)) - 1e-4
     printed = re.search(r'threshold ([\d.]+), the best F1 \(([\d.]+)\)', result.stdout).groups()
     assert float(printed[0]) == pytest.approx(chosen, abs=1e-4)
     assert float(printed[1]) == pytest.approx(f1(chosen), abs=1e-3)  # batched vs one by one
     labels, probabilities = pixels(synthetic['test'])
-    expected = utils.confusion_matrix(labels, probabilities >= chosen)
-    assert np.abs(np.array(metrics['confusion_matrix']) - expected).max() <= 3  # float rounding
+    expected = metrics.confusion_matrix(labels, probabilities >= chosen)
+    assert np.abs(np.array(written['confusion_matrix']) - expected).max() <= 3  # float rounding
     result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
                         f'--calibrate_on={synthetic["training"]}', '--threshold=0.3')
     assert result.returncode == 2
@@ -161,8 +163,8 @@ def test_real_drive_test_set_and_second_observer(trained, drive):
     assert 0.77 < human_f1 < 0.81  # DRIVE's known second-observer F1, about 0.79
     observer = next(line for line in result.stdout.splitlines() if 'second observer' in line)
     assert f'F1 {human_f1:.4f}' in observer
-    metrics = json.load(open(os.path.join(out, 'metrics.json')))
-    assert metrics['images'] == 20 and np.sum(metrics['confusion_matrix']) == fov_pixels(drive['test'])
+    written = json.load(open(os.path.join(out, 'metrics.json')))
+    assert written['images'] == 20 and np.sum(written['confusion_matrix']) == fov_pixels(drive['test'])
 
 
 def test_predict_new_images_of_any_format(trained, tmp_path):
@@ -342,9 +344,9 @@ def test_labels_without_vessels_report_undefined_not_nan(trained, synthetic, tmp
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'Se undefined' in result.stdout and 'AUC_ROC undefined' in result.stdout
     out = evaluation_dir(logdir, 'data-test_step200_threshold0.5')
-    metrics = json.loads(open(os.path.join(out, 'metrics.json')).read(), parse_constant=pytest.fail)
-    assert metrics['scores']['Se'] is None and metrics['scores']['AUC_ROC'] is None
-    assert metrics['scores']['Sp'] == pytest.approx(metrics['scores']['Acc'])  # all negatives
+    written = json.loads(open(os.path.join(out, 'metrics.json')).read(), parse_constant=pytest.fail)
+    assert written['scores']['Se'] is None and written['scores']['AUC_ROC'] is None
+    assert written['scores']['Sp'] == pytest.approx(written['scores']['Acc'])  # all negatives
     assert ',,' in open(os.path.join(out, 'metrics.csv')).read()  # undefined: an empty cell
     assert evaluate.evaluation_name('data/DRIVE/test.txt', 'step10', 0.5,
                                     'data/DRIVE/training.txt, data/CHASEDB/training.txt',
