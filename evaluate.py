@@ -18,7 +18,9 @@ import utils
 
 utils.quiet_tensorflow()
 
+import concurrent.futures  # noqa: E402
 import csv  # noqa: E402
+import dataclasses  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
 import os  # noqa: E402
@@ -468,26 +470,26 @@ def find_images(pattern):
 
 def predict_files(predict, pattern, out_dir, threshold):
     """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
-    masks. A file that cannot be read or predicted is reported and skipped; the run then ends
-    with an error."""
+    masks; each photo's files are written (and its features measured) while the next one is
+    predicted. A file that cannot be read or predicted is reported and skipped; the run then
+    ends with an error."""
     paths = find_images(pattern)
     utils.refuse_input_folder(out_dir, paths, '--predict_dir')
     utils.remove_temporaries(out_dir, STALE_SECONDS)
-    failed, rows = 0, []
-    for index, (path, name) in enumerate(utils.output_stems(paths, '--predict').items(), 1):
-        try:
-            row = predict_file(predict, path, out_dir, name, threshold)
-        except utils.DiskFullError:
-            raise
-        except utils.UserError as error:
-            print(f'error: {error}', file=sys.stderr)
-            rows.append(report.unreadable(os.path.basename(path), utils.first_line(error)))
-            failed += 1
-            continue
-        rows.append(row)
-        logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s', index,
-                     len(paths), path, 100 * row['share'], row['decision'].factor,
-                     row['decision'].rule, ''.join(f'; {flag}' for flag in row['flags']))
+    rows, pending = [], None  # pending: (index, path, the report row or its Future)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        for index, (path, name) in enumerate(utils.output_stems(paths, '--predict').items(), 1):
+            try:
+                photo = predict_photo(predict, path, threshold)
+                outcome = writer.submit(write_photo, photo, out_dir, name)
+            except utils.UserError as error:
+                print(f'error: {error}', file=sys.stderr)
+                outcome = report.unreadable(os.path.basename(path), utils.first_line(error))
+            if pending:
+                rows.append(finished(*pending, len(paths)))
+            pending = (index, path, outcome)
+        rows.append(finished(*pending, len(paths)))
+    failed = sum('decision' not in row for row in rows)
     print(f'wrote {len(PREDICTION_FILES) * (len(paths) - failed)} files to {out_dir}')
     if FLAGS.features:
         write_report(out_dir, rows, f'Vessel maps of {pattern}')
@@ -496,28 +498,59 @@ def predict_files(predict, pattern, out_dir, threshold):
                               'above)')
 
 
-def predict_file(predict, path, out_dir, name, threshold):
-    """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
-    the photo) for one image; returns its report row, with the vessel share of its FOV."""
+def finished(index, path, outcome, count):
+    """The report row of one photo once its files are written (a failure's row as it is)."""
+    if not isinstance(outcome, concurrent.futures.Future):
+        return outcome
+    row = outcome.result()  # a full disk (or any error writing) ends the run here
+    logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s', index,
+                 count, path, 100 * row['share'], row['decision'].factor, row['decision'].rule,
+                 ''.join(f'; {flag}' for flag in row['flags']))
+    return row
+
+
+@dataclasses.dataclass
+class Photo:
+    """One predicted photo: the RGB image, its FOV mask, vessel probabilities (0-255) and map
+    inside the FOV, and how it was scaled (scale.Decision)."""
+    path: str
+    rgb: np.ndarray
+    inside: np.ndarray
+    probability: np.ndarray  # uint8: what {name}_prob.png holds
+    vessels: np.ndarray
+    decision: scale.Decision
+
+
+def predict_photo(predict, path, threshold):
     rgb = utils.read_image(path)
     inside = fov.read(rgb, path)
     probability, decision = predict(rgb, inside, path)
     probability *= inside
-    vessels = ((probability >= threshold) & inside.astype(bool)).astype(np.uint8)  # threshold 0 too
-    images = {'prob': np.rint(255 * probability).astype(np.uint8), 'mask': vessels * 255,
-              'overlay': utils.overlay(rgb, vessels, vessels)}
+    vessels = np.greater_equal(probability, threshold).view(np.uint8)
+    vessels &= inside  # threshold 0 too
+    np.rint(np.multiply(probability, 255, out=probability), out=probability)  # in place: photos
+    return Photo(path, rgb, inside, probability.astype(np.uint8), vessels, decision)  # are large
+
+
+def write_photo(photo, out_dir, name):
+    """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
+    the photo), whole or not at all; returns the photo's report row, with the vessel share of
+    its FOV."""
+    images = {'prob': lambda: photo.probability, 'mask': lambda: photo.vessels * 255,
+              'overlay': lambda: utils.overlay(photo.rgb, photo.vessels, photo.vessels)}
     written = [os.path.join(out_dir, f'{name}_{suffix}.png') for suffix in PREDICTION_FILES]
     try:
         for target, suffix in zip(written, PREDICTION_FILES, strict=True):
-            utils.write_png(target, images[suffix])
-    except BaseException:  # a photo's outputs are written whole or not at all
+            utils.write_png(target, images[suffix]())
+    except BaseException:
         for target in written:
             if os.path.exists(target):
                 os.remove(target)
         raise
-    row = report_row(os.path.basename(path), 'predicted', vessels, inside, decision)
-    return {**row, 'thumbnail': f'{name}_overlay.png', 'decision': decision,
-            'share': float(vessels[inside.astype(bool)].mean())}
+    row = report_row(os.path.basename(photo.path), 'predicted', photo.vessels, photo.inside,
+                     photo.decision)
+    return {**row, 'thumbnail': f'{name}_overlay.png', 'decision': photo.decision,
+            'share': float(photo.vessels[photo.inside.astype(bool)].mean())}
 
 
 def report_row(image, source, vessels, inside, decision):

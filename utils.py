@@ -169,8 +169,10 @@ def read_image(path, gray=False):
     if image is None or (data[:2] == b'\xff\xd8' and data.rstrip(b'\0')[-2:] != b'\xff\xd9'):
         raise UserError(f'{path}: not a readable image (corrupt or unsupported format)')
     image = _to_8_bits(image, path)
-    if image.ndim == 3:
-        image = image[:, :, 2::-1]  # OpenCV's BGR(A) to RGB
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second copy
+    elif image.ndim == 3:
+        image = image[:, :, 2::-1]  # OpenCV's BGRA to RGB
     if not gray:
         return np.ascontiguousarray(image if image.ndim == 3 else np.stack([image] * 3, axis=-1))
     if image.ndim == 3 and np.ptp(image.astype(np.int16), axis=-1).max() > 8:
@@ -566,7 +568,7 @@ def overlay(image, label, prediction):
     image = np.asarray(image, np.uint8)
     out = np.stack([image] * 3, axis=-1) if image.ndim == 2 else image.copy()
     label, prediction = np.asarray(label).astype(bool), np.asarray(prediction).astype(bool)
-    for name, where in (('hit', label & prediction), ('false_alarm', prediction & ~label),
-                        ('miss', label & ~prediction)):
-        out[where] = OVERLAY_COLOURS[name]
+    out[label & prediction] = OVERLAY_COLOURS['hit']  # one mask at a time: photos are large
+    out[prediction & ~label] = OVERLAY_COLOURS['false_alarm']
+    out[label & ~prediction] = OVERLAY_COLOURS['miss']
     return out
