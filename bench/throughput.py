@@ -15,9 +15,13 @@ Inference: evaluate.py on the 20 DRIVE test images (base 16 and base 32), and th
 The input pipeline per CPU core ("pipeline_per_core": dataset.training_dataset with augmentation
 on one thread, DRIVE's preprocessed training images): 64px patches per second at batch 32 and
 256, and whole 1024x1024 images per second at batch 4.
+Photos ("photos", bench/photo_cost.py): per photo size (DRIVE, CHASE_DB1, HRF, 6000x4000), the
+model alone, --predict per photo after start-up and its peak memory, and evaluation of 5 and 40
+HRF-sized images (time per image, peak memory).
 
   python bench/throughput.py                    # everything
   python bench/throughput.py --pipeline_only    # the pipeline per core, merged into the file
+  python bench/throughput.py --photos_only      # the photo costs, merged into the file
 """
 import json
 import os
@@ -40,6 +44,7 @@ import dataset  # noqa: E402
 import evaluate  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
+from bench import photo_cost  # noqa: E402
 from bench.common import RESULTS, ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
 
 SETTINGS = {
@@ -208,13 +213,16 @@ def main():
     examples = dataset.load_label_files(os.path.join(drive, 'training.txt'), preprocess=True)
     gpus = tf.config.list_physical_devices('GPU')
     path = os.path.join(RESULTS, 'throughput_gpu.json' if gpus else 'throughput.json')
-    if '--pipeline_only' in sys.argv[1:]:
-        with open(path) as stream:
-            record = json.load(stream)
-        record['pipeline_per_core'] = pipeline_per_core(examples)
-        with open(path, 'w') as stream:
-            json.dump(record, stream, indent=2)
-        return print(f'wrote {path}')
+    only = {'--pipeline_only': ('pipeline_per_core', lambda: pipeline_per_core(examples)),
+            '--photos_only': ('photos', photo_cost.measure)}
+    for flag, (key, measure) in only.items():
+        if flag in sys.argv[1:]:
+            with open(path) as stream:
+                record = json.load(stream)
+            record[key] = measure()
+            with open(path, 'w') as stream:
+                json.dump(record, stream, indent=2)
+            return print(f'wrote {path}')
     record = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
               'gpu': tf.config.experimental.get_device_details(gpus[0]).get('device_name')
               if gpus else None,
@@ -238,6 +246,7 @@ def main():
                                            'rss_mib_1024x1024': peak_memory_mib(base)}
                            for base in (16, 32)}
     record['pipeline_per_core'] = pipeline_per_core(examples)
+    record['photos'] = photo_cost.measure()
     record['reference'] = {'original TF 2.3 eager loop, setting (a), 2-core CPU': 0.224}
     os.makedirs(RESULTS, exist_ok=True)
     with open(path, 'w') as stream:
