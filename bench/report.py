@@ -1,4 +1,6 @@
-"""Writes bench/results/summary.md, the tables the README quotes, from bench/results/*.json.
+"""Writes bench/results/summary.md, the tables the README quotes, from bench/results/*.json,
+and the README's results table (between its README_BEGIN and README_END lines) from the
+shipped models' cards (models/*/card.json).
 
   python bench/report.py
 """
@@ -7,7 +9,10 @@ import json
 import os
 import statistics
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, 'bench', 'results')
+README_BEGIN = '<!-- the shipped models: written by bench/report.py from models/*/card.json -->'
+README_END = '<!-- end of the table bench/report.py writes -->'
 METRICS = ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')
 
 
@@ -155,6 +160,33 @@ def agreement_rows():
             'of one core.', '']
 
 
+def readme_table():
+    """The shipped models on DRIVE test at threshold 0.5 and at each card's calibrated one."""
+    rows = ['| model | trained on | threshold | F1 | AUC-ROC | Se | Sp |',
+            '| --- | --- | --- | --- | --- | --- | --- |']
+    for name in ('drive', 'chase', 'drive_chase', 'all'):
+        with open(os.path.join(ROOT, 'models', name, 'card.json')) as stream:
+            card = json.load(stream)
+        trained_on = ', '.join(part.split('/')[0] for part in card['training_data'].split(','))
+        for row in card['evaluations']:
+            if row['data'] == 'DRIVE/test':
+                how = '0.5' if row['threshold'] == 0.5 else f"{row['threshold']:.2f} (calibrated)"
+                rows.append(f"| `{name}` | {trained_on} | {how} | " + ' | '.join(
+                    f"{row['scores'][key]:.4f}" for key in ('F1', 'AUC_ROC', 'Se', 'Sp')) + ' |')
+    return rows
+
+
+def write_readme_table():
+    path = os.path.join(ROOT, 'README.md')
+    with open(path) as stream:
+        text = stream.read()
+    head, rest = text.split(README_BEGIN + '\n')
+    _, tail = rest.split(README_END)
+    with open(path, 'w') as stream:
+        stream.write(head + README_BEGIN + '\n' + '\n'.join(readme_table()) + '\n' + README_END
+                     + tail)
+
+
 def main():
     lines = ['# Benchmark results', '', 'Made by `bench/report.py` from the JSON files here.', '',
              '## Accuracy on real data, inside the FOV', '', *accuracy_rows(), '',
@@ -164,6 +196,7 @@ def main():
     path = os.path.join(RESULTS, 'summary.md')
     with open(path, 'w') as stream:
         stream.write('\n'.join(lines))
+    write_readme_table()
     print('\n'.join(lines))
 
 

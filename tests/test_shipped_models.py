@@ -67,3 +67,11 @@ def test_a_shipped_model_segments_a_large_generated_photo(name, tmp_path):
     found = utils.read_binary(str(tmp_path / 'out' / 'eye_mask.png'))
     scores = metrics.scores_from_confusion(metrics.confusion_matrix(label, found, mask))
     assert scores['F1'] > 0.6, scores
+
+
+def test_the_readme_results_table_is_written_from_the_cards():
+    from bench import report
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    table = '\n'.join([report.README_BEGIN, *report.readme_table(), report.README_END])
+    assert table in readme  # after a card changes: python bench/report.py
+    assert readme.count('\n') < 200
