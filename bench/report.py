@@ -85,7 +85,29 @@ def throughput_rows(name):
         seconds = entry['drive_test_20_images_seconds']
         rows.append(f"| {net} | {seconds:.1f} | {seconds / 20:.2f} | "
                     f"{entry['rss_mib_1024x1024']['peak']} |")
-    return rows + ['']
+    return rows + [''] + photo_rows(record.get('photos'))
+
+
+def photo_rows(photos):
+    """bench/photo_cost.py's figures: what one photo costs, by size."""
+    if not photos:
+        return []
+    rows = [f"One photo with `{photos['model']}` (seconds after start-up; peak RSS in MiB):", '',
+            '| photo | model input | model alone | --predict | peak | --predict --nofeatures '
+            '| peak |', '| --- | --- | --- | --- | --- | --- | --- |']
+    for size, entry in photos['sizes'].items():
+        alone, full, bare = entry['model_alone'], entry['predict'], entry['predict_nofeatures']
+        rows.append(f"| {size} | {'x'.join(map(str, alone['input']))} | {alone['seconds']:.2f} "
+                    f"| {full['seconds_per_photo']:.2f} | {full['peak_mib']} "
+                    f"| {bare['seconds_per_photo']:.2f} | {bare['peak_mib']} |")
+    evaluation = photos['evaluation_HRF']
+    runs = '; '.join(f"{name.replace('_', ' ')}: {run['seconds']:.0f} s, {run['peak_mib']} MiB"
+                     for name, run in evaluation.items() if name.endswith('_images'))
+    return rows + ['', f"Evaluation of HRF-sized images (features on, no overlays): {runs}; "
+                   f"{evaluation['seconds_per_image']:.2f} s per image. Start-up to the first "
+                   f"photo: about {photos['sizes']['HRF_3504x2336']['predict']['start_up_seconds']}"
+                   f" s, of which importing TensorFlow {photos['tensorflow_import_seconds']} s.",
+                   '']
 
 
 def cross_dataset_table(record):
