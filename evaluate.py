@@ -99,12 +99,13 @@ REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'm
 
 # ----------------------------------------------------------------------------- the model
 
-def load_model(logdir, checkpoint='last'):
+def load_model(logdir, checkpoint='last', given=None):
     """Builds the saved architecture, checks it against any architecture flag the user gave, and
     loads the weights `checkpoint` names: 'last' (the newest checkpoint, or the exported weights
     of a run folder without checkpoints), 'best' (the best validation step's) or a step whose
-    checkpoint is kept. Returns the model, the architecture, the checkpoint's name for outputs
-    ('step4000', 'best-step3500', 'last') and its step."""
+    checkpoint is kept. `given`: the architecture settings the user named ({key: value}).
+    Returns the model, the architecture, the checkpoint's name for outputs ('step4000',
+    'best-step3500', 'last') and its step."""
     if not logdir:
         raise utils.UserError('--logdir is required')
     architecture = model.load_architecture(logdir)
@@ -113,8 +114,7 @@ def load_model(logdir, checkpoint='last'):
         raise utils.UserError(f'--logdir={logdir}: no trained model ({model.ARCHITECTURE_FILE}, '
                               f'{model.WEIGHTS_FILE} and {model.SCALE_FILE} are written by '
                               'train.py)')
-    given = {key: FLAGS[key].value for key in model.ARCHITECTURE_KEYS if FLAGS[key].present}
-    model.check_architecture(architecture, given, f'--logdir={logdir}')
+    model.check_architecture(architecture, given or {}, f'--logdir={logdir}')
     check_weights_width(weights, architecture)
     unet = model.build_from_architecture(architecture)
     if checkpoint.isdigit():
@@ -324,32 +324,33 @@ def format_scores(scores):
     return '  '.join(f'{key} {format_score(scores[key])}' for key in REPORTED if key in scores)
 
 
-def evaluate(predict, samples, threshold, overlay_dir):
+def evaluate(predict, samples, threshold, overlay_dir, config):
     """Predicts every sample, one image in memory at a time, and prints progress; returns the
     per-image metrics, the whole-set result and the report rows (the features of the predicted
     and the manual maps)."""
-    rows, second, measured = [], [], []
+    rows, second, measured, pending = [], [], [], None
     counts = metrics.no_pixels()
     examples = dataset.iter_examples(samples)
-    for index, (sample, example) in enumerate(zip(samples, examples, strict=True), 1):
-        started = time.time()
-        probability, decision = predict(example.image, example.mask, sample.image)
-        inside = example.mask.astype(bool)
-        image_counts = metrics.count_pixels(example.label, probability, inside, threshold)
-        counts += image_counts
-        scores = metrics.scores(image_counts)
-        rows.append({'image': example.name, **scores})
-        second_path = utils.second_observer_path(sample)
-        if second_path:
-            second.append(metrics.confusion_matrix(example.label,
-                                                   utils.read_binary(second_path), inside))
-        logging.info('[%d/%d] %s  %.2fs  %s', index, len(samples), example.name,
-                     time.time() - started, format_scores(scores))
-        if overlay_dir:
-            write_overlay(overlay_dir, example.name, example.image, example.label, probability,
-                          inside, threshold)
-        if FLAGS.features:
-            measured += measured_pair(example, probability >= threshold, overlay_dir, decision)
+    # Each image's overlays and features are made while the next one is predicted.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        for index, (sample, example) in enumerate(zip(samples, examples, strict=True), 1):
+            started = time.time()
+            probability, decision = predict(example.image, example.mask, sample.image)
+            inside = example.mask.astype(bool)
+            image_counts = metrics.count_pixels(example.label, probability, inside, threshold)
+            counts += image_counts
+            scores = metrics.scores(image_counts)
+            rows.append({'image': example.name, **scores})
+            second_path = utils.second_observer_path(sample)
+            if second_path:
+                second.append(metrics.confusion_matrix(example.label,
+                                                       utils.read_binary(second_path), inside))
+            logging.info('[%d/%d] %s  %.2fs  %s', index, len(samples), example.name,
+                         time.time() - started, format_scores(scores))
+            measured += pending.result() if pending else []
+            pending = writer.submit(figures_and_features, example, probability, decision,
+                                    threshold, overlay_dir, config)
+        measured += pending.result()
     scores = metrics.scores(counts)
     result = {'confusion_matrix': counts.matrix.tolist(), 'scores': scores,
               'threshold': threshold, 'images': len(rows)}
@@ -360,10 +361,21 @@ def evaluate(predict, samples, threshold, overlay_dir):
     return rows, result, measured
 
 
-def measured_pair(example, prediction, overlay_dir, decision):
+def figures_and_features(example, probability, decision, threshold, overlay_dir, config):
+    """Writes the image's overlays (with an overlay_dir); returns its report rows (with
+    config.features)."""
+    if overlay_dir:
+        write_overlay(overlay_dir, example.name, example.image, example.label, probability,
+                      example.mask.astype(bool), threshold)
+    if not config.features:
+        return []
+    return measured_pair(example, probability >= threshold, overlay_dir, decision, config)
+
+
+def measured_pair(example, prediction, overlay_dir, decision, config):
     """The report rows of one labelled image: its predicted map, then its manual one."""
     thumbnail = f'{OVERLAY_DIR}/{example.name}.png' if overlay_dir else None
-    return [{**report_row(example.name, source, vessels, example.mask, decision),
+    return [{**report_row(example.name, source, vessels, example.mask, decision, config),
              'thumbnail': thumbnail}
             for source, vessels in (('predicted', prediction & example.mask.astype(bool)),
                                     ('manual', example.label))]
@@ -468,7 +480,7 @@ def find_images(pattern):
     return paths
 
 
-def predict_files(predict, pattern, out_dir, threshold):
+def predict_files(predict, pattern, out_dir, threshold, config):
     """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
     masks; each photo's files are written (and its features measured) while the next one is
     predicted. A file that cannot be read or predicted is reported and skipped; the run then
@@ -481,7 +493,7 @@ def predict_files(predict, pattern, out_dir, threshold):
         for index, (path, name) in enumerate(utils.output_stems(paths, '--predict').items(), 1):
             try:
                 photo = predict_photo(predict, path, threshold)
-                outcome = writer.submit(write_photo, photo, out_dir, name)
+                outcome = writer.submit(write_photo, photo, out_dir, name, config)
             except utils.UserError as error:
                 print(f'error: {error}', file=sys.stderr)
                 outcome = report.unreadable(os.path.basename(path), utils.first_line(error))
@@ -491,11 +503,12 @@ def predict_files(predict, pattern, out_dir, threshold):
         rows.append(finished(*pending, len(paths)))
     failed = sum('decision' not in row for row in rows)
     print(f'wrote {len(PREDICTION_FILES) * (len(paths) - failed)} files to {out_dir}')
-    if FLAGS.features:
+    if config.features:
         write_report(out_dir, rows, f'Vessel maps of {pattern}')
     if failed:
         raise utils.UserError(f'{failed} of {len(paths)} images could not be predicted (named '
                               'above)')
+    return rows
 
 
 def finished(index, path, outcome, count):
@@ -532,7 +545,7 @@ def predict_photo(predict, path, threshold):
     return Photo(path, rgb, inside, probability.astype(np.uint8), vessels, decision)  # are large
 
 
-def write_photo(photo, out_dir, name):
+def write_photo(photo, out_dir, name, config):
     """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
     the photo), whole or not at all; returns the photo's report row, with the vessel share of
     its FOV."""
@@ -548,18 +561,18 @@ def write_photo(photo, out_dir, name):
                 os.remove(target)
         raise
     row = report_row(os.path.basename(photo.path), 'predicted', photo.vessels, photo.inside,
-                     photo.decision)
+                     photo.decision, config)
     return {**row, 'thumbnail': f'{name}_overlay.png', 'decision': photo.decision,
             'share': float(photo.vessels[photo.inside.astype(bool)].mean())}
 
 
-def report_row(image, source, vessels, inside, decision):
+def report_row(image, source, vessels, inside, decision, config):
     """The features (with --features) and flags of one vessel map, whose photo was brought to
     the model's scale as `decision` (scale.Decision) says."""
     measured = None
-    if FLAGS.features:
-        mm_per_px = features.mm_per_native_px(FLAGS.photo_fov_diameter or fov.diameter(inside),
-                                              FLAGS.fov_degrees, FLAGS.pixel_size_um)
+    if config.features:
+        mm_per_px = features.mm_per_native_px(config.photo_fov_diameter or fov.diameter(inside),
+                                              config.fov_degrees, config.pixel_size_um)
         measured = features.measure(vessels, inside, mm_per_native_px=mm_per_px)
     return {'image': image, 'source': source, **(measured or {}),
             'flags': report.photo_flags(inside, measured, decision)}
@@ -570,24 +583,26 @@ def write_report(out_dir, rows, title):
     print(f'features: {csv_path}; report: {html_path}')
 
 
-def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, step, model_scale):
-    """Evaluates the images a label file lists; prints the results and writes them to their own
-    folder under out_dir/evaluations, named by label file, checkpoint and threshold."""
+def evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, model_scale):
+    """Evaluates the images config.label_file_path lists; prints the results and writes them to
+    their own folder under out_dir/evaluations, named by label file, checkpoint and threshold.
+    Returns the result metrics.json holds."""
+    label_file = config.label_file_path
     out_dir = os.path.join(out_dir, EVALUATIONS_DIR, evaluation_name(
-        label_file, checkpoint, threshold, FLAGS.calibrate_on, FLAGS.tta, FLAGS.rescale,
-        (FLAGS.tile_size, FLAGS.tile_overlap) if FLAGS.tile_size else None))
+        label_file, checkpoint, threshold, config.calibrate_on, config.tta, config.rescale,
+        (config.tile_size, config.tile_overlap) if config.tile_size else None))
     samples = utils.parse_label_file(label_file)
-    overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if FLAGS.visulize else None
+    overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if config.visulize else None
     for folder in (out_dir, overlay_dir):
         utils.refuse_input_folder(folder, [path for sample in samples for path in (
             sample.image, sample.label, sample.mask)], '--output_dir')
         if folder and os.path.isdir(folder):
             utils.remove_temporaries(folder, STALE_SECONDS)
     started = time.time()
-    rows, result, measured = evaluate(predict, samples, threshold, overlay_dir)
+    rows, result, measured = evaluate(predict, samples, threshold, overlay_dir, config)
     seconds = time.time() - started
     logging.info('evaluated %d images in %.1fs', len(rows), seconds)
-    result.update(calibrated_on=FLAGS.calibrate_on, tta=FLAGS.tta, rescale=FLAGS.rescale,
+    result.update(calibrated_on=config.calibrate_on, tta=config.tta, rescale=config.rescale,
                   model_fov_diameter=model_scale and model_scale.fov_diameter,
                   label_file=label_file,
                   checkpoint=checkpoint, seconds=round(seconds, 2))
@@ -596,59 +611,98 @@ def evaluate_label_file(predict, label_file, threshold, out_dir, checkpoint, ste
     print(f'metrics: {os.path.join(out_dir, METRICS_JSON)}, {os.path.join(out_dir, METRICS_CSV)}')
     if overlay_dir:
         print(f'overlays, probability maps and ROC/PR curves: {overlay_dir}/')
-    if FLAGS.features:
+    if config.features:
         write_report(out_dir, measured, f'Vessel maps of {label_file} ({checkpoint})')
+    return {**result, 'per_image': rows, 'out_dir': out_dir}
 
 
-def main(argv):
-    del argv
-    unet, architecture, checkpoint, step = load_model(FLAGS.logdir, FLAGS.checkpoint)
-    out_dir = check_outputs()
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What one evaluation or prediction does: the flags of evaluate.py, read only by main."""
+    logdir: str
+    label_file_path: str | None = None
+    checkpoint: str = 'last'
+    architecture: dict = dataclasses.field(default_factory=dict)  # the flags the user named
+    threshold: float = 0.5
+    calibrate_on: str | None = None
+    tta: bool = False
+    tile_size: int = 0
+    tile_overlap: int = 128
+    rescale: bool = True
+    photo_fov_diameter: float | None = None
+    predict: str | None = None
+    predict_dir: str | None = None
+    output_dir: str | None = None
+    export_dir: str | None = None
+    visulize: bool = False
+    features: bool = True
+    fov_degrees: float | None = None
+    pixel_size_um: float | None = None
+
+    @classmethod
+    def from_flags(cls):
+        if FLAGS.calibrate_on and FLAGS['threshold'].present:
+            raise utils.UserError('give --threshold or --calibrate_on, not both')
+        names = [field.name for field in dataclasses.fields(cls) if field.name != 'architecture']
+        return cls(**{name: FLAGS[name].value for name in names},
+                   architecture={key: FLAGS[key].value for key in model.ARCHITECTURE_KEYS
+                                 if FLAGS[key].present})
+
+
+def run(config):
+    """Evaluates config.label_file_path (returns what metrics.json holds, with 'per_image' and
+    'out_dir') or, with config.predict, predicts those photos (returns their report rows)."""
+    unet, architecture, checkpoint, step = load_model(config.logdir, config.checkpoint,
+                                                      config.architecture)
+    out_dir = check_outputs(config)
     channels = model.in_channels(architecture['preprocess'])
     traced = make_predictor(unet, channels)
-    model_scale = model.load_scale(FLAGS.logdir) if FLAGS.rescale else None
-    if FLAGS.rescale and model_scale is None:
+    model_scale = model.load_scale(config.logdir) if config.rescale else None
+    if config.rescale and model_scale is None:
         logging.warning("%s: no readable %s (train.py writes it): images are predicted at their "
-                        "own size, not brought to the model's scale", FLAGS.logdir,
+                        "own size, not brought to the model's scale", config.logdir,
                         model.SCALE_FILE)
-    if FLAGS.export_dir:
-        export(unet, channels, FLAGS.export_dir, model_scale and model_scale.fov_diameter)
+    if config.export_dir:
+        export(unet, channels, config.export_dir, model_scale and model_scale.fov_diameter)
 
     def at_model_scale(image):
         def once(view):
-            return predict_image(traced, view, FLAGS.tile_size, FLAGS.tile_overlap)
-        return predict_flipped(once, image) if FLAGS.tta else once(image)
+            return predict_image(traced, view, config.tile_size, config.tile_overlap)
+        return predict_flipped(once, image) if config.tta else once(image)
 
     def predict(rgb, inside, path):
         """(vessel probabilities of an RGB image at its own size, scale.Decision)."""
         return scale.predict_at_scale(at_model_scale, rgb, inside, architecture['preprocess'],
-                                      model_scale, path, FLAGS.photo_fov_diameter)
+                                      model_scale, path, config.photo_fov_diameter)
 
-    threshold = FLAGS.threshold
-    if FLAGS.calibrate_on:
-        threshold = calibrate_threshold(predict, FLAGS.calibrate_on,
-                                        None if FLAGS.predict else FLAGS.label_file_path)
-    if FLAGS.predict:
-        predict_files(predict, FLAGS.predict, out_dir, threshold)
-    else:
-        evaluate_label_file(predict, FLAGS.label_file_path, threshold, out_dir, checkpoint, step,
-                            model_scale)
+    threshold = config.threshold
+    if config.calibrate_on:
+        threshold = calibrate_threshold(predict, config.calibrate_on,
+                                        None if config.predict else config.label_file_path)
+    if config.predict:
+        return predict_files(predict, config.predict, out_dir, threshold, config)
+    return evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step,
+                               model_scale)
 
 
-def check_outputs():
-    """Checks the flags and that the output folder is writable before any work; returns it."""
-    if FLAGS.calibrate_on and FLAGS['threshold'].present:
-        raise utils.UserError('give --threshold or --calibrate_on, not both')
-    if FLAGS.export_dir:
-        if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
-            raise utils.UserError(f'--export_dir={FLAGS.export_dir}: a file, not a folder')
-        utils.writable_dir(os.path.dirname(os.path.abspath(FLAGS.export_dir)), '--export_dir')
-    if FLAGS.predict:
-        return utils.writable_dir(FLAGS.predict_dir or os.path.join(FLAGS.logdir, 'predictions'),
+def check_outputs(config):
+    """Checks the settings and that the output folder is writable before any work; returns it."""
+    if config.export_dir:
+        if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
+            raise utils.UserError(f'--export_dir={config.export_dir}: a file, not a folder')
+        utils.writable_dir(os.path.dirname(os.path.abspath(config.export_dir)), '--export_dir')
+    if config.predict:
+        return utils.writable_dir(config.predict_dir or os.path.join(config.logdir,
+                                                                     'predictions'),
                                   '--predict_dir')
-    if not FLAGS.label_file_path:
+    if not config.label_file_path:
         raise utils.UserError('--label_file_path is required (or --predict for unlabelled images)')
-    return utils.writable_dir(FLAGS.output_dir or FLAGS.logdir, '--output_dir')
+    return utils.writable_dir(config.output_dir or config.logdir, '--output_dir')
+
+
+def main(argv):
+    del argv
+    run(EvalConfig.from_flags())
 
 
 if __name__ == '__main__':

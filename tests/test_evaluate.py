@@ -1,6 +1,7 @@
 """evaluate.py as users run it: the original's printout, FOV metrics, overlays, the second observer
 on real DRIVE, tiled inference, prediction on new images, the SavedModel export, bad input."""
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -434,3 +435,21 @@ def test_weights_of_another_width_are_refused_before_the_model_is_built(trained,
     assert last_line(result.stderr) == (  # the trained run is base 8: 128 channels at the bottom
         f'error: {logdir}/model.weights.h5: does not fit the architecture in architecture.json '
         '(its widest layer has 128 channels; base_channels=512 has 8192)')
+
+
+def test_an_evaluation_runs_in_process_from_its_config_alone(trained, synthetic, tmp_path):
+    """evaluate.run reads no flags: unit tests and bench call it with an EvalConfig."""
+    config = evaluate.EvalConfig(logdir=str(trained), label_file_path=synthetic['test'],
+                                 output_dir=str(tmp_path), features=False)
+    result = evaluate.run(config)
+    assert result['images'] == 2 and np.sum(result['confusion_matrix']) == fov_pixels(
+        synthetic['test'])
+    written = json.load(open(os.path.join(result['out_dir'], 'metrics.json')))
+    assert written['scores'] == pytest.approx(result['scores'])
+    assert [row['image'] for row in written['per_image']] == [
+        row['image'] for row in result['per_image']]
+    photos = os.path.join(os.path.dirname(synthetic['test']), 'test', 'images')
+    rows = evaluate.run(dataclasses.replace(config, predict=photos,
+                                            predict_dir=str(tmp_path / 'out')))
+    assert len(rows) == 2 and all(0 < row['share'] < 0.5 for row in rows)
+    assert len(os.listdir(tmp_path / 'out')) == 2 * len(evaluate.PREDICTION_FILES)
