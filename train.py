@@ -328,8 +328,10 @@ def pixel_loss(labels, logits, masks, fov_loss, dice_weight=0.0):
     return loss
 
 
-def make_train_step(strategy, unet, optimizer, global_batch, fov_loss, dice_weight=0.0):
-    """A @tf.function running one step on every replica; returns the global mean loss."""
+def make_train_loop(strategy, unet, optimizer, global_batch, fov_loss, dice_weight=0.0):
+    """A @tf.function running `steps` steps (a tensor: one trace serves every count) on every
+    replica, as SimCLR's steps_per_loop: the host waits once per call, not once per step.
+    Returns each step's global mean loss and the learning rate of its update."""
 
     def replica_step(images, labels, masks):
         with tf.GradientTape() as tape:
@@ -348,11 +350,24 @@ def make_train_step(strategy, unet, optimizer, global_batch, fov_loss, dice_weig
         return loss
 
     @tf.function
-    def train_step(iterator):
-        losses = strategy.run(replica_step, args=next(iterator))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+    def train_steps(iterator, steps):
+        losses = tf.TensorArray(tf.float32, size=steps)
+        rates = tf.TensorArray(tf.float32, size=steps)
+        for index in tf.range(steps):
+            rates = rates.write(index, tf.cast(optimizer.learning_rate, tf.float32))
+            loss = strategy.run(replica_step, args=next(iterator))
+            losses = losses.write(index, tf.cast(
+                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None), tf.float32))
+        return losses.stack(), rates.stack()
 
-    return train_step
+    return train_steps
+
+
+def steps_to_boundary(step, config):
+    """The steps from `step` to the next log line, validation, save or the end: one call's."""
+    intervals = (config.log_interval, config.save_interval,
+                 config.validation_interval or config.save_interval)
+    return min([config.max_iters - step] + [every - step % every for every in intervals])
 
 
 def is_chief(strategy):
@@ -623,9 +638,9 @@ def train(strategy, config):
 
 
 def build_and_restore(strategy, config, model_scale, chief, saved_knots):
-    """Model, schedule, optimizer and checkpoint manager, built under the strategy's scope and
-    restored from the logdir's newest readable checkpoint where there is one. The chief then
-    writes what the run folder describes: architecture, scale and settings."""
+    """Model, optimizer (with its schedule) and checkpoint manager, built under the strategy's
+    scope and restored from the logdir's newest readable checkpoint where there is one. The
+    chief then writes what the run folder describes: architecture, scale and settings."""
     keras.utils.set_random_seed(config.seed)  # the initial weights too, not only the data
     keras.mixed_precision.set_global_policy(
         'mixed_bfloat16' if config.mixed_precision else 'float32')
@@ -642,7 +657,7 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
                               f'no checkpoint to resume from ({directory} is missing or empty); '
                               'train into a new --logdir, or remove the weights to start over')
     knots = learning_rate_knots(config, saved_knots, restored)
-    schedule = optimizer.learning_rate = PiecewiseLinear(knots)  # the step is known only now
+    optimizer.learning_rate = PiecewiseLinear(knots)  # the step is known only now
     if chief:
         repair_checkpoint_state(directory, restored)
         for folder in (SUMMARY_DIR, VALIDATION_DIR):
@@ -653,13 +668,13 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
     else:  # other workers must save too, but somewhere private
         directory = os.path.join(directory, f'.worker{strategy.cluster_resolver.task_id}')
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
-    return unet, optimizer, schedule, manager, restored
+    return unet, optimizer, manager, restored
 
 
 def _train(strategy, config, examples, validation, model_scale, chief, saved_knots, stop):
     logdir, global_batch = config.logdir, config.batch_size
-    unet, optimizer, schedule, manager, resumed = build_and_restore(strategy, config, model_scale,
-                                                                   chief, saved_knots)
+    unet, optimizer, manager, resumed = build_and_restore(strategy, config, model_scale, chief,
+                                                         saved_knots)
     start = int(optimizer.iterations.numpy())
     replicas = strategy.num_replicas_in_sync
     logging.info('%s at step %d of %d: global batch %d = %d replicas x %d, %d training images, '
@@ -680,29 +695,22 @@ def _train(strategy, config, examples, validation, model_scale, chief, saved_kno
     iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
     preview = next(iter(dataset.training_dataset(examples, min(global_batch, 3), config.patch_size,
                                                  config.image_size, seed=config.seed + 1)))
-    train_step = make_train_step(strategy, unet, optimizer, global_batch, config.fov_loss,
-                                 config.dice_weight)
+    train_steps = make_train_loop(strategy, unet, optimizer, global_batch, config.fov_loss,
+                                  config.dice_weight)
     writer = (tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)) if chief
               else tf.summary.create_noop_writer())
     validate = Validator(config, unet, validation, model_scale) if chief and validation else None
     validation_interval = config.validation_interval or config.save_interval
-    pending = []
-    started = last_time = time.time()
-    for step in range(start + 1, config.max_iters + 1):
-        loss = float(train_step(iterator))
-        if not np.isfinite(loss):
-            raise utils.UserError(f'the loss became {loss} at step {step}; stopped without saving '
-                                  f'(the last good checkpoint is {manager.latest_checkpoint}); '
-                                  'try a lower --initial_lr')
-        now = time.time()
-        pending.append({'step': step, 'loss': loss, 'learning_rate': float(schedule(step - 1)),
-                        'global_steps_per_sec': 1.0 / max(now - last_time, 1e-9)})
-        last_time = now
+    pending, step = [], start
+    started = time.time()
+    while step < config.max_iters:
+        pending += run_steps(train_steps, iterator, step, steps_to_boundary(step, config), manager)
+        step = pending[-1]['step']
         if step % config.log_interval == 0 or step == config.max_iters:
-            rate = (step - start) / (now - started)
+            rate = (step - start) / (time.time() - started)
             logging.info('step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  ETA %s', step,
-                         config.max_iters, loss, pending[-1]['learning_rate'], rate,
-                         _format_seconds((config.max_iters - step) / rate))
+                         config.max_iters, pending[-1]['loss'], pending[-1]['learning_rate'],
+                         rate, _format_seconds((config.max_iters - step) / rate))
         if validate and (step % validation_interval == 0 or step == config.max_iters):
             validate(step)
         if step % config.save_interval == 0 or step == config.max_iters or stop.received:
@@ -712,7 +720,6 @@ def _train(strategy, config, examples, validation, model_scale, chief, saved_kno
             if validate:
                 validate.flush()
             save(manager, unet, logdir, chief, step)
-            last_time = time.time()  # the save's time is not a step's
         if stop.received:
             logging.info('signal %d: stopped at step %d after saving; rerun to resume',
                          stop.received, step)
@@ -723,6 +730,22 @@ def _train(strategy, config, examples, validation, model_scale, chief, saved_kno
     logging.info('done: %d steps in %s; weights in %s (checksum %.12g)', config.max_iters - start,
                  _format_seconds(time.time() - started), os.path.join(logdir, model.WEIGHTS_FILE),
                  checksum)
+
+
+def run_steps(train_steps, iterator, step, count, manager):
+    """Runs steps step+1 .. step+count in one call; returns their scalars for TensorBoard."""
+    began = time.time()
+    losses, rates = (values.numpy() for values in train_steps(iterator, tf.constant(count)))
+    rate = count / max(time.time() - began, 1e-9)
+    for offset, loss in enumerate(losses):
+        if not np.isfinite(loss):
+            raise utils.UserError(
+                f'the loss became {loss} at step {step + offset + 1}; stopped without saving '
+                f'(the last good checkpoint is {manager.latest_checkpoint}); try a lower '
+                '--initial_lr')
+    return [{'step': step + offset + 1, 'loss': float(loss), 'learning_rate': float(lr),
+             'global_steps_per_sec': rate} for offset, (loss, lr) in enumerate(zip(
+                 losses, rates, strict=True))]
 
 
 def image_predictor(unet, preprocess):

@@ -3,7 +3,8 @@
 Training, for (a) whole images, image_size 512, batch 2, base 32 (the original's net) and
 (b) 64px patches, batch 32, base 16 (the CPU recipe), in steps/s and megapixels/s:
   train.py          the real script (median of its per-step rate after warm-up),
-  pure compute      the same @tf.function step on one batch already in memory,
+  pure compute      the same steps on one batch already in memory, 20 per tf.function call
+                    (train.make_train_loop) and one per call ("per_step_calls"),
   model.fit         Keras' own loop on that batch, and with XLA (jit_compile=True),
   pipeline          dataset.py's batches alone.
 Setting (c) is (b) in bfloat16 (train.py --mixed_precision). Where a GPU is visible, also the
@@ -22,6 +23,7 @@ HRF-sized images (time per image, peak memory).
   python bench/throughput.py                    # everything
   python bench/throughput.py --pipeline_only    # the pipeline per core, merged into the file
   python bench/throughput.py --photos_only      # the photo costs, merged into the file
+  python bench/throughput.py --loop_only        # steps per call against one step per call
 """
 import json
 import os
@@ -61,6 +63,7 @@ GPU_SETTINGS = {
         'steps': 50, 'script': 'train_distribute.py', 'mixed_precision': mixed}
     for suffix, mixed in (('', False), ('_bf16', True))}
 WARMUP = 4
+LOOP = 20  # steps per call of train.make_train_loop, as train.py's default --log_interval
 RATE = 'train/global_steps_per_sec'
 
 
@@ -97,6 +100,43 @@ def fit_rate(batch, setting, jit_compile):
     return setting['steps'] / (time.perf_counter() - started)
 
 
+LOOP_SETTINGS = {  # the tests' model (tests/conftest.py TINY) and the CPU recipe
+    'tests_tiny_patch32_batch8_base8': {'patch_size': 32, 'image_size': 1024, 'batch': 8,
+                                        'base': 8, 'steps': 200},
+    'b_patch64_batch32_base16': {**SETTINGS['b_patch64_batch32_base16'], 'steps': 100}}
+
+
+def loop_rates(examples):
+    """Steps per second of LOOP steps per call and of one step per call, on one batch in memory
+    (median of 3 rounds)."""
+    rates = {}
+    for name, setting in LOOP_SETTINGS.items():
+        batch = next(iter(dataset.training_dataset(examples, setting['batch'],
+                                                   setting['patch_size'], setting['image_size'],
+                                                   augmentation=True)))
+        rounds = call_rates(batch, setting)
+        per_step, looped = (float(np.median(values)) for values in zip(*rounds, strict=True))
+        rates[name] = {'one_step_per_call': round(per_step, 2),
+                       f'{LOOP}_steps_per_call': round(looped, 2),
+                       'speed-up': round(looped / per_step, 3)}
+        print(name, rates[name], flush=True)
+    return rates
+
+
+def call_rates(batch, setting, rounds=3):
+    """[(steps/s at one step per call, steps/s at LOOP per call)] for each round."""
+    unet = model.build_unet(base_channels=setting['base'])
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(unet.trainable_variables)
+    steps = train.make_train_loop(tf.distribute.get_strategy(), unet, optimizer,
+                                  setting['batch'], fov_loss=True)
+    in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    one, loop = tf.constant(1), tf.constant(LOOP)
+    return [(timed_steps(lambda: steps(in_memory, one)[0].numpy(), setting['steps']),
+             LOOP * timed_steps(lambda: steps(in_memory, loop)[0].numpy(),
+                                setting['steps'] // LOOP)) for _ in range(rounds)]
+
+
 def in_memory_rates(examples, setting):
     """Pure compute, model.fit (without and with XLA) and the pipeline alone, in steps (batches)
     per second, under the setting's precision policy."""
@@ -110,10 +150,14 @@ def in_memory_rates(examples, setting):
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(unet.trainable_variables)
     strategy = tf.distribute.get_strategy()
-    step = train.make_train_step(strategy, unet, optimizer, setting['batch'], fov_loss=True)
+    steps = train.make_train_loop(strategy, unet, optimizer, setting['batch'], fov_loss=True)
     in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
-    pure = timed_steps(lambda: step(in_memory).numpy(), setting['steps'])
-    rates = {'pure_compute': pure, 'model_fit': fit_rate(batch, setting, jit_compile=False),
+    one, loop = tf.constant(1), tf.constant(LOOP)
+    per_step = timed_steps(lambda: steps(in_memory, one)[0].numpy(), setting['steps'])
+    pure = LOOP * timed_steps(lambda: steps(in_memory, loop)[0].numpy(),
+                              max(1, setting['steps'] // LOOP))
+    rates = {'pure_compute': pure, 'pure_compute_per_step_calls': per_step,
+             'model_fit': fit_rate(batch, setting, jit_compile=False),
              'model_fit_xla': fit_rate(batch, setting, jit_compile=True)}
     keras.mixed_precision.set_global_policy('float32')
     iterator = iter(stream)
@@ -214,7 +258,8 @@ def main():
     gpus = tf.config.list_physical_devices('GPU')
     path = os.path.join(RESULTS, 'throughput_gpu.json' if gpus else 'throughput.json')
     only = {'--pipeline_only': ('pipeline_per_core', lambda: pipeline_per_core(examples)),
-            '--photos_only': ('photos', photo_cost.measure)}
+            '--photos_only': ('photos', photo_cost.measure),
+            '--loop_only': ('steps_per_call', lambda: loop_rates(examples))}
     for flag, (key, measure) in only.items():
         if flag in sys.argv[1:]:
             with open(path) as stream:
@@ -246,6 +291,7 @@ def main():
                                            'rss_mib_1024x1024': peak_memory_mib(base)}
                            for base in (16, 32)}
     record['pipeline_per_core'] = pipeline_per_core(examples)
+    record['steps_per_call'] = loop_rates(examples)
     record['photos'] = photo_cost.measure()
     record['reference'] = {'original TF 2.3 eager loop, setting (a), 2-core CPU': 0.224}
     os.makedirs(RESULTS, exist_ok=True)
