@@ -85,7 +85,19 @@ def throughput_rows(name):
         seconds = entry['drive_test_20_images_seconds']
         rows.append(f"| {net} | {seconds:.1f} | {seconds / 20:.2f} | "
                     f"{entry['rss_mib_1024x1024']['peak']} |")
-    return rows + [''] + photo_rows(record.get('photos'))
+    return rows + [''] + loop_rows(record.get('steps_per_call')) + photo_rows(record.get('photos'))
+
+
+def loop_rows(loops):
+    """bench/throughput.py --loop_only: train.py's steps per tf.function call against one."""
+    if not loops:
+        return []
+    rows = ['Training steps per second on one batch in memory, by steps per tf.function call:',
+            '', '| setting | one step per call | 20 steps per call | speed-up |',
+            '| --- | --- | --- | --- |']
+    rows += [f"| {name} | {entry['one_step_per_call']} | {entry['20_steps_per_call']} | "
+             f"{entry['speed-up']:.2f}x |" for name, entry in loops.items()]
+    return rows + ['']
 
 
 def photo_rows(photos):
