@@ -43,8 +43,9 @@ demo:  ## the whole job on the synthetic set: generate, preprocess, train 300 st
 	$(PYTHON) evaluate.py --logdir=log/demo --label_file_path=data/SYNTH/test.txt \
 		--calibrate_on=data/SYNTH/training.txt --visulize=True
 
-lint:  ## ruff
+lint:  ## ruff: the lint rules, then the formatting (ruff format to apply it)
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 test: lint  ## lint, then the test suite (about 11 minutes on 2 cores)
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m "not slow"

@@ -6,6 +6,7 @@ Training batches are a pure function of (seed, step): sample i of the stream is 
 images decoded once with random numbers hashed from (seed, i). So a run is reproducible, parallel
 maps stay deterministic, and a resumed run continues with exactly the batches it would have seen.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ class Example:
     name: str
     image: np.ndarray  # uint8 HxWxC: RGB, or the preprocessed gray image
     label: np.ndarray  # uint8 HxW, {0, 1}
-    mask: np.ndarray   # uint8 HxW, {0, 1}
+    mask: np.ndarray  # uint8 HxW, {0, 1}
 
 
 def load_examples(samples, preprocess=False, fov_diameter=None):
@@ -47,8 +48,9 @@ def iter_examples(samples, preprocess=False, fov_diameter=None):
 
 def label_file_samples(paths, flag='--label_file_path'):
     """The samples of one label file or of a comma-separated list of them, in order."""
-    return [sample for path in label_file_paths(paths)
-            for sample in utils.parse_label_file(path, flag)]
+    return [
+        sample for path in label_file_paths(paths) for sample in utils.parse_label_file(path, flag)
+    ]
 
 
 def label_file_paths(paths):
@@ -73,10 +75,13 @@ _GOLDEN = 0x9E3779B97F4A7C15
 
 def _hash(seed, purpose, counter):
     """splitmix64 of (seed, purpose, counter): uint64, elementwise over `counter` (int64)."""
+
     def u64(value):
         return tf.constant(value, tf.uint64)
-    x = (tf.cast(counter, tf.uint64) * u64(_GOLDEN) + u64((seed * 1000003 + purpose) % 2 ** 64)
-         * u64(_HASH_MULTIPLIERS[1]))
+
+    x = tf.cast(counter, tf.uint64) * u64(_GOLDEN) + u64((seed * 1000003 + purpose) % 2**64) * u64(
+        _HASH_MULTIPLIERS[1]
+    )
     for shift, multiplier in ((30, _HASH_MULTIPLIERS[0]), (27, _HASH_MULTIPLIERS[1])):
         x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(shift))) * u64(multiplier)
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u64(31)))
@@ -85,7 +90,7 @@ def _hash(seed, purpose, counter):
 def _uniform(seed, purpose, counter):
     """Uniform floats in [0, 1), one per counter."""
     bits = tf.bitwise.right_shift(_hash(seed, purpose, counter), tf.constant(40, tf.uint64))
-    return tf.cast(bits, tf.float32) / 2.0 ** 24
+    return tf.cast(bits, tf.float32) / 2.0**24
 
 
 # what each random number is for
@@ -102,17 +107,21 @@ def _canvas(examples, margin, image_size):
     fov = []
     for i, example in enumerate(examples):
         h, w = example.label.shape
-        canvas[i, margin:margin + h, margin:margin + w] = np.concatenate(
-            [example.image, example.label[..., None], example.mask[..., None]], axis=-1)
+        canvas[i, margin : margin + h, margin : margin + w] = np.concatenate(
+            [example.image, example.label[..., None], example.mask[..., None]], axis=-1
+        )
         fov.append(np.flatnonzero(canvas[i, :, :, -1]).astype(np.int64))
     if not margin:  # whole images: centred on a canvas of at least image_size
         pad_h, pad_w = max(image_size - height, 0), max(image_size - width, 0)
-        canvas = np.pad(canvas, [(0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                                 (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
+        canvas = np.pad(
+            canvas,
+            [(0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)],
+        )
     # from_row_lengths, not tf.ragged.constant: that walks every index in Python (minutes for
     # 65 images of a megapixel).
     return tf.constant(canvas), tf.RaggedTensor.from_row_lengths(
-        np.concatenate(fov), [len(indices) for indices in fov])
+        np.concatenate(fov), [len(indices) for indices in fov]
+    )
 
 
 def _epoch_order(seed, samples, count):
@@ -120,8 +129,11 @@ def _epoch_order(seed, samples, count):
     random order, ranked by a hash of (seed, epoch, image)."""
     epochs = samples // count
     keys = _hash(seed, _ORDER, epochs[:, None] * count + tf.range(count, dtype=tf.int64)[None])
-    order = tf.argsort(tf.bitcast(tf.bitwise.right_shift(keys, tf.constant(1, tf.uint64)),
-                                  tf.int64), axis=1, stable=True)
+    order = tf.argsort(
+        tf.bitcast(tf.bitwise.right_shift(keys, tf.constant(1, tf.uint64)), tf.int64),
+        axis=1,
+        stable=True,
+    )
     return tf.gather(order, samples % count, batch_dims=1)
 
 
@@ -134,8 +146,9 @@ def _crop(canvas, image_index, top, left, side, flip_ud, flip_lr):
     y0, y1 = tf.where(flip_ud, bottom, top), tf.where(flip_ud, top, bottom)
     x0, x1 = tf.where(flip_lr, right, left), tf.where(flip_lr, left, right)
     boxes = tf.stack([y0 / height, x0 / width, y1 / height, x1 / width], axis=1)
-    return tf.image.crop_and_resize(canvas, boxes, tf.cast(image_index, tf.int32), [side, side],
-                                    method='nearest')
+    return tf.image.crop_and_resize(
+        canvas, boxes, tf.cast(image_index, tf.int32), [side, side], method='nearest'
+    )
 
 
 def _transpose_where(block, chosen):
@@ -155,8 +168,16 @@ def jitter(image, seed, samples):
     return tf.clip_by_value((image - mean) * factor + mean, 0.0, 1.0)
 
 
-def training_dataset(examples, batch_size, patch_size=0, image_size=1024, augmentation=False,
-                     seed=0, start_step=0, input_context=None):
+def training_dataset(
+    examples,
+    batch_size,
+    patch_size=0,
+    image_size=1024,
+    augmentation=False,
+    seed=0,
+    start_step=0,
+    input_context=None,
+):
     """An endless tf.data stream of (image, label, mask) batches for steps start_step, ...
 
     patch_size > 0: square patches centred on random FOV pixels; 0: whole images zero-padded
@@ -174,22 +195,30 @@ def training_dataset(examples, batch_size, patch_size=0, image_size=1024, augmen
     fov_pixels, fov_starts, fov_sizes = fov.values, fov.row_starts(), fov.row_lengths()
 
     def make_batch(step):
-        samples = step * global_batch + pipeline_id + pipelines * tf.range(batch_size,
-                                                                            dtype=tf.int64)
+        samples = (
+            step * global_batch + pipeline_id + pipelines * tf.range(batch_size, dtype=tf.int64)
+        )
         image_index = _epoch_order(seed, samples, count)
         if patch_size:  # a random FOV pixel of the image is the patch's centre
             sizes = tf.gather(fov_sizes, image_index)
-            pick = tf.minimum(tf.cast(_uniform(seed, _POSITION_Y, samples)
-                                      * tf.cast(sizes, tf.float32), tf.int64), sizes - 1)
+            pick = tf.minimum(
+                tf.cast(
+                    _uniform(seed, _POSITION_Y, samples) * tf.cast(sizes, tf.float32), tf.int64
+                ),
+                sizes - 1,
+            )
             centre = tf.gather(fov_pixels, tf.gather(fov_starts, image_index) + pick)
             top, left = centre // width - patch_size // 2, centre % width - patch_size // 2
         else:  # a random image_size crop of the canvas
+
             def offset(purpose, room):
                 return tf.cast(_uniform(seed, purpose, samples) * (room + 1), tf.int64)
+
             top, left = offset(_POSITION_Y, height - side), offset(_POSITION_X, width - side)
 
         def chosen(purpose):
             return (_uniform(seed, purpose, samples) < 0.5) & augmentation
+
         block = _crop(canvas, image_index, top, left, side, chosen(_FLIP_UD), chosen(_FLIP_LR))
         if augmentation:
             block = _transpose_where(block, chosen(_TRANSPOSE))

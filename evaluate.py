@@ -14,6 +14,7 @@ native size, at --threshold or at the threshold that --calibrate_on chooses on o
 images; each evaluation writes its own folder under {logdir}/evaluations/, named by label file,
 checkpoint and threshold.
 """
+
 import utils
 
 utils.quiet_tensorflow()
@@ -45,59 +46,139 @@ import report  # noqa: E402
 import scale  # noqa: E402
 
 FLAGS = flags.FLAGS
-utils.define_flags('logdir', 'label_file_path', 'batch_size', 'preprocess', 'transpose_conv',
-                   'base_channels', 'num_classes', 'visulize', 'output_dir')
-flags.DEFINE_float('threshold', 0.5, 'Vessel probability at or above which a pixel is vessel '
-                   '(0 to 1).')
-flags.DEFINE_string('calibrate_on', None, 'A label file (the training set, never the test set): '
-                    'use the threshold that maximises F1 on its images instead of --threshold.')
-flags.DEFINE_bool('tta', False, 'Test-time augmentation: average the predictions for the image and '
-                  'its three flips (4x the inference time).')
-flags.DEFINE_integer('tile_size', 0, 'Predict in tiles of this side (a multiple of 16) for '
-                     'images too large for memory; 0 predicts whole images.', lower_bound=0)
-flags.DEFINE_integer('tile_overlap', 128, 'Context (a multiple of 16) around each tile, cut '
-                     'away after predicting; 128 covers the U-Net receptive field.', lower_bound=0)
-flags.DEFINE_string('predict', None, 'Predict images with no labels instead of evaluating: a '
-                    'folder or a glob of PNG/JPEG/TIFF/GIF/BMP/WebP files.')
-flags.DEFINE_string('predict_dir', None, 'Where --predict writes (default {logdir}/predictions; '
-                    'not the folder of the input images).')
+utils.define_flags(
+    'logdir',
+    'label_file_path',
+    'batch_size',
+    'preprocess',
+    'transpose_conv',
+    'base_channels',
+    'num_classes',
+    'visulize',
+    'output_dir',
+)
+flags.DEFINE_float(
+    'threshold', 0.5, 'Vessel probability at or above which a pixel is vessel (0 to 1).'
+)
+flags.DEFINE_string(
+    'calibrate_on',
+    None,
+    'A label file (the training set, never the test set): '
+    'use the threshold that maximises F1 on its images instead of --threshold.',
+)
+flags.DEFINE_bool(
+    'tta',
+    False,
+    'Test-time augmentation: average the predictions for the image and '
+    'its three flips (4x the inference time).',
+)
+flags.DEFINE_integer(
+    'tile_size',
+    0,
+    'Predict in tiles of this side (a multiple of 16) for '
+    'images too large for memory; 0 predicts whole images.',
+    lower_bound=0,
+)
+flags.DEFINE_integer(
+    'tile_overlap',
+    128,
+    'Context (a multiple of 16) around each tile, cut '
+    'away after predicting; 128 covers the U-Net receptive field.',
+    lower_bound=0,
+)
+flags.DEFINE_string(
+    'predict',
+    None,
+    'Predict images with no labels instead of evaluating: a '
+    'folder or a glob of PNG/JPEG/TIFF/GIF/BMP/WebP files.',
+)
+flags.DEFINE_string(
+    'predict_dir',
+    None,
+    'Where --predict writes (default {logdir}/predictions; not the folder of the input images).',
+)
 flags.DEFINE_string('export_dir', None, 'Also export a SavedModel for serving to this folder.')
-flags.DEFINE_bool('rescale', True, "Resize each image so its FOV diameter matches the model's "
-                  '(scale.json) before predicting, and the probabilities back; runs without '
-                  'scale.json predict images as they are.')
-flags.DEFINE_bool('features', True, 'Measure every vessel map (features.csv) and write report.html '
-                  'beside the outputs.')
-flags.DEFINE_float('photo_fov_diameter', None, "The photos' FOV diameter in pixels, where you "
-                   'know it: it sets their scale instead of the FOV found in each photo (needed '
-                   'where a FOV fills the frame and shows too few vessels to tell the scale).',
-                   lower_bound=1)
-flags.DEFINE_float('fov_degrees', None, "The camera's field angle across the FOV diameter (e.g. "
-                   '45): adds millimetre columns to features.csv.', lower_bound=1,
-                   upper_bound=360)
-flags.DEFINE_float('pixel_size_um', None, 'The size of one pixel on the retina in micrometres '
-                   '(instead of --fov_degrees).', lower_bound=0.01, upper_bound=1000)
-flags.DEFINE_string('checkpoint', 'last', "The weights to use: 'last', 'best' (the best "
-                    "validation step's, with train.py --validation_label_file) or a step number "
-                    'whose checkpoint is kept.')
-flags.register_validator('checkpoint', lambda value: value in ('last', 'best') or value.isdigit(),
-                         message="--checkpoint must be 'last', 'best' or a step number")
-flags.register_validator('threshold', lambda value: 0 <= value <= 1,
-                         message='--threshold must be a probability between 0 and 1')
+flags.DEFINE_bool(
+    'rescale',
+    True,
+    "Resize each image so its FOV diameter matches the model's "
+    '(scale.json) before predicting, and the probabilities back; runs without '
+    'scale.json predict images as they are.',
+)
+flags.DEFINE_bool(
+    'features',
+    True,
+    'Measure every vessel map (features.csv) and write report.html beside the outputs.',
+)
+flags.DEFINE_float(
+    'photo_fov_diameter',
+    None,
+    "The photos' FOV diameter in pixels, where you "
+    'know it: it sets their scale instead of the FOV found in each photo (needed '
+    'where a FOV fills the frame and shows too few vessels to tell the scale).',
+    lower_bound=1,
+)
+flags.DEFINE_float(
+    'fov_degrees',
+    None,
+    "The camera's field angle across the FOV diameter (e.g. "
+    '45): adds millimetre columns to features.csv.',
+    lower_bound=1,
+    upper_bound=360,
+)
+flags.DEFINE_float(
+    'pixel_size_um',
+    None,
+    'The size of one pixel on the retina in micrometres (instead of --fov_degrees).',
+    lower_bound=0.01,
+    upper_bound=1000,
+)
+flags.DEFINE_string(
+    'checkpoint',
+    'last',
+    "The weights to use: 'last', 'best' (the best "
+    "validation step's, with train.py --validation_label_file) or a step number "
+    'whose checkpoint is kept.',
+)
+flags.register_validator(
+    'checkpoint',
+    lambda value: value in ('last', 'best') or value.isdigit(),
+    message="--checkpoint must be 'last', 'best' or a step number",
+)
+flags.register_validator(
+    'threshold',
+    lambda value: 0 <= value <= 1,
+    message='--threshold must be a probability between 0 and 1',
+)
 for _name in ('tile_size', 'tile_overlap'):
-    flags.register_validator(_name, lambda value: value % model.MULTIPLE == 0,
-                             message=f'--{_name} must be a multiple of {model.MULTIPLE}')
+    flags.register_validator(
+        _name,
+        lambda value: value % model.MULTIPLE == 0,
+        message=f'--{_name} must be a multiple of {model.MULTIPLE}',
+    )
 
 METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
 OVERLAY_DIR = 'visulize'
 EVALUATIONS_DIR = 'evaluations'
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.gif', '.bmp', '.webp', '.ppm',
-                    '.ppm.gz')
+IMAGE_EXTENSIONS = (
+    '.png',
+    '.jpg',
+    '.jpeg',
+    '.tif',
+    '.tiff',
+    '.gif',
+    '.bmp',
+    '.webp',
+    '.ppm',
+    '.ppm.gz',
+)
 PREDICTION_FILES = ('prob', 'mask', 'overlay')  # {name}_{suffix}.png for each --predict image
 STALE_SECONDS = 60  # a temporary file this old in an output folder was left by a killed run
 REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')
 
 
 # ----------------------------------------------------------------------------- the model
+
 
 def load_model(logdir, checkpoint='last', given=None):
     """Builds the saved architecture, checks it against any architecture flag the user gave, and
@@ -111,9 +192,11 @@ def load_model(logdir, checkpoint='last', given=None):
     architecture = model.load_architecture(logdir)
     weights = os.path.join(logdir, model.WEIGHTS_FILE)
     if architecture is None or not os.path.exists(weights):
-        raise utils.UserError(f'--logdir={logdir}: no trained model ({model.ARCHITECTURE_FILE}, '
-                              f'{model.WEIGHTS_FILE} and {model.SCALE_FILE} are written by '
-                              'train.py)')
+        raise utils.UserError(
+            f'--logdir={logdir}: no trained model ({model.ARCHITECTURE_FILE}, '
+            f'{model.WEIGHTS_FILE} and {model.SCALE_FILE} are written by '
+            'train.py)'
+        )
     model.check_architecture(architecture, given or {}, f'--logdir={logdir}')
     check_weights_width(weights, architecture)
     unet = model.build_from_architecture(architecture)
@@ -124,8 +207,10 @@ def load_model(logdir, checkpoint='last', given=None):
     if checkpoint == 'best':
         best = model.read_best(logdir)
         if best is None:
-            raise utils.UserError(f'--checkpoint=best: {logdir} has no best checkpoint (train '
-                                  'with --validation_label_file to keep one)')
+            raise utils.UserError(
+                f'--checkpoint=best: {logdir} has no best checkpoint (train '
+                'with --validation_label_file to keep one)'
+            )
         step = best['step']
         load_weights(unet, os.path.join(logdir, model.BEST_DIR, model.WEIGHTS_FILE))
         return unet, architecture, f'best-step{step}', step
@@ -154,12 +239,15 @@ def restore_newest(unet, logdir):
 def check_weights_width(weights, architecture):
     """Refuses, before the model is built (a wide one takes gigabytes), weights whose widest
     layer is not the architecture's: base_channels * 2 ** DEPTH channels at the bottom."""
-    base = architecture['base_channels'] * 2 ** model.DEPTH
+    base = architecture['base_channels'] * 2**model.DEPTH
     try:
         with h5py.File(weights, 'r') as stream:
             shapes = []
-            stream.visititems(lambda _, item: shapes.append(item.shape) if isinstance(
-                item, h5py.Dataset) else None)
+            stream.visititems(
+                lambda _, item: (
+                    shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None
+                )
+            )
         widest = max((shape[-1] for shape in shapes if shape), default=base)
     except OSError:
         return  # not HDF5: load_weights names the file
@@ -167,7 +255,8 @@ def check_weights_width(weights, architecture):
         raise utils.UserError(
             f'{weights}: does not fit the architecture in {model.ARCHITECTURE_FILE} (its widest '
             f'layer has {widest} channels; base_channels={architecture["base_channels"]} has '
-            f'{base})')
+            f'{base})'
+        )
 
 
 def load_weights(unet, weights):
@@ -176,11 +265,15 @@ def load_weights(unet, weights):
             warnings.simplefilter('ignore')
             unet.load_weights(weights)
     except OSError as error:
-        raise utils.UserError(f'{weights}: not a readable weights file, truncated or corrupt '
-                              f'({utils.first_line(error)})') from None
+        raise utils.UserError(
+            f'{weights}: not a readable weights file, truncated or corrupt '
+            f'({utils.first_line(error)})'
+        ) from None
     except ValueError as error:
-        raise utils.UserError(f'{weights}: does not fit the architecture in '
-                              f'{model.ARCHITECTURE_FILE} ({utils.first_line(error)})') from None
+        raise utils.UserError(
+            f'{weights}: does not fit the architecture in '
+            f'{model.ARCHITECTURE_FILE} ({utils.first_line(error)})'
+        ) from None
 
 
 def restore_step(unet, logdir, step):
@@ -188,8 +281,10 @@ def restore_step(unet, logdir, step):
     directory = os.path.join(logdir, model.CHECKPOINT_DIR)
     kept = model.checkpoint_steps(directory)
     if step not in kept:
-        raise utils.UserError(f'--checkpoint={step}: no such checkpoint in {directory} (kept: '
-                              f'{", ".join(map(str, sorted(kept))) or "none"})')
+        raise utils.UserError(
+            f'--checkpoint={step}: no such checkpoint in {directory} (kept: '
+            f'{", ".join(map(str, sorted(kept))) or "none"})'
+        )
     prefix = os.path.join(directory, f'ckpt-{step}')
     try:
         status = tf.train.Checkpoint(model=unet).read(prefix).expect_partial()
@@ -222,8 +317,9 @@ def predict_image(predict, image, tile_size=0, overlap=128):
             y1 = min(top + tile_size + overlap, padded.shape[0])
             x1 = min(left + tile_size + overlap, padded.shape[1])
             probability = predict(padded[None, y0:y1, x0:x1])[0].numpy()
-            out[top:top + tile_size, left:left + tile_size] = probability[
-                top - y0:top - y0 + tile_size, left - x0:left - x0 + tile_size]
+            out[top : top + tile_size, left : left + tile_size] = probability[
+                top - y0 : top - y0 + tile_size, left - x0 : left - x0 + tile_size
+            ]
     return out[:height, :width]
 
 
@@ -245,14 +341,17 @@ def calibrate_threshold(predict, label_file, evaluated=None):
             if os.path.realpath(sample.image) in tested:
                 raise utils.UserError(
                     f'--calibrate_on={label_file}: lists {sample.image}, an image of the '
-                    f'evaluated {evaluated}; calibrate on other images (the training set)')
+                    f'evaluated {evaluated}; calibrate on other images (the training set)'
+                )
     counts = metrics.no_pixels()
     for example in dataset.iter_examples(samples):
         probability = predict(example.image, example.mask, example.name)[0]
         counts += metrics.count_pixels(example.label, probability, example.mask)
     threshold, f1 = metrics.best_f1_threshold(counts.histogram)
-    print(f'--calibrate_on: threshold {threshold:.4f}, the best F1 ({f1:.4f}) on the '
-          f'{len(samples)} images of {label_file}')
+    print(
+        f'--calibrate_on: threshold {threshold:.4f}, the best F1 ({f1:.4f}) on the '
+        f'{len(samples)} images of {label_file}'
+    )
     return threshold
 
 
@@ -265,13 +364,17 @@ def export(unet, channels, export_dir, model_diameter):
     archive = keras.export.ExportArchive()
     archive.track(unet)
     images = tf.TensorSpec([None, None, None, channels], tf.float32, name='images')
-    archive.add_endpoint('serve', lambda batch: model.predict_probabilities(unet, batch)[..., 1],
-                         input_signature=[images])
+    archive.add_endpoint(
+        'serve',
+        lambda batch: model.predict_probabilities(unet, batch)[..., 1],
+        input_signature=[images],
+    )
     if model_diameter:
         archive.add_endpoint(
-            'serve_at_scale', lambda batch, diameters: predict_batch_at_scale(
-                unet, batch, diameters, model_diameter),
-            input_signature=[images, tf.TensorSpec([None], tf.float32, name='fov_diameters')])
+            'serve_at_scale',
+            lambda batch, diameters: predict_batch_at_scale(unet, batch, diameters, model_diameter),
+            input_signature=[images, tf.TensorSpec([None], tf.float32, name='fov_diameters')],
+        )
     temporary = tempfile.mkdtemp(prefix='.tmp.', dir=os.path.dirname(os.path.abspath(export_dir)))
     try:
         archive.write_out(temporary, verbose=False)
@@ -297,10 +400,14 @@ def predict_batch_at_scale(unet, images, diameters, model_diameter):
     """scale.predict_at_scale's FOV rule in TensorFlow, image by image: resize (area averaging
     down, bilinear up) so the FOV diameter becomes `model_diameter`, predict, resize the
     probabilities back."""
+
     def resize(image, size):
         shrinks = tf.reduce_prod(size) < tf.reduce_prod(tf.shape(image)[:2])
-        return tf.cond(shrinks, lambda: tf.image.resize(image, size, 'area'),
-                       lambda: tf.image.resize(image, size, 'bilinear'))
+        return tf.cond(
+            shrinks,
+            lambda: tf.image.resize(image, size, 'area'),
+            lambda: tf.image.resize(image, size, 'bilinear'),
+        )
 
     def one(args):
         image, diameter = args
@@ -310,10 +417,12 @@ def predict_batch_at_scale(unet, images, diameters, model_diameter):
         scaled = tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32))
         probability = model.predict_probabilities(unet, resize(image, scaled)[None])[0]
         return resize(probability[..., 1:2], size)[..., 0]
+
     return tf.map_fn(one, (images, diameters), fn_output_signature=tf.float32)
 
 
 # ----------------------------------------------------------------------------- evaluation
+
 
 def format_score(value):
     """A metric to 4 decimals, or 'undefined' (NaN: e.g. F1 with no vessel labelled or found)."""
@@ -343,17 +452,29 @@ def evaluate(predict, samples, threshold, overlay_dir, config):
             rows.append({'image': example.name, **scores})
             second_path = utils.second_observer_path(sample)
             if second_path:
-                second.append(metrics.confusion_matrix(example.label,
-                                                       utils.read_binary(second_path), inside))
-            logging.info('[%d/%d] %s  %.2fs  %s', index, len(samples), example.name,
-                         time.time() - started, format_scores(scores))
+                second.append(
+                    metrics.confusion_matrix(example.label, utils.read_binary(second_path), inside)
+                )
+            logging.info(
+                '[%d/%d] %s  %.2fs  %s',
+                index,
+                len(samples),
+                example.name,
+                time.time() - started,
+                format_scores(scores),
+            )
             measured += pending.result() if pending else []
-            pending = writer.submit(figures_and_features, example, probability, decision,
-                                    threshold, overlay_dir, config)
+            pending = writer.submit(
+                figures_and_features, example, probability, decision, threshold, overlay_dir, config
+            )
         measured += pending.result()
     scores = metrics.scores(counts)
-    result = {'confusion_matrix': counts.matrix.tolist(), 'scores': scores,
-              'threshold': threshold, 'images': len(rows)}
+    result = {
+        'confusion_matrix': counts.matrix.tolist(),
+        'scores': scores,
+        'threshold': threshold,
+        'images': len(rows),
+    }
     if second:
         result['second_observer'] = metrics.scores_from_confusion(sum(second))
     if overlay_dir:
@@ -365,8 +486,15 @@ def figures_and_features(example, probability, decision, threshold, overlay_dir,
     """Writes the image's overlays (with an overlay_dir); returns its report rows (with
     config.features)."""
     if overlay_dir:
-        write_overlay(overlay_dir, example.name, example.image, example.label, probability,
-                      example.mask.astype(bool), threshold)
+        write_overlay(
+            overlay_dir,
+            example.name,
+            example.image,
+            example.label,
+            probability,
+            example.mask.astype(bool),
+            threshold,
+        )
     if not config.features:
         return []
     return measured_pair(example, probability >= threshold, overlay_dir, decision, config)
@@ -375,10 +503,16 @@ def figures_and_features(example, probability, decision, threshold, overlay_dir,
 def measured_pair(example, prediction, overlay_dir, decision, config):
     """The report rows of one labelled image: its predicted map, then its manual one."""
     thumbnail = f'{OVERLAY_DIR}/{example.name}.png' if overlay_dir else None
-    return [{**report_row(example.name, source, vessels, example.mask, decision, config),
-             'thumbnail': thumbnail}
-            for source, vessels in (('predicted', prediction & example.mask.astype(bool)),
-                                    ('manual', example.label))]
+    return [
+        {
+            **report_row(example.name, source, vessels, example.mask, decision, config),
+            'thumbnail': thumbnail,
+        }
+        for source, vessels in (
+            ('predicted', prediction & example.mask.astype(bool)),
+            ('manual', example.label),
+        )
+    ]
 
 
 def print_result(result):
@@ -389,8 +523,11 @@ def print_result(result):
         print(f'{key}: ', 'undefined' if np.isnan(value) else value)
     how = [f"best F1 on {result['calibrated_on']}"] if result['calibrated_on'] else []
     how += ['test-time flips'] if result['tta'] else []
-    print(f"inside the FOV, threshold {result['threshold']:.4g}"
-          + (f" ({', '.join(how)})" if how else '') + f", {result['images']} images:")
+    print(
+        f"inside the FOV, threshold {result['threshold']:.4g}"
+        + (f" ({', '.join(how)})" if how else '')
+        + f", {result['images']} images:"
+    )
     print('  model:          ', format_scores(result['scores']))
     if 'second_observer' in result:
         print('  second observer:', format_scores(result['second_observer']))
@@ -403,8 +540,12 @@ def write_results(out_dir, rows, result, step):
     writer = csv.DictWriter(text, fieldnames=['image', *REPORTED], extrasaction='ignore')
     writer.writeheader()
     for row in rows + [{'image': 'all', **result['scores']}]:  # undefined: an empty cell
-        writer.writerow({key: '' if isinstance(value, float) and np.isnan(value) else value
-                         for key, value in row.items()})
+        writer.writerow(
+            {
+                key: '' if isinstance(value, float) and np.isnan(value) else value
+                for key, value in row.items()
+            }
+        )
     utils.write_atomic(os.path.join(out_dir, METRICS_CSV), text.getvalue())
     try:
         with tf.summary.create_file_writer(out_dir).as_default():
@@ -412,26 +553,36 @@ def write_results(out_dir, rows, result, step):
                 if not np.isnan(result['scores'][key]):
                     tf.summary.scalar(f'eval/{key}', result['scores'][key], step=step)
     except (tf.errors.OpError, OSError) as error:
-        raise utils.UserError(f'{out_dir}: could not write the TensorBoard scalars (is the disk '
-                              f'full? {utils.first_line(error)})') from None
+        raise utils.UserError(
+            f'{out_dir}: could not write the TensorBoard scalars (is the disk '
+            f'full? {utils.first_line(error)})'
+        ) from None
 
 
-def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta, rescale=True,
-                    tiles=None):
+def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta, rescale=True, tiles=None):
     """The folder of one evaluation, from what it evaluates: e.g. DRIVE-test_step4000_threshold0.5
     or DRIVE-test_best-step3500_calibrated-on-DRIVE-training_tta_norescale_tiles256-128
     (tiles: (size, overlap) of tiled inference)."""
+
     def data(paths):  # one or several comma-separated label files
-        return '+'.join(f'{os.path.basename(folder)}-{os.path.splitext(name)[0]}' for folder, name
-                        in map(os.path.split, map(os.path.abspath,
-                                                  dataset.label_file_paths(paths))))
+        return '+'.join(
+            f'{os.path.basename(folder)}-{os.path.splitext(name)[0]}'
+            for folder, name in map(
+                os.path.split, map(os.path.abspath, dataset.label_file_paths(paths))
+            )
+        )
+
     how = f'calibrated-on-{data(calibrate_on)}' if calibrate_on else f'threshold{threshold:g}'
-    return '_'.join([data(label_file), checkpoint, how] + (['tta'] if tta else [])
-                    + ([] if rescale else ['norescale'])
-                    + ([f'tiles{tiles[0]}-{tiles[1]}'] if tiles else []))
+    return '_'.join(
+        [data(label_file), checkpoint, how]
+        + (['tta'] if tta else [])
+        + ([] if rescale else ['norescale'])
+        + ([f'tiles{tiles[0]}-{tiles[1]}'] if tiles else [])
+    )
 
 
 # ----------------------------------------------------------------------------- figures
+
 
 def write_overlay(directory, name, rgb, label, probability, inside, threshold):
     """{name}.png: the input above, the coloured comparison drawn on it below;
@@ -439,8 +590,10 @@ def write_overlay(directory, name, rgb, label, probability, inside, threshold):
     prediction = (probability >= threshold) & inside
     coloured = utils.overlay(rgb, label, prediction)
     utils.write_png(os.path.join(directory, f'{name}.png'), np.concatenate([rgb, coloured]))
-    utils.write_png(os.path.join(directory, f'{name}_prob.png'),
-                    np.rint(255 * probability * inside).astype(np.uint8))
+    utils.write_png(
+        os.path.join(directory, f'{name}_prob.png'),
+        np.rint(255 * probability * inside).astype(np.uint8),
+    )
 
 
 def write_curves(directory, histogram, scores, second_observer):
@@ -448,16 +601,31 @@ def write_curves(directory, histogram, scores, second_observer):
     observer as a point where known."""
     plt = utils.pyplot()
     points = metrics.curves(histogram)
-    panels = {'roc.png': ('fpr', 'tpr', 'AUC_ROC', 'false positive rate (1 - Sp)',
-                          'true positive rate (Se)', lambda s: (1 - s['Sp'], s['Se'])),
-              'pr.png': ('recall', 'precision', 'AUC_PR', 'recall (Se)', 'precision',
-                         lambda s: (s['Se'], s['Precision']))}
+    panels = {
+        'roc.png': (
+            'fpr',
+            'tpr',
+            'AUC_ROC',
+            'false positive rate (1 - Sp)',
+            'true positive rate (Se)',
+            lambda s: (1 - s['Sp'], s['Se']),
+        ),
+        'pr.png': (
+            'recall',
+            'precision',
+            'AUC_PR',
+            'recall (Se)',
+            'precision',
+            lambda s: (s['Se'], s['Precision']),
+        ),
+    }
     for filename, (x, y, key, x_label, y_label, observer_point) in panels.items():
         fig, axis = plt.subplots(figsize=(4.5, 4.5))
         axis.plot(points[x], points[y], label=f'U-Net ({key} {scores[key]:.4f})')
         if second_observer:
-            axis.plot(*observer_point(second_observer), 'o', color='tab:red',
-                      label='second observer')
+            axis.plot(
+                *observer_point(second_observer), 'o', color='tab:red', label='second observer'
+            )
         axis.set(xlabel=x_label, ylabel=y_label, xlim=(0, 1), ylim=(0, 1.01))
         axis.legend(loc='lower right' if filename == 'roc.png' else 'lower left')
         axis.grid(alpha=0.3)
@@ -466,13 +634,17 @@ def write_curves(directory, histogram, scores, second_observer):
 
 # ----------------------------------------------------------------------------- new images
 
+
 def find_images(pattern):
     """The image files --predict names: a file, a folder (its image files), or a glob pattern."""
     if os.path.isfile(pattern):
         return [pattern]
     if os.path.isdir(pattern):
-        paths = sorted(os.path.join(pattern, name) for name in os.listdir(pattern)
-                       if name.lower().endswith(IMAGE_EXTENSIONS))
+        paths = sorted(
+            os.path.join(pattern, name)
+            for name in os.listdir(pattern)
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        )
     else:
         paths = sorted(glob.glob(pattern))
     if not paths:
@@ -506,8 +678,9 @@ def predict_files(predict, pattern, out_dir, threshold, config):
     if config.features:
         write_report(out_dir, rows, f'Vessel maps of {pattern}')
     if failed:
-        raise utils.UserError(f'{failed} of {len(paths)} images could not be predicted (named '
-                              'above)')
+        raise utils.UserError(
+            f'{failed} of {len(paths)} images could not be predicted (named above)'
+        )
     return rows
 
 
@@ -516,9 +689,16 @@ def finished(index, path, outcome, count):
     if not isinstance(outcome, concurrent.futures.Future):
         return outcome
     row = outcome.result()  # a full disk (or any error writing) ends the run here
-    logging.info('[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s', index,
-                 count, path, 100 * row['share'], row['decision'].factor, row['decision'].rule,
-                 ''.join(f'; {flag}' for flag in row['flags']))
+    logging.info(
+        '[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s',
+        index,
+        count,
+        path,
+        100 * row['share'],
+        row['decision'].factor,
+        row['decision'].rule,
+        ''.join(f'; {flag}' for flag in row['flags']),
+    )
     return row
 
 
@@ -526,6 +706,7 @@ def finished(index, path, outcome, count):
 class Photo:
     """One predicted photo: the RGB image, its FOV mask, vessel probabilities (0-255) and map
     inside the FOV, and how it was scaled (scale.Decision)."""
+
     path: str
     rgb: np.ndarray
     inside: np.ndarray
@@ -549,8 +730,11 @@ def write_photo(photo, out_dir, name, config):
     """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
     the photo), whole or not at all; returns the photo's report row, with the vessel share of
     its FOV."""
-    images = {'prob': lambda: photo.probability, 'mask': lambda: photo.vessels * 255,
-              'overlay': lambda: utils.overlay(photo.rgb, photo.vessels, photo.vessels)}
+    images = {
+        'prob': lambda: photo.probability,
+        'mask': lambda: photo.vessels * 255,
+        'overlay': lambda: utils.overlay(photo.rgb, photo.vessels, photo.vessels),
+    }
     written = [os.path.join(out_dir, f'{name}_{suffix}.png') for suffix in PREDICTION_FILES]
     try:
         for target, suffix in zip(written, PREDICTION_FILES, strict=True):
@@ -560,10 +744,20 @@ def write_photo(photo, out_dir, name, config):
             if os.path.exists(target):
                 os.remove(target)
         raise
-    row = report_row(os.path.basename(photo.path), 'predicted', photo.vessels, photo.inside,
-                     photo.decision, config)
-    return {**row, 'thumbnail': f'{name}_overlay.png', 'decision': photo.decision,
-            'share': float(photo.vessels[photo.inside.astype(bool)].mean())}
+    row = report_row(
+        os.path.basename(photo.path),
+        'predicted',
+        photo.vessels,
+        photo.inside,
+        photo.decision,
+        config,
+    )
+    return {
+        **row,
+        'thumbnail': f'{name}_overlay.png',
+        'decision': photo.decision,
+        'share': float(photo.vessels[photo.inside.astype(bool)].mean()),
+    }
 
 
 def report_row(image, source, vessels, inside, decision, config):
@@ -571,11 +765,18 @@ def report_row(image, source, vessels, inside, decision, config):
     the model's scale as `decision` (scale.Decision) says."""
     measured = None
     if config.features:
-        mm_per_px = features.mm_per_native_px(config.photo_fov_diameter or fov.diameter(inside),
-                                              config.fov_degrees, config.pixel_size_um)
+        mm_per_px = features.mm_per_native_px(
+            config.photo_fov_diameter or fov.diameter(inside),
+            config.fov_degrees,
+            config.pixel_size_um,
+        )
         measured = features.measure(vessels, inside, mm_per_native_px=mm_per_px)
-    return {'image': image, 'source': source, **(measured or {}),
-            'flags': report.photo_flags(inside, measured, decision)}
+    return {
+        'image': image,
+        'source': source,
+        **(measured or {}),
+        'flags': report.photo_flags(inside, measured, decision),
+    }
 
 
 def write_report(out_dir, rows, title):
@@ -588,24 +789,42 @@ def evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, m
     their own folder under out_dir/evaluations, named by label file, checkpoint and threshold.
     Returns the result metrics.json holds."""
     label_file = config.label_file_path
-    out_dir = os.path.join(out_dir, EVALUATIONS_DIR, evaluation_name(
-        label_file, checkpoint, threshold, config.calibrate_on, config.tta, config.rescale,
-        (config.tile_size, config.tile_overlap) if config.tile_size else None))
+    out_dir = os.path.join(
+        out_dir,
+        EVALUATIONS_DIR,
+        evaluation_name(
+            label_file,
+            checkpoint,
+            threshold,
+            config.calibrate_on,
+            config.tta,
+            config.rescale,
+            (config.tile_size, config.tile_overlap) if config.tile_size else None,
+        ),
+    )
     samples = utils.parse_label_file(label_file)
     overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if config.visulize else None
     for folder in (out_dir, overlay_dir):
-        utils.refuse_input_folder(folder, [path for sample in samples for path in (
-            sample.image, sample.label, sample.mask)], '--output_dir')
+        utils.refuse_input_folder(
+            folder,
+            [path for sample in samples for path in (sample.image, sample.label, sample.mask)],
+            '--output_dir',
+        )
         if folder and os.path.isdir(folder):
             utils.remove_temporaries(folder, STALE_SECONDS)
     started = time.time()
     rows, result, measured = evaluate(predict, samples, threshold, overlay_dir, config)
     seconds = time.time() - started
     logging.info('evaluated %d images in %.1fs', len(rows), seconds)
-    result.update(calibrated_on=config.calibrate_on, tta=config.tta, rescale=config.rescale,
-                  model_fov_diameter=model_scale and model_scale.fov_diameter,
-                  label_file=label_file,
-                  checkpoint=checkpoint, seconds=round(seconds, 2))
+    result.update(
+        calibrated_on=config.calibrate_on,
+        tta=config.tta,
+        rescale=config.rescale,
+        model_fov_diameter=model_scale and model_scale.fov_diameter,
+        label_file=label_file,
+        checkpoint=checkpoint,
+        seconds=round(seconds, 2),
+    )
     print_result(result)
     write_results(out_dir, rows, result, step)
     print(f'metrics: {os.path.join(out_dir, METRICS_JSON)}, {os.path.join(out_dir, METRICS_CSV)}')
@@ -619,6 +838,7 @@ def evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, m
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """What one evaluation or prediction does: the flags of evaluate.py, read only by main."""
+
     logdir: str
     label_file_path: str | None = None
     checkpoint: str = 'last'
@@ -644,45 +864,60 @@ class EvalConfig:
         if FLAGS.calibrate_on and FLAGS['threshold'].present:
             raise utils.UserError('give --threshold or --calibrate_on, not both')
         names = [field.name for field in dataclasses.fields(cls) if field.name != 'architecture']
-        return cls(**{name: FLAGS[name].value for name in names},
-                   architecture={key: FLAGS[key].value for key in model.ARCHITECTURE_KEYS
-                                 if FLAGS[key].present})
+        return cls(
+            **{name: FLAGS[name].value for name in names},
+            architecture={
+                key: FLAGS[key].value for key in model.ARCHITECTURE_KEYS if FLAGS[key].present
+            },
+        )
 
 
 def run(config):
     """Evaluates config.label_file_path (returns what metrics.json holds, with 'per_image' and
     'out_dir') or, with config.predict, predicts those photos (returns their report rows)."""
-    unet, architecture, checkpoint, step = load_model(config.logdir, config.checkpoint,
-                                                      config.architecture)
+    unet, architecture, checkpoint, step = load_model(
+        config.logdir, config.checkpoint, config.architecture
+    )
     out_dir = check_outputs(config)
     channels = model.in_channels(architecture['preprocess'])
     traced = make_predictor(unet, channels)
     model_scale = model.load_scale(config.logdir) if config.rescale else None
     if config.rescale and model_scale is None:
-        logging.warning("%s: no readable %s (train.py writes it): images are predicted at their "
-                        "own size, not brought to the model's scale", config.logdir,
-                        model.SCALE_FILE)
+        logging.warning(
+            "%s: no readable %s (train.py writes it): images are predicted at their "
+            "own size, not brought to the model's scale",
+            config.logdir,
+            model.SCALE_FILE,
+        )
     if config.export_dir:
         export(unet, channels, config.export_dir, model_scale and model_scale.fov_diameter)
 
     def at_model_scale(image):
         def once(view):
             return predict_image(traced, view, config.tile_size, config.tile_overlap)
+
         return predict_flipped(once, image) if config.tta else once(image)
 
     def predict(rgb, inside, path):
         """(vessel probabilities of an RGB image at its own size, scale.Decision)."""
-        return scale.predict_at_scale(at_model_scale, rgb, inside, architecture['preprocess'],
-                                      model_scale, path, config.photo_fov_diameter)
+        return scale.predict_at_scale(
+            at_model_scale,
+            rgb,
+            inside,
+            architecture['preprocess'],
+            model_scale,
+            path,
+            config.photo_fov_diameter,
+        )
 
     threshold = config.threshold
     if config.calibrate_on:
-        threshold = calibrate_threshold(predict, config.calibrate_on,
-                                        None if config.predict else config.label_file_path)
+        threshold = calibrate_threshold(
+            predict, config.calibrate_on, None if config.predict else config.label_file_path
+        )
     if config.predict:
         return predict_files(predict, config.predict, out_dir, threshold, config)
-    return evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step,
-                               model_scale)
+    return evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, model_scale)
 
 
 def check_outputs(config):
@@ -692,9 +927,9 @@ def check_outputs(config):
             raise utils.UserError(f'--export_dir={config.export_dir}: a file, not a folder')
         utils.writable_dir(os.path.dirname(os.path.abspath(config.export_dir)), '--export_dir')
     if config.predict:
-        return utils.writable_dir(config.predict_dir or os.path.join(config.logdir,
-                                                                     'predictions'),
-                                  '--predict_dir')
+        return utils.writable_dir(
+            config.predict_dir or os.path.join(config.logdir, 'predictions'), '--predict_dir'
+        )
     if not config.label_file_path:
         raise utils.UserError('--label_file_path is required (or --predict for unlabelled images)')
     return utils.writable_dir(config.output_dir or config.logdir, '--output_dir')

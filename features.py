@@ -4,6 +4,7 @@ Every feature is computed on the map brought to one reference scale (the FOV dia
 REFERENCE_FOV_PX), so photos from different cameras and resolutions compare. docs/features.md
 gives each formula and its source.
 """
+
 import math
 
 import numpy as np
@@ -20,9 +21,21 @@ MIN_SEGMENT_PX = 20  # shorter segments (arc length) are left out of the tortuos
 SPUR_PX = 10  # skeleton side branches shorter than this (at the reference scale) are pruned
 CENTROID_STEP_PX = 4  # a segment's path is smoothed by the centroids of this many pixels
 RETINA_MM_PER_DEGREE = 0.288  # Gullstrand's schematic eye, the usual conversion of field angles
-COLUMNS = ('image', 'source', 'fov_diameter_px', 'reference_fov_px', 'vessel_density',
-           'length_density', 'fractal_dimension', 'calibre_mean_px', 'calibre_median_px',
-           'tortuosity_distance', 'segments', 'branch_points', 'end_points')
+COLUMNS = (
+    'image',
+    'source',
+    'fov_diameter_px',
+    'reference_fov_px',
+    'vessel_density',
+    'length_density',
+    'fractal_dimension',
+    'calibre_mean_px',
+    'calibre_median_px',
+    'tortuosity_distance',
+    'segments',
+    'branch_points',
+    'end_points',
+)
 MM_COLUMNS = ('mm_per_px', 'calibre_mean_um', 'calibre_median_um', 'length_density_per_mm')
 
 _RING = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))  # clockwise
@@ -46,23 +59,25 @@ def measure(vessels, fov, reference=REFERENCE_FOV_PX, mm_per_native_px=None):
     reference scale (None: in the map's own pixels). Undefined features (no vessel: fractal
     dimension, calibre, tortuosity) are None."""
     vessels, fov, diameter = at_reference_scale(vessels, fov, reference)
-    vessels = morphology.remove_small_objects(vessels, max_size=MIN_OBJECT_PX - 1,
-                                               connectivity=2)
+    vessels = morphology.remove_small_objects(vessels, max_size=MIN_OBJECT_PX - 1, connectivity=2)
     fov_area = int(fov.sum())
     skeleton = prune(morphology.skeletonize(vessels).astype(bool))
     graph = skeleton_graph(skeleton)
     length = float(graph['lengths'].sum()) + graph['junction_pixels']
     calibres = 2 * ndimage.distance_transform_edt(vessels)[graph['segment_pixels']]
     features = {
-        'fov_diameter_px': round(diameter, 1), 'reference_fov_px': reference,
+        'fov_diameter_px': round(diameter, 1),
+        'reference_fov_px': reference,
         'vessel_density': float(vessels.sum() / fov_area),
         'length_density': length / fov_area,
         'fractal_dimension': fractal_dimension(vessels),
         'calibre_mean_px': float(calibres.mean()) if calibres.size else None,
         'calibre_median_px': float(np.median(calibres)) if calibres.size else None,
         'tortuosity_distance': tortuosity(graph['lengths'], graph['chords']),
-        'segments': len(graph['lengths']), 'branch_points': graph['branch_points'],
-        'end_points': graph['end_points']}
+        'segments': len(graph['lengths']),
+        'branch_points': graph['branch_points'],
+        'end_points': graph['end_points'],
+    }
     if mm_per_native_px:
         per_px = mm_per_native_px * diameter / (reference or diameter)
         features.update(millimetres(features, per_px))
@@ -71,12 +86,16 @@ def measure(vessels, fov, reference=REFERENCE_FOV_PX, mm_per_native_px=None):
 
 def millimetres(features, mm_per_px):
     """The pixel features in physical units, given the size of one reference-scale pixel."""
+
     def scaled(value, factor):
         return None if value is None else value * factor
-    return {'mm_per_px': mm_per_px,
-            'calibre_mean_um': scaled(features['calibre_mean_px'], 1000 * mm_per_px),
-            'calibre_median_um': scaled(features['calibre_median_px'], 1000 * mm_per_px),
-            'length_density_per_mm': features['length_density'] / mm_per_px}
+
+    return {
+        'mm_per_px': mm_per_px,
+        'calibre_mean_um': scaled(features['calibre_mean_px'], 1000 * mm_per_px),
+        'calibre_median_um': scaled(features['calibre_median_px'], 1000 * mm_per_px),
+        'length_density_per_mm': features['length_density'] / mm_per_px,
+    }
 
 
 def mm_per_native_px(fov_diameter, field_degrees=None, pixel_um=None):
@@ -92,13 +111,14 @@ def mm_per_native_px(fov_diameter, field_degrees=None, pixel_um=None):
 
 # ----------------------------------------------------------------------------- the skeleton
 
+
 def crossing_number(skeleton):
     """For each pixel, the number of separate runs of skeleton pixels around it (1: an end,
     2: on a line, >= 3: a junction); unlike a neighbour count, a staircase corner is no
     junction."""
     padded = np.pad(skeleton, 1).astype(np.int8)
     height, width = skeleton.shape
-    ring = [padded[1 + dy:1 + dy + height, 1 + dx:1 + dx + width] for dy, dx in _RING]
+    ring = [padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] for dy, dx in _RING]
     changes = sum(np.abs(ring[i] - ring[(i + 1) % 8]) for i in range(8))
     return (changes // 2) * skeleton
 
@@ -124,8 +144,12 @@ def prune(skeleton, length=SPUR_PX):
     labels, count = ndimage.label(skeleton & ~zone, structure=np.ones((3, 3)))
     short = np.bincount(labels.ravel(), minlength=count + 1) < length
     ending = np.bincount(labels[ends_of(skeleton)], minlength=count + 1) > 0
-    touching = np.bincount(labels[ndimage.binary_dilation(zone, np.ones((3, 3), bool))],
-                           minlength=count + 1) > 0
+    touching = (
+        np.bincount(
+            labels[ndimage.binary_dilation(zone, np.ones((3, 3), bool))], minlength=count + 1
+        )
+        > 0
+    )
     spurs = short & ending & touching
     spurs[0] = False
     pruned = skeleton & ~spurs[labels]
@@ -142,9 +166,14 @@ def skeleton_graph(skeleton):
     near_junctions, branch_points = junction_zone(skeleton)
     pieces = skeleton & ~near_junctions
     lengths, chords = path_measures(pieces)
-    return {'lengths': lengths, 'chords': chords, 'end_points': int(ends_of(skeleton).sum()),
-            'branch_points': branch_points,
-        'junction_pixels': int(near_junctions.sum()), 'segment_pixels': pieces}
+    return {
+        'lengths': lengths,
+        'chords': chords,
+        'end_points': int(ends_of(skeleton).sum()),
+        'branch_points': branch_points,
+        'junction_pixels': int(near_junctions.sum()),
+        'segment_pixels': pieces,
+    }
 
 
 def path_measures(pieces):
@@ -169,15 +198,20 @@ def path_measures(pieces):
     order = np.lexsort((steps, piece))
     bins = piece[order] * len(pixels) + (steps[order] // CENTROID_STEP_PX).astype(int)
     groups, first = np.unique(bins, return_index=True)
-    points = np.add.reduceat(pixels[order].astype(float), first) / np.diff(
-        np.append(first, len(order)))[:, None]
+    points = (
+        np.add.reduceat(pixels[order].astype(float), first)
+        / np.diff(np.append(first, len(order)))[:, None]
+    )
     owner = groups // len(pixels)
     changes = owner[1:] != owner[:-1]
     points[np.r_[True, changes]] = pixels[start]
     points[np.r_[changes, True]] = pixels[end]
     inside = ~changes  # consecutive points of one piece
-    arcs = np.bincount(owner[1:][inside], np.linalg.norm(np.diff(points, axis=0)[inside], axis=1),
-                       minlength=len(start))
+    arcs = np.bincount(
+        owner[1:][inside],
+        np.linalg.norm(np.diff(points, axis=0)[inside], axis=1),
+        minlength=len(start),
+    )
     chords = np.linalg.norm(pixels[end] - pixels[start], axis=1).astype(float)
     single = np.bincount(owner) == 1  # a piece of at most CENTROID_STEP_PX pixels
     arcs[single] = chords[single]
@@ -196,7 +230,7 @@ def pixel_graph(binary, count):
     height, width = binary.shape
     rows, columns = [], []
     for dy, dx in _RING:
-        other = padded[1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+        other = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
         joined = binary & (other >= 0)
         rows.append(index[joined])
         columns.append(other[joined])
@@ -221,6 +255,7 @@ def tortuosity(lengths, chords, minimum=MIN_SEGMENT_PX):
 
 # ----------------------------------------------------------------------------- fractal dimension
 
+
 def fractal_dimension(binary):
     """Box-counting dimension D0: boxes of side 2, 4, 8, ... up to 1/8 of the shorter side, the
     least-squares slope of log(count) against log(1 / side); None for an empty map or one too
@@ -228,7 +263,7 @@ def fractal_dimension(binary):
     if not binary.any():
         return None
     largest = min(binary.shape) / 8
-    sides = [2 ** k for k in range(1, int(math.log2(largest)) + 1)] if largest >= 2 else []
+    sides = [2**k for k in range(1, int(math.log2(largest)) + 1)] if largest >= 2 else []
     if len(sides) < 2:
         return None
     counts = [box_count(binary, side) for side in sides]

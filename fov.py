@@ -10,6 +10,7 @@ circle fitted to its curved boundary (a marker tab outside the disc is no retina
 takes the disc's diameter from that circle, so a disc cut by the frame keeps its true size; a
 FOV with too little curved boundary (one that fills the frame) has no diameter.
 """
+
 from dataclasses import dataclass
 
 import cv2
@@ -60,8 +61,7 @@ def derive(image):
     if mask.shape != (height, width):
         mask = (cv2.resize(mask * 255, (width, height)) >= 128).astype(np.uint8)
     # Shipped masks (DRIVE's) end a pixel inside the aperture's edge.
-    return cv2.erode(mask, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                     borderValue=0)
+    return cv2.erode(mask, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def _reduced(image):
@@ -103,14 +103,15 @@ def _mask_of(brightness):
     circle = fit_circle(hull)
     if circle is None:
         return hull
-    yy, xx = np.ogrid[:hull.shape[0], :hull.shape[1]]
+    yy, xx = np.ogrid[: hull.shape[0], : hull.shape[1]]
     reach = circle.radius * (1 + CLIP_MARGIN) + 1
-    return hull & ((xx - circle.x) ** 2 + (yy - circle.y) ** 2 <= reach ** 2)
+    return hull & ((xx - circle.x) ** 2 + (yy - circle.y) ** 2 <= reach**2)
 
 
 def _convex_hull(binary):
-    contours, _ = cv2.findContours(np.asarray(binary, np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        np.asarray(binary, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     hull = np.zeros(binary.shape, np.uint8)
     cv2.fillConvexPoly(hull, cv2.convexHull(np.concatenate(contours)), 1)
     return hull.astype(bool)
@@ -134,8 +135,9 @@ def fit_circle(mask):
     for tolerance in FIT_TOLERANCES:
         if circle is None:
             return None
-        distance = np.abs(np.hypot(points[:, 0] - circle.x, points[:, 1] - circle.y)
-                          - circle.radius)
+        distance = np.abs(
+            np.hypot(points[:, 0] - circle.x, points[:, 1] - circle.y) - circle.radius
+        )
         kept = points[distance <= max(1.5, tolerance * circle.radius)]
         circle = _least_squares_circle(kept) if len(kept) >= 3 else None
     if circle is None or _arc_degrees(kept, circle) < MIN_ARC_DEGREES:
@@ -145,14 +147,19 @@ def fit_circle(mask):
 
 def _curved_boundary(mask):
     """(x, y) of the outer boundary pixels of the mask's largest piece, less those on the frame."""
-    contours, _ = cv2.findContours(np.asarray(mask, np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(
+        np.asarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+    )
     if not contours:
         return np.zeros((0, 2))
     points = max(contours, key=len)[:, 0, :].astype(np.float64)
     height, width = mask.shape
-    inside = ((points[:, 0] >= FRAME_MARGIN) & (points[:, 0] < width - FRAME_MARGIN)
-              & (points[:, 1] >= FRAME_MARGIN) & (points[:, 1] < height - FRAME_MARGIN))
+    inside = (
+        (points[:, 0] >= FRAME_MARGIN)
+        & (points[:, 0] < width - FRAME_MARGIN)
+        & (points[:, 1] >= FRAME_MARGIN)
+        & (points[:, 1] < height - FRAME_MARGIN)
+    )
     return points[inside]
 
 

@@ -7,6 +7,7 @@ norm and ReLU; a 1x1 head gives `num_classes` logits. Batch norm uses momentum 0
 statistics after a few hundred steps, not thousands) and is synchronised across replicas, so
 every replica and worker normalises with the global batch and ends with the same weights.
 """
+
 import math
 import os
 import re
@@ -19,7 +20,7 @@ import scale
 import utils
 
 DEPTH = 4
-MULTIPLE = 2 ** DEPTH  # input sides must be multiples of this
+MULTIPLE = 2**DEPTH  # input sides must be multiples of this
 ARCHITECTURE_FILE = 'architecture.json'
 SCALE_FILE = 'scale.json'  # the FOV diameter of the training images, which evaluate.py matches
 WEIGHTS_FILE = 'model.weights.h5'
@@ -30,20 +31,31 @@ BEST_METRICS = ('F1', 'AUC_ROC', 'loss')  # the best has the highest value, but 
 MAX_BASE_CHANNELS = 512  # 16x the original's width; more is no U-Net a machine here can hold
 ARCHITECTURE_FIELDS = {
     'num_classes': (utils.is_integer(2, 256), 'an integer from 2 to 256'),
-    'base_channels': (utils.is_integer(1, MAX_BASE_CHANNELS),
-                      f'an integer from 1 to {MAX_BASE_CHANNELS}'),
+    'base_channels': (
+        utils.is_integer(1, MAX_BASE_CHANNELS),
+        f'an integer from 1 to {MAX_BASE_CHANNELS}',
+    ),
     'transpose_conv': (utils.is_bool, 'true or false'),
-    'preprocess': (utils.is_bool, 'true or false')}
-SCALE_FIELDS = {'fov_diameter': (utils.is_number(scale.MIN_FOV_DIAMETER, scale.MAX_FOV_DIAMETER),
-                                 f'a FOV diameter from {scale.MIN_FOV_DIAMETER} to '
-                                 f'{scale.MAX_FOV_DIAMETER} pixels')}
-CALIBRE_FIELDS = {'vessel_calibre': (utils.is_number(0.5, 1000), 'a calibre from 0.5 to 1000 '
-                                                                 'pixels')}
-BEST_FIELDS = {'step': (utils.is_integer(1), 'a step number (an integer >= 1)'),
-               'metric': (lambda value: value in BEST_METRICS,
-                          ' or '.join(f'"{name}"' for name in BEST_METRICS)),
-               'value': (utils.is_number(-math.inf), 'a finite number'),
-               'scores': (utils.is_object, 'an object of scores')}
+    'preprocess': (utils.is_bool, 'true or false'),
+}
+SCALE_FIELDS = {
+    'fov_diameter': (
+        utils.is_number(scale.MIN_FOV_DIAMETER, scale.MAX_FOV_DIAMETER),
+        f'a FOV diameter from {scale.MIN_FOV_DIAMETER} to {scale.MAX_FOV_DIAMETER} pixels',
+    )
+}
+CALIBRE_FIELDS = {
+    'vessel_calibre': (utils.is_number(0.5, 1000), 'a calibre from 0.5 to 1000 pixels')
+}
+BEST_FIELDS = {
+    'step': (utils.is_integer(1), 'a step number (an integer >= 1)'),
+    'metric': (
+        lambda value: value in BEST_METRICS,
+        ' or '.join(f'"{name}"' for name in BEST_METRICS),
+    ),
+    'value': (utils.is_number(-math.inf), 'a finite number'),
+    'scores': (utils.is_object, 'an object of scores'),
+}
 
 
 def _conv_block(x, channels, name):
@@ -67,12 +79,12 @@ def build_unet(num_classes=2, base_channels=32, transpose_conv=False, in_channel
     inputs = keras.Input((None, None, in_channels), name='image')
     x, skips = inputs, []
     for level in range(DEPTH):
-        x = _conv_block(x, base_channels * 2 ** level, f'down{level}')
+        x = _conv_block(x, base_channels * 2**level, f'down{level}')
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f'pool{level}')(x)
-    x = _conv_block(x, base_channels * 2 ** DEPTH, 'bottom')
+    x = _conv_block(x, base_channels * 2**DEPTH, 'bottom')
     for level in reversed(range(DEPTH)):
-        channels = base_channels * 2 ** level
+        channels = base_channels * 2**level
         x = _upsample(x, channels, transpose_conv, f'up{level}')
         x = layers.Concatenate(name=f'up{level}_concat')([skips[level], x])
         x = _conv_block(x, channels, f'up{level}')
@@ -86,8 +98,12 @@ def in_channels(preprocess):
 
 
 def build_from_architecture(architecture):
-    return build_unet(architecture['num_classes'], architecture['base_channels'],
-                      architecture['transpose_conv'], in_channels(architecture['preprocess']))
+    return build_unet(
+        architecture['num_classes'],
+        architecture['base_channels'],
+        architecture['transpose_conv'],
+        in_channels(architecture['preprocess']),
+    )
 
 
 def predict_probabilities(model, images):
@@ -105,21 +121,24 @@ def make_predictor(model, channels):
     """predict_probabilities traced once for images of any size: float [N, H, W, channels] in
     [0, 1] -> softmax probabilities [N, H, W, classes]."""
     spec = tf.TensorSpec([None, None, None, channels], tf.float32)
-    return tf.function(lambda images: predict_probabilities(model, images),
-                       input_signature=[spec])
+    return tf.function(lambda images: predict_probabilities(model, images), input_signature=[spec])
 
 
 # ----------------------------------------------------------------------------- what a run remembers
 
+
 def save_architecture(logdir, architecture):
-    utils.write_json(os.path.join(logdir, ARCHITECTURE_FILE),
-                     {key: architecture[key] for key in ARCHITECTURE_KEYS})
+    utils.write_json(
+        os.path.join(logdir, ARCHITECTURE_FILE),
+        {key: architecture[key] for key in ARCHITECTURE_KEYS},
+    )
 
 
 def load_architecture(logdir):
     """The architecture saved by train.py in `logdir`, or None where there is none."""
-    saved = utils.read_json(os.path.join(logdir, ARCHITECTURE_FILE), ARCHITECTURE_FIELDS,
-                            missing_ok=True)
+    saved = utils.read_json(
+        os.path.join(logdir, ARCHITECTURE_FILE), ARCHITECTURE_FIELDS, missing_ok=True
+    )
     return saved and {key: saved[key] for key in ARCHITECTURE_KEYS}
 
 
@@ -147,8 +166,10 @@ def load_scale(logdir):
 def checkpoint_steps(directory):
     """The steps of the checkpoints in `directory` whose index file exists, newest first."""
     names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted((int(match.group(1)) for match in map(_CHECKPOINT_INDEX.fullmatch, names)
-                   if match), reverse=True)
+    return sorted(
+        (int(match.group(1)) for match in map(_CHECKPOINT_INDEX.fullmatch, names) if match),
+        reverse=True,
+    )
 
 
 _CHECKPOINT_INDEX = re.compile(r'ckpt-(\d+)\.index')
@@ -156,17 +177,19 @@ _CHECKPOINT_INDEX = re.compile(r'ckpt-(\d+)\.index')
 
 def read_best(logdir):
     """{step, metric, value, scores} of the run's best validation step, or None."""
-    return utils.read_json(os.path.join(logdir, BEST_DIR, BEST_FILE), BEST_FIELDS,
-                           missing_ok=True)
+    return utils.read_json(os.path.join(logdir, BEST_DIR, BEST_FILE), BEST_FIELDS, missing_ok=True)
 
 
 def check_architecture(saved, requested, where):
     """Raises a one-line error naming every flag that contradicts the saved architecture; flags
     left unset (None) take the saved value. Returns the merged architecture."""
-    conflicts = [f'--{key}={requested[key]} (trained with {saved[key]})'
-                 for key in ARCHITECTURE_KEYS
-                 if requested.get(key) is not None and requested[key] != saved[key]]
+    conflicts = [
+        f'--{key}={requested[key]} (trained with {saved[key]})'
+        for key in ARCHITECTURE_KEYS
+        if requested.get(key) is not None and requested[key] != saved[key]
+    ]
     if conflicts:
-        raise utils.UserError(f'{where} holds a model of another architecture: '
-                              + ', '.join(conflicts))
+        raise utils.UserError(
+            f'{where} holds a model of another architecture: ' + ', '.join(conflicts)
+        )
     return dict(saved)

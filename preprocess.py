@@ -8,6 +8,7 @@ Writes `{output_dir}/{DRIVE,CHASEDB,STARE,HRF,SYNTH}/{split}/{images,images_pre,
 and the label files `{output_dir}/{DATASET}/{split}.txt`, with each dataset's standard split
 (either split may be absent). The download itself is never modified.
 """
+
 import glob
 import os
 import re
@@ -21,29 +22,55 @@ import fov
 import utils
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('data_dir', None, 'Folder holding DRIVE/, CHASEDB1/, STARE/ and/or HRF/ as '
-                    'downloaded (and SYNTH/ once generated).')
-flags.DEFINE_bool('synthetic', False, 'Generate the synthetic retina set under {data_dir}/SYNTH '
-                  'first.')
+flags.DEFINE_string(
+    'data_dir',
+    None,
+    'Folder holding DRIVE/, CHASEDB1/, STARE/ and/or HRF/ as '
+    'downloaded (and SYNTH/ once generated).',
+)
+flags.DEFINE_bool(
+    'synthetic', False, 'Generate the synthetic retina set under {data_dir}/SYNTH first.'
+)
 flags.DEFINE_integer('synthetic_train', 8, 'Synthetic training images.', lower_bound=1)
 flags.DEFINE_integer('synthetic_test', 4, 'Synthetic test images.', lower_bound=1)
-flags.DEFINE_integer('synthetic_size', 512, 'Side of the synthetic images in pixels.',
-                     lower_bound=32)
-flags.DEFINE_string('figure_dir', 'images', 'Where --visualize writes the preprocessing-steps and '
-                    'dataset-sample figures of the first image.')
+flags.DEFINE_integer(
+    'synthetic_size', 512, 'Side of the synthetic images in pixels.', lower_bound=32
+)
+flags.DEFINE_string(
+    'figure_dir',
+    'images',
+    'Where --visualize writes the preprocessing-steps and '
+    'dataset-sample figures of the first image.',
+)
 utils.define_flags('seed', 'visulize', 'output_dir')
 DEFAULT_OUTPUT_DIR = 'data'
 
 SPLITS = ('training', 'test')
-INPUT_FOLDERS = {'DRIVE': 'DRIVE', 'CHASEDB1': 'CHASEDB', 'STARE': 'STARE', 'HRF': 'HRF',
-                 'SYNTH': 'SYNTH'}  # download: output
+INPUT_FOLDERS = {
+    'DRIVE': 'DRIVE',
+    'CHASEDB1': 'CHASEDB',
+    'STARE': 'STARE',
+    'HRF': 'HRF',
+    'SYNTH': 'SYNTH',
+}  # download: output
 # STARE's 20 labelled images split 10/10 (Maninis et al. 2016, bob.ip.binseg): these 10 train.
-STARE_TRAINING = ('im0001', 'im0002', 'im0003', 'im0004', 'im0005', 'im0044', 'im0077', 'im0081',
-                  'im0082', 'im0139')
+STARE_TRAINING = (
+    'im0001',
+    'im0002',
+    'im0003',
+    'im0004',
+    'im0005',
+    'im0044',
+    'im0077',
+    'im0081',
+    'im0082',
+    'im0139',
+)
 HRF_TRAINING = range(1, 6)  # 01-05 of each group (h, g, dr) train, 06-15 test
 
 
 # ----------------------------------------------------------------------------- finding the data
+
 
 @dataclass
 class RawSample:
@@ -75,8 +102,9 @@ def find_drive_layout(split_dir):
         number = glob.escape(stem.split('_')[0])
         label = _first_match(os.path.join(split_dir, '1st_manual'), f'{number}_manual1.*')
         if label is None:
-            raise utils.UserError(f'{image}: no label {number}_manual1.* in '
-                                  f'{os.path.join(split_dir, "1st_manual")}')
+            raise utils.UserError(
+                f'{image}: no label {number}_manual1.* in {os.path.join(split_dir, "1st_manual")}'
+            )
         mask = _first_match(os.path.join(split_dir, 'mask'), f'{glob.escape(stem)}_mask.*')
         second = _first_match(os.path.join(split_dir, '2nd_manual'), f'{number}_manual2.*')
         samples.append(RawSample(stem, image, label, mask, second))
@@ -97,8 +125,9 @@ def find_chase(chase_dir):
             raise utils.UserError(f'{image}: no label {os.path.basename(label)} beside it')
         second = os.path.join(chase_dir, f'{stem}_2ndHO.png')
         split = 'training' if int(match.group(1)) <= 10 else 'test'
-        splits[split].append(RawSample(stem, image, label, None,
-                                    second if os.path.exists(second) else None))
+        splits[split].append(
+            RawSample(stem, image, label, None, second if os.path.exists(second) else None)
+        )
     return splits
 
 
@@ -111,8 +140,9 @@ def find_stare(stare_dir):
         utils.check_listable(stem, image)
         label = _first_match(os.path.join(stare_dir, 'labels-ah'), f'{stem}.ah.ppm*')
         if label is None:
-            raise utils.UserError(f'{image}: no label {stem}.ah.ppm in '
-                                  f'{os.path.join(stare_dir, "labels-ah")}')
+            raise utils.UserError(
+                f'{image}: no label {stem}.ah.ppm in {os.path.join(stare_dir, "labels-ah")}'
+            )
         second = _first_match(os.path.join(stare_dir, 'labels-vk'), f'{stem}.vk.ppm*')
         split = 'training' if stem in STARE_TRAINING else 'test'
         splits[split].append(RawSample(stem, image, label, None, second))
@@ -128,12 +158,15 @@ def find_hrf(hrf_dir):
         match = re.fullmatch(r'(\d+)_(h|g|dr)', stem)
         if not match:
             continue
-        found = {folder: _first_match(os.path.join(hrf_dir, folder), f'{pattern}.*')
-                 for folder, pattern in (('manual1', stem), ('mask', f'{stem}_mask'))}
+        found = {
+            folder: _first_match(os.path.join(hrf_dir, folder), f'{pattern}.*')
+            for folder, pattern in (('manual1', stem), ('mask', f'{stem}_mask'))
+        }
         for folder, path in found.items():
             if path is None:
-                raise utils.UserError(f'{image}: no {folder} file in '
-                                      f'{os.path.join(hrf_dir, folder)}')
+                raise utils.UserError(
+                    f'{image}: no {folder} file in {os.path.join(hrf_dir, folder)}'
+                )
         split = 'training' if int(match.group(1)) in HRF_TRAINING else 'test'
         splits[split].append(RawSample(stem, image, found['manual1'], found['mask']))
     return splits
@@ -148,13 +181,18 @@ def find_datasets(data_dir):
     for folder, name in INPUT_FOLDERS.items():
         root = os.path.join(data_dir, folder)
         if os.path.isdir(root):
-            found[name] = FINDERS[folder](root) if folder in FINDERS else {
-                split: find_drive_layout(os.path.join(root, split)) for split in SPLITS}
-    return {name: splits for name, splits in found.items()
-            if any(splits[split] for split in SPLITS)}
+            found[name] = (
+                FINDERS[folder](root)
+                if folder in FINDERS
+                else {split: find_drive_layout(os.path.join(root, split)) for split in SPLITS}
+            )
+    return {
+        name: splits for name, splits in found.items() if any(splits[split] for split in SPLITS)
+    }
 
 
 # ----------------------------------------------------------------------------- processing
+
 
 def load_sample(sample):
     """Reads and checks one sample; returns the arrays to write (all uint8)."""
@@ -165,8 +203,12 @@ def load_sample(sample):
 
     label = binary(sample.label)
     mask = fov.read(image, sample.image, sample.mask)
-    arrays = {'images': image, 'images' + utils.PREPROCESSED_SUFFIX:
-              utils.preprocess_image(image)['gamma'], 'labels': label * 255, 'masks': mask * 255}
+    arrays = {
+        'images': image,
+        'images' + utils.PREPROCESSED_SUFFIX: utils.preprocess_image(image)['gamma'],
+        'labels': label * 255,
+        'masks': mask * 255,
+    }
     if sample.second_label:
         arrays['labels' + utils.SECOND_OBSERVER_SUFFIX] = binary(sample.second_label) * 255
     return arrays
@@ -192,9 +234,11 @@ def refuse_overlap(data_dir, output_dir, datasets):
         written = os.path.realpath(os.path.join(output_dir, name))
         for folder in inputs:
             if os.path.commonpath([written, folder]) in (written, folder):
-                raise utils.UserError(f'--output_dir={output_dir}: would write {written} into '
-                                      f'the downloads of --data_dir={data_dir}; choose another '
-                                      'folder')
+                raise utils.UserError(
+                    f'--output_dir={output_dir}: would write {written} into '
+                    f'the downloads of --data_dir={data_dir}; choose another '
+                    'folder'
+                )
 
 
 def process(data_dir, output_dir):
@@ -204,19 +248,28 @@ def process(data_dir, output_dir):
         raise utils.UserError(f'--data_dir={data_dir}: no such folder')
     datasets = find_datasets(data_dir)
     if not datasets:
-        raise utils.UserError(f'--data_dir={data_dir}: found no images in DRIVE/, CHASEDB1/, '
-                              'STARE/, HRF/ or SYNTH/ (unpack the downloads there, or pass '
-                              '--synthetic)')
+        raise utils.UserError(
+            f'--data_dir={data_dir}: found no images in DRIVE/, CHASEDB1/, '
+            'STARE/, HRF/ or SYNTH/ (unpack the downloads there, or pass '
+            '--synthetic)'
+        )
     refuse_overlap(data_dir, output_dir, datasets)
-    loaded = {(name, split): [(s.name, load_sample(s)) for s in samples]
-              for name, splits in datasets.items() for split, samples in splits.items() if samples}
+    loaded = {
+        (name, split): [(s.name, load_sample(s)) for s in samples]
+        for name, splits in datasets.items()
+        for split, samples in splits.items()
+        if samples
+    }
     for (name, split), samples in loaded.items():
         write_split(os.path.join(output_dir, name, split), samples)
-    return {name: {split: len(samples) for split, samples in splits.items()}
-            for name, splits in datasets.items()}
+    return {
+        name: {split: len(samples) for split, samples in splits.items()}
+        for name, splits in datasets.items()
+    }
 
 
 # ----------------------------------------------------------------------------- synthetic retinas
+
 
 def _grow_vessel(rng, segments, point, angle, width, depth, radius, centre):
     """Adds a vessel and its branches as (p0, p1, width) line segments, tapering as it goes."""
@@ -232,8 +285,16 @@ def _grow_vessel(rng, segments, point, angle, width, depth, radius, centre):
         if depth < 5 and rng.random() < 0.06:
             branch_width = width * rng.uniform(0.55, 0.8)
             side = rng.choice([-1.0, 1.0])
-            _grow_vessel(rng, segments, point, angle + side * rng.uniform(0.4, 0.9),
-                         branch_width, depth + 1, radius, centre)
+            _grow_vessel(
+                rng,
+                segments,
+                point,
+                angle + side * rng.uniform(0.4, 0.9),
+                branch_width,
+                depth + 1,
+                radius,
+                centre,
+            )
             width *= 0.9
             angle -= side * 0.15
 
@@ -253,21 +314,30 @@ def synthetic_retina(size, rng):
 
     illumination = cv2.GaussianBlur(rng.normal(0, 1, (size, size)), (0, 0), size / 10)
     illumination = 1 + 0.08 * illumination / (np.abs(illumination).max() + 1e-9)
-    vignette = (1 - 0.45 * distance ** 2) * illumination
+    vignette = (1 - 0.45 * distance**2) * illumination
     base = np.array([205, 95, 45]) * rng.uniform(0.85, 1.1)
     image = vignette[..., None] * base
-    fovea_shade = 1 - 0.3 * np.exp(-((xx - fovea[0]) ** 2 + (yy - fovea[1]) ** 2)
-                                   / (2 * (0.12 * radius) ** 2))
+    fovea_shade = 1 - 0.3 * np.exp(
+        -((xx - fovea[0]) ** 2 + (yy - fovea[1]) ** 2) / (2 * (0.12 * radius) ** 2)
+    )
     image *= fovea_shade[..., None]
-    disc_glow = np.exp(-(((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2) / disc_radius ** 2) ** 2)
+    disc_glow = np.exp(-((((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2) / disc_radius**2) ** 2))
     image += disc_glow[..., None] * np.array([50, 110, 90])
 
     segments = []
     max_width = max(3.0, 8.0 * size / 584)
     for trunk_angle in (-1.1, -0.7, 0.7, 1.1):
         start_angle = (np.pi if side > 0 else 0.0) + side * trunk_angle + rng.normal(0, 0.1)
-        _grow_vessel(rng, segments, disc.copy(), start_angle, max_width * rng.uniform(0.8, 1),
-                     0, radius, centre)
+        _grow_vessel(
+            rng,
+            segments,
+            disc.copy(),
+            start_angle,
+            max_width * rng.uniform(0.8, 1),
+            0,
+            radius,
+            centre,
+        )
     for _ in range(3):  # nasal vessels, pointing away from the fovea
         start_angle = (0.0 if side > 0 else np.pi) + rng.uniform(-1.2, 1.2)
         _grow_vessel(rng, segments, disc.copy(), start_angle, max_width * 0.6, 1, radius, centre)
@@ -292,19 +362,23 @@ def synthetic_retina(size, rng):
 def generate_synthetic(root, num_train, num_test, size, seed):
     """Writes the synthetic set in DRIVE's layout under `root` (PNG instead of TIFF/GIF)."""
     rng = np.random.default_rng(seed)
-    numbers = {'training': range(1, num_train + 1),
-               'test': range(num_train + 1, num_train + num_test + 1)}
+    numbers = {
+        'training': range(1, num_train + 1),
+        'test': range(num_train + 1, num_train + num_test + 1),
+    }
     for split, split_numbers in numbers.items():
         for number in split_numbers:
             image, label, mask = synthetic_retina(size, rng)
             stem = f'{number:02d}_{split}'
             utils.write_png(os.path.join(root, split, 'images', f'{stem}.png'), image)
-            utils.write_png(os.path.join(root, split, '1st_manual', f'{number:02d}_manual1.png'),
-                            label * 255)
+            utils.write_png(
+                os.path.join(root, split, '1st_manual', f'{number:02d}_manual1.png'), label * 255
+            )
             utils.write_png(os.path.join(root, split, 'mask', f'{stem}_mask.png'), mask * 255)
 
 
 # ----------------------------------------------------------------------------- figures
+
 
 def draw_figures(sample, figure_dir):
     """The four preprocessing steps side by side, and an image / label / mask sample figure."""
@@ -314,11 +388,18 @@ def draw_figures(sample, figure_dir):
     label = utils.read_binary(sample.label)
     mask = utils.read_binary(sample.mask) if sample.mask else fov.derive(image)
     figures = {
-        'preprocess.png': [('input', image), ('1. gray', stages['gray']),
-                           ('2. standardised', stages['standardized']),
-                           ('3. CLAHE', stages['clahe']), ('4. gamma 1.2', stages['gamma'])],
-        'dataset_sample.png': [('image', image), ('vessel label', label * 255),
-                               ('FOV mask', mask * 255)],
+        'preprocess.png': [
+            ('input', image),
+            ('1. gray', stages['gray']),
+            ('2. standardised', stages['standardized']),
+            ('3. CLAHE', stages['clahe']),
+            ('4. gamma 1.2', stages['gamma']),
+        ],
+        'dataset_sample.png': [
+            ('image', image),
+            ('vessel label', label * 255),
+            ('FOV mask', mask * 255),
+        ],
     }
     os.makedirs(figure_dir, exist_ok=True)
     for filename, panels in figures.items():
@@ -337,21 +418,28 @@ def main(argv):
     del argv
     if FLAGS.synthetic:
         root = os.path.join(FLAGS.data_dir, 'SYNTH')
-        generate_synthetic(root, FLAGS.synthetic_train, FLAGS.synthetic_test,
-                           FLAGS.synthetic_size, FLAGS.seed)
-        print(f'generated {FLAGS.synthetic_train} training + {FLAGS.synthetic_test} test '
-              f'synthetic images in {root}')
+        generate_synthetic(
+            root, FLAGS.synthetic_train, FLAGS.synthetic_test, FLAGS.synthetic_size, FLAGS.seed
+        )
+        print(
+            f'generated {FLAGS.synthetic_train} training + {FLAGS.synthetic_test} test '
+            f'synthetic images in {root}'
+        )
     output_dir = FLAGS.output_dir or DEFAULT_OUTPUT_DIR
     counts = process(FLAGS.data_dir, output_dir)
     for name, splits in counts.items():
         found = ', '.join(f'{count} {split}' for split, count in splits.items())
-        written = ', '.join(os.path.join(output_dir, name, f'{split}.txt')
-                            for split, count in splits.items() if count)
+        written = ', '.join(
+            os.path.join(output_dir, name, f'{split}.txt')
+            for split, count in splits.items()
+            if count
+        )
         print(f'{name}: {found} -> {written}')
     if FLAGS.visulize:
         first = next(iter(find_datasets(FLAGS.data_dir).values()))
-        draw_figures(first['training'][0] if first['training'] else first['test'][0],
-                     FLAGS.figure_dir)
+        draw_figures(
+            first['training'][0] if first['training'] else first['test'][0], FLAGS.figure_dir
+        )
 
 
 if __name__ == '__main__':

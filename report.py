@@ -4,6 +4,7 @@ A row is a dict: 'image', 'source' ('predicted' or 'manual'), the features of fe
 (absent where the photo could not be measured), 'flags' (what a user should see about the photo)
 and 'thumbnail' (an image file relative to the output folder, or None).
 """
+
 import csv
 import html
 import io
@@ -41,8 +42,11 @@ def photo_flags(mask, measured=None, decision=scale.NATIVE):
 
 def unreadable(image, error):
     """The row of a photo that could not be read or predicted."""
-    return {'image': image, 'flags': [f'could not be read or predicted: {error}'],
-            'thumbnail': None}
+    return {
+        'image': image,
+        'flags': [f'could not be read or predicted: {error}'],
+        'thumbnail': None,
+    }
 
 
 def columns(rows):
@@ -126,15 +130,25 @@ def page(rows, names, title):
     body = []
     for row in rows:
         thumbnail = row.get('thumbnail')
-        image = (f'<a href="{html.escape(thumbnail)}"><img src="{html.escape(thumbnail)}" '
-                 f'alt="{html.escape(row["image"])}"></a>' if thumbnail else '')
-        cells = ''.join(f'<td{" class=text" if name in ("image", "source") else ""}>'
-                        f'{html.escape(cell(row.get(name)))}</td>' for name in shown)
+        image = (
+            f'<a href="{html.escape(thumbnail)}"><img src="{html.escape(thumbnail)}" '
+            f'alt="{html.escape(row["image"])}"></a>'
+            if thumbnail
+            else ''
+        )
+        cells = ''.join(
+            f'<td{" class=text" if name in ("image", "source") else ""}>'
+            f'{html.escape(cell(row.get(name)))}</td>'
+            for name in shown
+        )
         flags = '<br>'.join(html.escape(flag) for flag in row.get('flags', []))
         body.append(f'<tr><td>{image}</td>{cells}<td class=flags>{flags}</td></tr>')
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
-            f'</title><style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n'
-            f'<p>Features at a FOV diameter of {features.REFERENCE_FOV_PX} px (columns in '
-            'docs/features.md); click a heading to sort. <span id="summary"></span></p>\n'
-            f'<table><thead><tr>{head}</tr></thead><tbody>\n' + '\n'.join(body)
-            + f'\n</tbody></table>\n<script>{_SCRIPT}</script>\n</body></html>\n')
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f'</title><style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n'
+        f'<p>Features at a FOV diameter of {features.REFERENCE_FOV_PX} px (columns in '
+        'docs/features.md); click a heading to sort. <span id="summary"></span></p>\n'
+        f'<table><thead><tr>{head}</tr></thead><tbody>\n'
+        + '\n'.join(body)
+        + f'\n</tbody></table>\n<script>{_SCRIPT}</script>\n</body></html>\n'
+    )

@@ -9,6 +9,7 @@ main vessels predicted in the photo, matched to the model's by a few predict-mea
 passes (docs/scale.md). That rule needs the main vessels in view: a crop showing only thin
 vessels (the macula alone) is enlarged too much; give such photos --photo_fov_diameter.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ import utils
 RESCALE_TOLERANCE = 0.05  # an image this close to the model's scale is predicted as it is
 MIN_FOV_DIAMETER = 32  # pixels; a smaller FOV is no fundus photo to rescale
 MAX_FOV_DIAMETER = 10000  # pixels; 3x HRF's, the largest a model's scale may be
-MAX_SCALED_PIXELS = 100 * 10 ** 6  # an image brought to the model's scale may not grow past this
+MAX_SCALED_PIXELS = 100 * 10**6  # an image brought to the model's scale may not grow past this
 CALIBRE_PERCENTILE = 90  # of the widths along the skeleton: the main vessels' calibre
 MIN_SKELETON_PX = 50  # fewer skeleton pixels than this tell no calibre
 CALIBRE_RESPONSE = 0.6  # d log(measured calibre) / d log(resize factor), measured (docs/scale.md)
@@ -33,6 +34,7 @@ MIN_FACTOR, MAX_FACTOR = 0.25, 4.0  # the resize the calibre rule may choose
 class ModelScale:
     """What scale.json records of a run: its training images' median FOV diameter and the
     main-vessel calibre (px) the model predicts at that scale (None for older runs)."""
+
     fov_diameter: float
     vessel_calibre: float | None = None
 
@@ -40,6 +42,7 @@ class ModelScale:
 @dataclass(frozen=True)
 class Decision:
     """The factor one photo was resized by, and the rule that set it (for the log and report)."""
+
     factor: float
     rule: str
 
@@ -51,9 +54,11 @@ def factor_for(diameter, target, shape, path):
     """The factor that brings a FOV diameter to `target`: 1 within RESCALE_TOLERANCE. A FOV too
     small to rescale, or a result over MAX_SCALED_PIXELS, is an error naming the file."""
     if diameter < MIN_FOV_DIAMETER:
-        raise utils.UserError(f'{path}: the field of view is only {diameter:.1f} px across; at '
-                              f"least {MIN_FOV_DIAMETER} px are needed to bring it to the model's "
-                              'scale')
+        raise utils.UserError(
+            f'{path}: the field of view is only {diameter:.1f} px across; at '
+            f"least {MIN_FOV_DIAMETER} px are needed to bring it to the model's "
+            'scale'
+        )
     factor = target / diameter
     _check_size(shape, factor, path)
     return 1.0 if abs(factor - 1) <= RESCALE_TOLERANCE else factor
@@ -62,10 +67,12 @@ def factor_for(diameter, target, shape, path):
 def _check_size(shape, factor, path):
     height, width = utils.scaled_size(shape, factor)
     if height * width > MAX_SCALED_PIXELS:
-        raise utils.UserError(f"{path}: bringing it to the model's scale (x{factor:.2f}) would "
-                              f'make a {width}x{height} image (over '
-                              f'{MAX_SCALED_PIXELS // 10 ** 6} megapixels); is the FOV a small '
-                              'bright spot in a dark frame? Crop the photo to its FOV')
+        raise utils.UserError(
+            f"{path}: bringing it to the model's scale (x{factor:.2f}) would "
+            f'make a {width}x{height} image (over '
+            f'{MAX_SCALED_PIXELS // 10**6} megapixels); is the FOV a small '
+            'bright spot in a dark frame? Crop the photo to its FOV'
+        )
 
 
 def disc_diameter(mask, path):
@@ -73,8 +80,10 @@ def disc_diameter(mask, path):
     error naming the file where it does not."""
     diameter = fov.diameter(mask)
     if diameter is None:
-        raise utils.UserError(f'{path}: the FOV shows no disc boundary (it fills the frame), so '
-                              'its scale is unknown; give a FOV mask that shows the disc')
+        raise utils.UserError(
+            f'{path}: the FOV shows no disc boundary (it fills the frame), so '
+            'its scale is unknown; give a FOV mask that shows the disc'
+        )
     return diameter
 
 
@@ -90,13 +99,17 @@ def decide(mask, model_scale, path, given_diameter=None):
         return NATIVE
     target = model_scale.fov_diameter
     if given_diameter:
-        return Decision(factor_for(given_diameter, target, mask.shape, path),
-                        f'FOV diameter {given_diameter:.0f} px (--photo_fov_diameter)')
+        return Decision(
+            factor_for(given_diameter, target, mask.shape, path),
+            f'FOV diameter {given_diameter:.0f} px (--photo_fov_diameter)',
+        )
     diameter = fov.diameter(mask)
     if diameter is None:
         return None
-    return Decision(factor_for(diameter, target, mask.shape, path),
-                    f'FOV diameter {diameter:.0f} px (circle fit)')
+    return Decision(
+        factor_for(diameter, target, mask.shape, path),
+        f'FOV diameter {diameter:.0f} px (circle fit)',
+    )
 
 
 def main_calibre(vessels):
@@ -120,8 +133,9 @@ def at_model_scale(rgb, factor, preprocess):
 
 def to_native(probability, shape):
     """Probabilities predicted at the model's scale, resized back to the image's (height, width)."""
-    return probability if probability.shape[:2] == tuple(shape) else utils.resize(probability,
-                                                                                  shape)
+    return (
+        probability if probability.shape[:2] == tuple(shape) else utils.resize(probability, shape)
+    )
 
 
 def predict_at_scale(predict, rgb, mask, preprocess, model_scale, path, given_diameter=None):
@@ -139,16 +153,19 @@ def predict_at_scale(predict, rgb, mask, preprocess, model_scale, path, given_di
 def _by_calibre(predict, rgb, mask, preprocess, model_scale, path):
     """The calibre rule: resize until the main vessels predicted are as wide as the model's."""
     if model_scale.vessel_calibre is None:
-        return Decision(1.0, 'native size (the FOV shows no disc and the model records no '
-                             'vessel calibre)'), None
+        return Decision(
+            1.0, 'native size (the FOV shows no disc and the model records no vessel calibre)'
+        ), None
     factor = 1.0
     for _ in range(CALIBRE_PASSES):
         probability = predict(at_model_scale(rgb, factor, preprocess))
         inside = utils.resize_binary(mask, probability.shape[:2]).astype(bool)
         calibre = main_calibre((_vessel_probability(probability) >= 0.5) & inside)
         if calibre is None:
-            raise utils.UserError(f'{path}: the FOV shows no disc and too few vessels to tell '
-                                  'the scale; give --photo_fov_diameter')
+            raise utils.UserError(
+                f'{path}: the FOV shows no disc and too few vessels to tell '
+                'the scale; give --photo_fov_diameter'
+            )
         step = (model_scale.vessel_calibre / calibre) ** (1 / CALIBRE_RESPONSE)
         if abs(step - 1) <= RESCALE_TOLERANCE:
             break
@@ -156,8 +173,10 @@ def _by_calibre(predict, rgb, mask, preprocess, model_scale, path):
         _check_size(rgb.shape, factor, path)
     else:
         probability = predict(at_model_scale(rgb, factor, preprocess))
-    return (Decision(factor, 'main-vessel calibre (the FOV shows no disc)'),
-            to_native(probability, mask.shape))
+    return (
+        Decision(factor, 'main-vessel calibre (the FOV shows no disc)'),
+        to_native(probability, mask.shape),
+    )
 
 
 def _vessel_probability(probability):

@@ -8,6 +8,7 @@ Every setting is saved with the run ({logdir}/config.json). A rerun with the sam
 resumes from its last checkpoint with the saved settings (flags given again must agree, except
 those in RESUMABLE) and stops at --max_iters.
 """
+
 import os
 
 import utils
@@ -50,6 +51,7 @@ GRADIENT_CLIP_NORM = 10.0
 class TrainConfig:
     """Every setting that shapes a run, as Model Garden's params: the flags build it, the run
     folder keeps it (config.json), and train() reads nothing else."""
+
     logdir: str
     label_file_path: str
     # the model (also written to architecture.json, which evaluate.py reads)
@@ -88,57 +90,123 @@ class TrainConfig:
 RESUMABLE = ('logdir', 'max_iters', 'save_interval', 'log_interval', 'validation_interval')
 
 FLAGS = flags.FLAGS
-utils.define_flags('logdir', 'label_file_path', 'seed', 'batch_size', 'preprocess',
-                   'transpose_conv', 'base_channels', 'num_classes')
-flags.DEFINE_float('initial_lr', TrainConfig.initial_lr, 'Adam learning rate at step 0, '
-                   'decayed linearly to 0 at --max_iters.', lower_bound=0.0)
-flags.DEFINE_integer('max_iters', TrainConfig.max_iters, 'Training steps in all; raise it to '
-                     'extend an interrupted run (the rate then decays from its current value).',
-                     lower_bound=1)
-flags.DEFINE_integer('save_interval', TrainConfig.save_interval, 'Steps between checkpoints, '
-                     'weights exports, image summaries and summary flushes.', lower_bound=1)
-flags.DEFINE_bool('augmentation', TrainConfig.augmentation, 'Random flips, 90-degree rotations, '
-                  'brightness and contrast jitter.')
-flags.DEFINE_integer('image_size', TrainConfig.image_size, 'Side of the whole-image training '
-                     'crops (a multiple of 16); images are zero-padded up to it.')
-flags.DEFINE_integer('patch_size', TrainConfig.patch_size, 'Train on square patches of this side '
-                     '(a multiple of 16) centred in the FOV; 0 trains on whole images.',
-                     lower_bound=0)
-flags.DEFINE_float('fov_diameter', TrainConfig.fov_diameter, 'Resize each training image so '
-                   'its FOV is this many pixels across (e.g. 538, DRIVE\'s), to mix datasets '
-                   'from several cameras at one scale; 0: native sizes. The run records the '
-                   'scale it learned in scale.json, and evaluate.py brings images to it.',
-                   lower_bound=0.0)
-flags.DEFINE_bool('fov_loss', TrainConfig.fov_loss, 'Average the loss over pixels inside the FOV '
-                  'mask only (the pixels that metrics count); False averages over every pixel, '
-                  'as the original.')
-flags.DEFINE_float('dice_weight', TrainConfig.dice_weight, 'Add this times the soft Dice loss of '
-                   'the vessel probability (over the same pixels) to the cross-entropy; 0: none.',
-                   lower_bound=0.0)
-flags.DEFINE_integer('log_interval', TrainConfig.log_interval, 'Steps between progress lines.',
-                     lower_bound=1)
-flags.DEFINE_bool('mixed_precision', TrainConfig.mixed_precision, "Compute in bfloat16 (Keras "
-                  "policy 'mixed_bfloat16'), keeping float32 weights and logits.")
-flags.DEFINE_string('validation_label_file', TrainConfig.validation_label_file, 'A label file of '
-                    'images held out from training, e.g. data/DRIVE/test.txt for a curve only, or '
-                    'a split of the training set: scored inside the FOV during training.')
-flags.DEFINE_integer('validation_interval', TrainConfig.validation_interval, 'Steps between '
-                     'validations; 0: at every --save_interval.', lower_bound=0)
-flags.DEFINE_enum('best_metric', TrainConfig.best_metric, model.BEST_METRICS,
-                  'Validation metric that picks the best checkpoint, kept in {logdir}/best/.')
-flags.register_validator('image_size', lambda size: size > 0 and size % model.MULTIPLE == 0,
-                         message=f'--image_size must be a positive multiple of {model.MULTIPLE}')
-flags.register_validator('patch_size', lambda size: size % model.MULTIPLE == 0,
-                         message=f'--patch_size must be 0 or a multiple of {model.MULTIPLE}')
+utils.define_flags(
+    'logdir',
+    'label_file_path',
+    'seed',
+    'batch_size',
+    'preprocess',
+    'transpose_conv',
+    'base_channels',
+    'num_classes',
+)
+flags.DEFINE_float(
+    'initial_lr',
+    TrainConfig.initial_lr,
+    'Adam learning rate at step 0, decayed linearly to 0 at --max_iters.',
+    lower_bound=0.0,
+)
+flags.DEFINE_integer(
+    'max_iters',
+    TrainConfig.max_iters,
+    'Training steps in all; raise it to '
+    'extend an interrupted run (the rate then decays from its current value).',
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    'save_interval',
+    TrainConfig.save_interval,
+    'Steps between checkpoints, weights exports, image summaries and summary flushes.',
+    lower_bound=1,
+)
+flags.DEFINE_bool(
+    'augmentation',
+    TrainConfig.augmentation,
+    'Random flips, 90-degree rotations, brightness and contrast jitter.',
+)
+flags.DEFINE_integer(
+    'image_size',
+    TrainConfig.image_size,
+    'Side of the whole-image training crops (a multiple of 16); images are zero-padded up to it.',
+)
+flags.DEFINE_integer(
+    'patch_size',
+    TrainConfig.patch_size,
+    'Train on square patches of this side '
+    '(a multiple of 16) centred in the FOV; 0 trains on whole images.',
+    lower_bound=0,
+)
+flags.DEFINE_float(
+    'fov_diameter',
+    TrainConfig.fov_diameter,
+    'Resize each training image so '
+    'its FOV is this many pixels across (e.g. 538, DRIVE\'s), to mix datasets '
+    'from several cameras at one scale; 0: native sizes. The run records the '
+    'scale it learned in scale.json, and evaluate.py brings images to it.',
+    lower_bound=0.0,
+)
+flags.DEFINE_bool(
+    'fov_loss',
+    TrainConfig.fov_loss,
+    'Average the loss over pixels inside the FOV '
+    'mask only (the pixels that metrics count); False averages over every pixel, '
+    'as the original.',
+)
+flags.DEFINE_float(
+    'dice_weight',
+    TrainConfig.dice_weight,
+    'Add this times the soft Dice loss of '
+    'the vessel probability (over the same pixels) to the cross-entropy; 0: none.',
+    lower_bound=0.0,
+)
+flags.DEFINE_integer(
+    'log_interval', TrainConfig.log_interval, 'Steps between progress lines.', lower_bound=1
+)
+flags.DEFINE_bool(
+    'mixed_precision',
+    TrainConfig.mixed_precision,
+    "Compute in bfloat16 (Keras policy 'mixed_bfloat16'), keeping float32 weights and logits.",
+)
+flags.DEFINE_string(
+    'validation_label_file',
+    TrainConfig.validation_label_file,
+    'A label file of '
+    'images held out from training, e.g. data/DRIVE/test.txt for a curve only, or '
+    'a split of the training set: scored inside the FOV during training.',
+)
+flags.DEFINE_integer(
+    'validation_interval',
+    TrainConfig.validation_interval,
+    'Steps between validations; 0: at every --save_interval.',
+    lower_bound=0,
+)
+flags.DEFINE_enum(
+    'best_metric',
+    TrainConfig.best_metric,
+    model.BEST_METRICS,
+    'Validation metric that picks the best checkpoint, kept in {logdir}/best/.',
+)
+flags.register_validator(
+    'image_size',
+    lambda size: size > 0 and size % model.MULTIPLE == 0,
+    message=f'--image_size must be a positive multiple of {model.MULTIPLE}',
+)
+flags.register_validator(
+    'patch_size',
+    lambda size: size % model.MULTIPLE == 0,
+    message=f'--patch_size must be 0 or a multiple of {model.MULTIPLE}',
+)
 
 
 # ----------------------------------------------------------------------------- the settings
 
+
 def has_trained(logdir):
     """Whether `logdir` holds a trained step: a checkpoint or exported weights. The settings of a
     run that failed before its first checkpoint bind nothing."""
-    return bool(model.checkpoint_steps(os.path.join(logdir, model.CHECKPOINT_DIR))) or \
-        os.path.exists(os.path.join(logdir, model.WEIGHTS_FILE))
+    return bool(
+        model.checkpoint_steps(os.path.join(logdir, model.CHECKPOINT_DIR))
+    ) or os.path.exists(os.path.join(logdir, model.WEIGHTS_FILE))
 
 
 def binding_settings(logdir):
@@ -151,27 +219,41 @@ def load_saved(logdir):
     config.json (a new run, or one trained before settings were saved). Every setting is checked
     as its flag would check it; a UserError names the file and the setting."""
     path = os.path.join(logdir, CONFIG_FILE)
-    saved = utils.read_json(path, {
-        'settings': (utils.is_object, 'an object'),
-        'learning_rate_knots': (_valid_knots, 'a list of [step, rate]')}, missing_ok=True)
+    saved = utils.read_json(
+        path,
+        {
+            'settings': (utils.is_object, 'an object'),
+            'learning_rate_knots': (_valid_knots, 'a list of [step, rate]'),
+        },
+        missing_ok=True,
+    )
     if saved is None:
         return None, None
-    fields = {field.name: (functools.partial(_valid_setting, field), SETTING_TYPES[field.type][1])
-              for field in dataclasses.fields(TrainConfig)}
+    fields = {
+        field.name: (functools.partial(_valid_setting, field), SETTING_TYPES[field.type][1])
+        for field in dataclasses.fields(TrainConfig)
+    }
     settings = utils.check_fields(path, saved['settings'], fields, prefix='settings.')
-    return (TrainConfig(**{name: settings[name] for name in fields}),
-            [list(knot) for knot in saved['learning_rate_knots']])
+    return (
+        TrainConfig(**{name: settings[name] for name in fields}),
+        [list(knot) for knot in saved['learning_rate_knots']],
+    )
 
 
-SETTING_TYPES = {int: ((int,), 'an integer'), float: ((int, float), 'a number'),
-                 bool: ((bool,), 'true or false'), str: ((str,), 'a string'),
-                 str | None: ((str, type(None)), 'a string or null')}
+SETTING_TYPES = {
+    int: ((int,), 'an integer'),
+    float: ((int, float), 'a number'),
+    bool: ((bool,), 'true or false'),
+    str: ((str,), 'a string'),
+    str | None: ((str, type(None)), 'a string or null'),
+}
 
 
 def _valid_setting(field, value):
     """Whether a saved setting has its field's type and passes its flag's own checks."""
     if type(value) not in SETTING_TYPES[field.type][0] or (
-            type(value) is float and not math.isfinite(value)):
+        type(value) is float and not math.isfinite(value)
+    ):
         return False
     try:
         return all(validator.checker(value) for validator in FLAGS[field.name].validators)
@@ -181,14 +263,24 @@ def _valid_setting(field, value):
 
 def _valid_knots(knots):
     number = utils.is_number(0)
-    return (isinstance(knots, list) and len(knots) >= 2 and all(
-        isinstance(knot, list) and len(knot) == 2 and all(map(number, knot)) for knot in knots))
+    return (
+        isinstance(knots, list)
+        and len(knots) >= 2
+        and all(
+            isinstance(knot, list) and len(knot) == 2 and all(map(number, knot)) for knot in knots
+        )
+    )
 
 
 def save_settings(config, knots):
-    utils.write_json(os.path.join(config.logdir, CONFIG_FILE), {
-        'settings': dataclasses.asdict(config), 'learning_rate_knots': knots,
-        'versions': {'tensorflow': tf.__version__, 'keras': keras.__version__}})
+    utils.write_json(
+        os.path.join(config.logdir, CONFIG_FILE),
+        {
+            'settings': dataclasses.asdict(config),
+            'learning_rate_knots': knots,
+            'versions': {'tensorflow': tf.__version__, 'keras': keras.__version__},
+        },
+    )
 
 
 def config_from_flags():
@@ -197,8 +289,12 @@ def config_from_flags():
     if not FLAGS.logdir:
         raise utils.UserError('--logdir is required')
     saved, _ = binding_settings(FLAGS.logdir)
-    values = {field.name: FLAGS[field.name].value if FLAGS[field.name].present or saved is None
-              else getattr(saved, field.name) for field in dataclasses.fields(TrainConfig)}
+    values = {
+        field.name: FLAGS[field.name].value
+        if FLAGS[field.name].present or saved is None
+        else getattr(saved, field.name)
+        for field in dataclasses.fields(TrainConfig)
+    }
     return TrainConfig(**values)
 
 
@@ -209,17 +305,22 @@ def check_resume(config, saved):
         if architecture:  # a run from before config.json
             model.check_architecture(architecture, config.architecture, f'--logdir={config.logdir}')
         return
-    conflicts = [f'--{field.name}={getattr(config, field.name)} (saved: '
-                 f'{getattr(saved, field.name)})' for field in dataclasses.fields(TrainConfig)
-                 if field.name not in RESUMABLE
-                 and getattr(config, field.name) != getattr(saved, field.name)]
+    conflicts = [
+        f'--{field.name}={getattr(config, field.name)} (saved: {getattr(saved, field.name)})'
+        for field in dataclasses.fields(TrainConfig)
+        if field.name not in RESUMABLE and getattr(config, field.name) != getattr(saved, field.name)
+    ]
     if conflicts:
-        raise utils.UserError(f'--logdir={config.logdir} was trained with other settings: '
-                              + ', '.join(conflicts) + f'; only {", ".join(RESUMABLE)} may '
-                              'change on resume (or train into a new --logdir)')
+        raise utils.UserError(
+            f'--logdir={config.logdir} was trained with other settings: '
+            + ', '.join(conflicts)
+            + f'; only {", ".join(RESUMABLE)} may '
+            'change on resume (or train into a new --logdir)'
+        )
 
 
 # ----------------------------------------------------------------------------- the learning rate
+
 
 class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
     """The learning rate interpolated linearly between knots [step, rate] (constant outside)."""
@@ -231,8 +332,9 @@ class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
         steps = tf.constant([float(s) for s, _ in self.knots])
         rates = tf.constant([float(r) for _, r in self.knots])
         step = tf.cast(step, tf.float32)
-        upper = tf.clip_by_value(tf.searchsorted(steps, [step], side='right')[0], 1,
-                                 len(self.knots) - 1)
+        upper = tf.clip_by_value(
+            tf.searchsorted(steps, [step], side='right')[0], 1, len(self.knots) - 1
+        )
         start, end = steps[upper - 1], steps[upper]
         fraction = tf.clip_by_value((step - start) / tf.maximum(end - start, 1.0), 0.0, 1.0)
         return rates[upper - 1] + fraction * (rates[upper] - rates[upper - 1])
@@ -252,14 +354,19 @@ def learning_rate_knots(config, saved_knots, step):
     steps, rates = zip(*saved_knots, strict=True)
     rate = float(np.interp(step, steps, rates))
     if step and rate == 0:
-        raise utils.UserError(f'--max_iters={config.max_iters}: the run ended at step {step} with '
-                              'learning rate 0, so more steps would not learn; train a new run '
-                              'with more steps')
-    return [knot for knot in saved_knots if knot[0] < step] + [[step, rate],
-                                                              [config.max_iters, 0.0]]
+        raise utils.UserError(
+            f'--max_iters={config.max_iters}: the run ended at step {step} with '
+            'learning rate 0, so more steps would not learn; train a new run '
+            'with more steps'
+        )
+    return [knot for knot in saved_knots if knot[0] < step] + [
+        [step, rate],
+        [config.max_iters, 0.0],
+    ]
 
 
 # ----------------------------------------------------------------------------- the logdir lock
+
 
 def acquire_lock(logdir):
     """Claims `logdir` with an OS lock (fcntl.flock), which the system releases when the process
@@ -269,13 +376,15 @@ def acquire_lock(logdir):
         handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise utils.UserError(f'{path}: a symbolic link, not the lock train.py writes; '
-                                  'remove it') from None
+            raise utils.UserError(
+                f'{path}: a symbolic link, not the lock train.py writes; remove it'
+            ) from None
         raise utils.UserError(f'--logdir={logdir}: cannot write there ({error.strerror})') from None
     if not stat.S_ISREG(os.fstat(handle).st_mode):
         os.close(handle)
-        raise utils.UserError(f'{path}: not a regular file, not the lock train.py writes; '
-                              'remove it')
+        raise utils.UserError(
+            f'{path}: not a regular file, not the lock train.py writes; remove it'
+        )
     stream = os.fdopen(handle, 'a+')
     try:
         fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -283,8 +392,9 @@ def acquire_lock(logdir):
         stream.seek(0)
         owner = stream.read().strip() or 'owner unknown'
         stream.close()
-        raise utils.UserError(f'--logdir={logdir}: another train.py ({owner}) is writing it'
-                              ) from None
+        raise utils.UserError(
+            f'--logdir={logdir}: another train.py ({owner}) is writing it'
+        ) from None
     stream.truncate(0)
     stream.write(f'host {socket.gethostname()}, pid {os.getpid()}\n')
     stream.flush()
@@ -299,8 +409,10 @@ class StopSignal:
         self.received = None
 
     def __enter__(self):
-        self.previous = {number: signal.signal(number, self._handle)
-                         for number in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {
+            number: signal.signal(number, self._handle)
+            for number in (signal.SIGINT, signal.SIGTERM)
+        }
         return self
 
     def __exit__(self, *exc_info):
@@ -313,6 +425,7 @@ class StopSignal:
 
 
 # ----------------------------------------------------------------------------- the loop's parts
+
 
 def pixel_loss(labels, logits, masks, fov_loss, dice_weight=0.0):
     """Per-example loss over the pixels that count (the FOV, or all): mean cross-entropy, plus
@@ -338,15 +451,17 @@ def make_train_loop(strategy, unet, optimizer, global_batch, fov_loss, dice_weig
             logits = unet(images, training=True)
             loss = tf.nn.compute_average_loss(
                 pixel_loss(labels, logits, masks, fov_loss, dice_weight),
-                global_batch_size=global_batch)
+                global_batch_size=global_batch,
+            )
         gradients = tape.gradient(loss, unet.trainable_variables)
         # Clip the global gradient, not each replica's share: sum it here, and hand the
         # optimizer (which sums across replicas again) each replica's equal part of the result.
         context = tf.distribute.get_replica_context()
         gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
         gradients, _ = tf.clip_by_global_norm(gradients, GRADIENT_CLIP_NORM)
-        optimizer.apply([g / context.num_replicas_in_sync for g in gradients],
-                        unet.trainable_variables)
+        optimizer.apply(
+            [g / context.num_replicas_in_sync for g in gradients], unet.trainable_variables
+        )
         return loss
 
     @tf.function
@@ -356,8 +471,10 @@ def make_train_loop(strategy, unet, optimizer, global_batch, fov_loss, dice_weig
         for index in tf.range(steps):
             rates = rates.write(index, tf.cast(optimizer.learning_rate, tf.float32))
             loss = strategy.run(replica_step, args=next(iterator))
-            losses = losses.write(index, tf.cast(
-                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None), tf.float32))
+            losses = losses.write(
+                index,
+                tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None), tf.float32),
+            )
         return losses.stack(), rates.stack()
 
     return train_steps
@@ -365,8 +482,11 @@ def make_train_loop(strategy, unet, optimizer, global_batch, fov_loss, dice_weig
 
 def steps_to_boundary(step, config):
     """The steps from `step` to the next log line, validation, save or the end: one call's."""
-    intervals = (config.log_interval, config.save_interval,
-                 config.validation_interval or config.save_interval)
+    intervals = (
+        config.log_interval,
+        config.save_interval,
+        config.validation_interval or config.save_interval,
+    )
     return min([config.max_iters - step] + [every - step % every for every in intervals])
 
 
@@ -375,8 +495,10 @@ def is_chief(strategy):
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True
     return resolver.task_type == 'chief' or (
-        resolver.task_type == 'worker' and resolver.task_id == 0
-        and 'chief' not in resolver.cluster_spec().as_dict())
+        resolver.task_type == 'worker'
+        and resolver.task_id == 0
+        and 'chief' not in resolver.cluster_spec().as_dict()
+    )
 
 
 def write_summaries(writer, pending, preview, unet, step):
@@ -391,8 +513,9 @@ def write_summaries(writer, pending, preview, unet, step):
         images, labels, _ = preview
         probability = model.predict_probabilities(unet, images)[..., 1:2]
         tf.summary.image('train/input', images[..., :3], step=step, max_outputs=3)
-        tf.summary.image('train/label', tf.cast(labels[..., None], tf.float32), step=step,
-                         max_outputs=3)
+        tf.summary.image(
+            'train/label', tf.cast(labels[..., None], tf.float32), step=step, max_outputs=3
+        )
         tf.summary.image('train/vessel_probability', probability, step=step, max_outputs=3)
     writer.flush()
     pending.clear()
@@ -423,15 +546,20 @@ def save(manager, unet, logdir, chief, step):
                 tf.io.gfile.rmtree(manager.directory)
         except (OSError, tf.errors.OpError) as error:
             text = str(error)
-            reason = ('no space left on device' if getattr(error, 'errno', None) == errno.ENOSPC
-                      or 'No space left' in text else utils.first_line(error))
+            reason = (
+                'no space left on device'
+                if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left' in text
+                else utils.first_line(error)
+            )
     if reason is None:
         sys.stderr.write(captured.getvalue())
         return
     remove_leftovers(logdir)
     # HDF5 does not recover from a failed write (it crashes at exit): report and leave at once.
-    utils.exit_at_once(f'--logdir={logdir}: could not save step {step} ({reason}); the last good '
-                       f'checkpoint is {manager.latest_checkpoint}')
+    utils.exit_at_once(
+        f'--logdir={logdir}: could not save step {step} ({reason}); the last good '
+        f'checkpoint is {manager.latest_checkpoint}'
+    )
 
 
 def check_free_space(logdir, unet, manager, step):
@@ -439,13 +567,15 @@ def check_free_space(logdir, unet, manager, step):
     weights file, with a margin for summaries."""
     weights = sum(int(np.prod(w.shape)) for w in unet.weights) * 4
     trainable = sum(int(np.prod(w.shape)) for w in unet.trainable_weights) * 4
-    needed = int(1.1 * (weights + 2 * trainable + weights)) + 2 ** 21
+    needed = int(1.1 * (weights + 2 * trainable + weights)) + 2**21
     free = shutil.disk_usage(logdir).free
     if free < needed:
-        raise utils.UserError(f'--logdir={logdir}: the disk is full ({free / 2 ** 20:.1f} MiB '
-                              f'free, saving needs about {needed / 2 ** 20:.0f} MiB); stopped '
-                              f'before saving step {step}; the last good checkpoint is '
-                              f'{manager.latest_checkpoint}')
+        raise utils.UserError(
+            f'--logdir={logdir}: the disk is full ({free / 2**20:.1f} MiB '
+            f'free, saving needs about {needed / 2**20:.0f} MiB); stopped '
+            f'before saving step {step}; the last good checkpoint is '
+            f'{manager.latest_checkpoint}'
+        )
 
 
 def _format_seconds(seconds):
@@ -455,6 +585,7 @@ def _format_seconds(seconds):
 
 # ----------------------------------------------------------------------------- the run folder
 
+
 def restore_newest(checkpoint, directory):
     """Restores the newest checkpoint that reads back whole and returns its step (0: there is
     none). The `checkpoint` state file is not trusted: a corrupt one must not restart the run.
@@ -462,18 +593,23 @@ def restore_newest(checkpoint, directory):
     skipped = []
     for step in model.checkpoint_steps(directory):
         try:
-            checkpoint.restore(os.path.join(directory, f'ckpt-{step}')
-                               ).assert_existing_objects_matched()
+            checkpoint.restore(
+                os.path.join(directory, f'ckpt-{step}')
+            ).assert_existing_objects_matched()
         except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
             skipped.append(f'ckpt-{step}: {utils.first_line(error)}')
             continue
         if skipped:
-            logging.warning('unreadable checkpoints skipped (%s); resuming from ckpt-%d',
-                            '; '.join(skipped), step)
+            logging.warning(
+                'unreadable checkpoints skipped (%s); resuming from ckpt-%d',
+                '; '.join(skipped),
+                step,
+            )
         return step
     if skipped:
-        raise utils.UserError(f'{directory}: no checkpoint can be read ({"; ".join(skipped)}); '
-                              'nothing was changed')
+        raise utils.UserError(
+            f'{directory}: no checkpoint can be read ({"; ".join(skipped)}); nothing was changed'
+        )
     return 0
 
 
@@ -534,6 +670,7 @@ def trim_events(directory, last_step):
 
 # ----------------------------------------------------------------------------- validation
 
+
 class Validator:
     """Scores the model on held-out images inside their FOV: the loss (cross-entropy) and the
     metrics evaluate.py reports at threshold 0.5 (metrics.scores, the same code), each
@@ -542,9 +679,14 @@ class Validator:
 
     def __init__(self, config, unet, examples, model_scale):
         self.examples = examples
-        self.inputs = [scale.at_model_scale(example.image, scale.disc_factor(
-            example.mask, model_scale.fov_diameter, example.name), config.preprocess)
-            for example in examples]  # once a run
+        self.inputs = [
+            scale.at_model_scale(
+                example.image,
+                scale.disc_factor(example.mask, model_scale.fov_diameter, example.name),
+                config.preprocess,
+            )
+            for example in examples
+        ]  # once a run
         self.predict = image_predictor(unet, config.preprocess)
         self.unet, self.metric, self.logdir = unet, config.best_metric, config.logdir
         self.writer = tf.summary.create_file_writer(os.path.join(config.logdir, VALIDATION_DIR))
@@ -568,11 +710,15 @@ class Validator:
                 if np.isfinite(value):
                     tf.summary.scalar(f'validation/{name}', value, step=step)
         value = scores[self.metric]
-        logging.info('validation at step %d: loss %.4f  F1 %.4f  AUC_ROC %.4f', step,
-                     scores['loss'], scores['F1'], scores['AUC_ROC'])
+        logging.info(
+            'validation at step %d: loss %.4f  F1 %.4f  AUC_ROC %.4f',
+            step,
+            scores['loss'],
+            scores['F1'],
+            scores['AUC_ROC'],
+        )
         sign = -1 if self.metric == 'loss' else 1
-        if np.isfinite(value) and (self.best is None
-                                   or sign * value > sign * self.best['value']):
+        if np.isfinite(value) and (self.best is None or sign * value > sign * self.best['value']):
             folder = os.path.join(self.logdir, model.BEST_DIR)
             export_weights(self.unet, folder)
             self.best = {'step': step, 'metric': self.metric, 'value': value, 'scores': scores}
@@ -584,14 +730,18 @@ class Validator:
 
 # ----------------------------------------------------------------------------- the loop
 
+
 def check_settings(config, examples, replicas):
     if config.batch_size % replicas:
-        raise utils.UserError(f'--batch_size={config.batch_size} is not divisible by the '
-                              f'{replicas} replicas')
+        raise utils.UserError(
+            f'--batch_size={config.batch_size} is not divisible by the {replicas} replicas'
+        )
     smallest = min(min(e.label.shape) for e in examples)
     if config.patch_size > smallest:
-        raise utils.UserError(f'--patch_size={config.patch_size} is larger than the smallest '
-                              f'image side ({smallest}) in {config.label_file_path}')
+        raise utils.UserError(
+            f'--patch_size={config.patch_size} is larger than the smallest '
+            f'image side ({smallest}) in {config.label_file_path}'
+        )
 
 
 def prepare_logdir(config, chief):
@@ -600,8 +750,9 @@ def prepare_logdir(config, chief):
     try:
         os.makedirs(config.logdir, exist_ok=True)
     except OSError as error:
-        raise utils.UserError(f'--logdir={config.logdir}: cannot create it ({error.strerror})'
-                              ) from None
+        raise utils.UserError(
+            f'--logdir={config.logdir}: cannot create it ({error.strerror})'
+        ) from None
     lock = acquire_lock(config.logdir) if chief else None
     if chief:
         remove_leftovers(config.logdir)
@@ -619,14 +770,18 @@ def train(strategy, config):
         raise utils.UserError('--label_file_path is required')
     saved, saved_knots = binding_settings(config.logdir)
     check_resume(config, saved)
-    examples = dataset.load_label_files(config.label_file_path, config.preprocess,
-                                        config.fov_diameter)
+    examples = dataset.load_label_files(
+        config.label_file_path, config.preprocess, config.fov_diameter
+    )
     check_settings(config, examples, strategy.num_replicas_in_sync)
-    validation = dataset.load_label_files(
-        config.validation_label_file, flag='--validation_label_file'
-    ) if config.validation_label_file else None
-    model_scale = scale.ModelScale(float(np.median([
-        scale.disc_diameter(example.mask, example.name) for example in examples])))
+    validation = (
+        dataset.load_label_files(config.validation_label_file, flag='--validation_label_file')
+        if config.validation_label_file
+        else None
+    )
+    model_scale = scale.ModelScale(
+        float(np.median([scale.disc_diameter(example.mask, example.name) for example in examples]))
+    )
     lock = prepare_logdir(config, chief)
     try:
         with StopSignal() as stop:
@@ -643,7 +798,8 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
     chief then writes what the run folder describes: architecture, scale and settings."""
     keras.utils.set_random_seed(config.seed)  # the initial weights too, not only the data
     keras.mixed_precision.set_global_policy(
-        'mixed_bfloat16' if config.mixed_precision else 'float32')
+        'mixed_bfloat16' if config.mixed_precision else 'float32'
+    )
     with strategy.scope():
         unet = model.build_from_architecture(config.architecture)
         optimizer = keras.optimizers.Adam(PiecewiseLinear([[0, 0.0], [1, 0.0]]))
@@ -653,9 +809,11 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
     restored = restore_newest(checkpoint, directory)
     weights = os.path.join(config.logdir, model.WEIGHTS_FILE)
     if not restored and os.path.exists(weights):
-        raise utils.UserError(f'--logdir={config.logdir} holds trained weights ({weights}) but '
-                              f'no checkpoint to resume from ({directory} is missing or empty); '
-                              'train into a new --logdir, or remove the weights to start over')
+        raise utils.UserError(
+            f'--logdir={config.logdir} holds trained weights ({weights}) but '
+            f'no checkpoint to resume from ({directory} is missing or empty); '
+            'train into a new --logdir, or remove the weights to start over'
+        )
     knots = learning_rate_knots(config, saved_knots, restored)
     optimizer.learning_rate = PiecewiseLinear(knots)  # the step is known only now
     if chief:
@@ -673,14 +831,23 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
 
 def _train(strategy, config, examples, validation, model_scale, chief, saved_knots, stop):
     logdir, global_batch = config.logdir, config.batch_size
-    unet, optimizer, manager, resumed = build_and_restore(strategy, config, model_scale, chief,
-                                                         saved_knots)
+    unet, optimizer, manager, resumed = build_and_restore(
+        strategy, config, model_scale, chief, saved_knots
+    )
     start = int(optimizer.iterations.numpy())
     replicas = strategy.num_replicas_in_sync
-    logging.info('%s at step %d of %d: global batch %d = %d replicas x %d, %d training images, '
-                 '%s parameters', 'resuming' if resumed else 'starting', start, config.max_iters,
-                 global_batch, replicas, global_batch // replicas, len(examples),
-                 f'{unet.count_params():,}')
+    logging.info(
+        '%s at step %d of %d: global batch %d = %d replicas x %d, %d training images, '
+        '%s parameters',
+        'resuming' if resumed else 'starting',
+        start,
+        config.max_iters,
+        global_batch,
+        replicas,
+        global_batch // replicas,
+        len(examples),
+        f'{unet.count_params():,}',
+    )
     if start >= config.max_iters:
         if chief:  # a run killed between its last checkpoint and weights export
             export_weights(unet, logdir)
@@ -689,16 +856,36 @@ def _train(strategy, config, examples, validation, model_scale, chief, saved_kno
 
     def make_dataset(context):
         return dataset.training_dataset(
-            examples, context.get_per_replica_batch_size(global_batch), config.patch_size,
-            config.image_size, config.augmentation, config.seed, start, context)
+            examples,
+            context.get_per_replica_batch_size(global_batch),
+            config.patch_size,
+            config.image_size,
+            config.augmentation,
+            config.seed,
+            start,
+            context,
+        )
 
     iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
-    preview = next(iter(dataset.training_dataset(examples, min(global_batch, 3), config.patch_size,
-                                                 config.image_size, seed=config.seed + 1)))
-    train_steps = make_train_loop(strategy, unet, optimizer, global_batch, config.fov_loss,
-                                  config.dice_weight)
-    writer = (tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR)) if chief
-              else tf.summary.create_noop_writer())
+    preview = next(
+        iter(
+            dataset.training_dataset(
+                examples,
+                min(global_batch, 3),
+                config.patch_size,
+                config.image_size,
+                seed=config.seed + 1,
+            )
+        )
+    )
+    train_steps = make_train_loop(
+        strategy, unet, optimizer, global_batch, config.fov_loss, config.dice_weight
+    )
+    writer = (
+        tf.summary.create_file_writer(os.path.join(logdir, SUMMARY_DIR))
+        if chief
+        else tf.summary.create_noop_writer()
+    )
     validate = Validator(config, unet, validation, model_scale) if chief and validation else None
     validation_interval = config.validation_interval or config.save_interval
     pending, step = [], start
@@ -708,9 +895,15 @@ def _train(strategy, config, examples, validation, model_scale, chief, saved_kno
         step = pending[-1]['step']
         if step % config.log_interval == 0 or step == config.max_iters:
             rate = (step - start) / (time.time() - started)
-            logging.info('step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  ETA %s', step,
-                         config.max_iters, pending[-1]['loss'], pending[-1]['learning_rate'],
-                         rate, _format_seconds((config.max_iters - step) / rate))
+            logging.info(
+                'step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  ETA %s',
+                step,
+                config.max_iters,
+                pending[-1]['loss'],
+                pending[-1]['learning_rate'],
+                rate,
+                _format_seconds((config.max_iters - step) / rate),
+            )
         if validate and (step % validation_interval == 0 or step == config.max_iters):
             validate(step)
         if step % config.save_interval == 0 or step == config.max_iters or stop.received:
@@ -721,15 +914,20 @@ def _train(strategy, config, examples, validation, model_scale, chief, saved_kno
                 validate.flush()
             save(manager, unet, logdir, chief, step)
         if stop.received:
-            logging.info('signal %d: stopped at step %d after saving; rerun to resume',
-                         stop.received, step)
+            logging.info(
+                'signal %d: stopped at step %d after saving; rerun to resume', stop.received, step
+            )
             raise SystemExit(128 + stop.received)
     if chief:
         record_calibre(unet, config, examples, model_scale)
     checksum = sum(float(tf.reduce_sum(tf.cast(w, tf.float64))) for w in unet.weights)
-    logging.info('done: %d steps in %s; weights in %s (checksum %.12g)', config.max_iters - start,
-                 _format_seconds(time.time() - started), os.path.join(logdir, model.WEIGHTS_FILE),
-                 checksum)
+    logging.info(
+        'done: %d steps in %s; weights in %s (checksum %.12g)',
+        config.max_iters - start,
+        _format_seconds(time.time() - started),
+        os.path.join(logdir, model.WEIGHTS_FILE),
+        checksum,
+    )
 
 
 def run_steps(train_steps, iterator, step, count, manager):
@@ -742,10 +940,17 @@ def run_steps(train_steps, iterator, step, count, manager):
             raise utils.UserError(
                 f'the loss became {loss} at step {step + offset + 1}; stopped without saving '
                 f'(the last good checkpoint is {manager.latest_checkpoint}); try a lower '
-                '--initial_lr')
-    return [{'step': step + offset + 1, 'loss': float(loss), 'learning_rate': float(lr),
-             'global_steps_per_sec': rate} for offset, (loss, lr) in enumerate(zip(
-                 losses, rates, strict=True))]
+                '--initial_lr'
+            )
+    return [
+        {
+            'step': step + offset + 1,
+            'loss': float(loss),
+            'learning_rate': float(lr),
+            'global_steps_per_sec': rate,
+        }
+        for offset, (loss, lr) in enumerate(zip(losses, rates, strict=True))
+    ]
 
 
 def image_predictor(unet, preprocess):

@@ -7,6 +7,7 @@
 MirroredStrategy over every visible GPU (or --cpu_replicas logical CPU devices where there are
 none); MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several tasks.
 """
+
 import utils
 
 utils.quiet_tensorflow()
@@ -25,18 +26,27 @@ import model  # noqa: E402
 import train  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('cpu_replicas', 0, 'Without GPUs: split the CPU into this many logical '
-                     'devices and mirror over them (to test the distributed path).',
-                     lower_bound=0)
-flags.DEFINE_float('cluster_timeout', 600, 'With TF_CONFIG: seconds to wait for the other tasks '
-                   'of the cluster to start before giving up.', lower_bound=0)
+flags.DEFINE_integer(
+    'cpu_replicas',
+    0,
+    'Without GPUs: split the CPU into this many logical '
+    'devices and mirror over them (to test the distributed path).',
+    lower_bound=0,
+)
+flags.DEFINE_float(
+    'cluster_timeout',
+    600,
+    'With TF_CONFIG: seconds to wait for the other tasks of the cluster to start before giving up.',
+    lower_bound=0,
+)
 
 
 def split_cpu(replicas):
     """Makes `replicas` logical CPU devices; must run before TensorFlow initialises devices."""
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
+    )
     return [device.name for device in tf.config.list_logical_devices('CPU')]
 
 
@@ -49,19 +59,24 @@ def read_tf_config():
         raise utils.UserError(f'TF_CONFIG is not valid JSON ({error})') from None
     cluster = config.get('cluster', {}) if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not all(
-            isinstance(tasks, list) and all(isinstance(a, str) and ':' in a for a in tasks)
-            for tasks in cluster.values()):
+        isinstance(tasks, list) and all(isinstance(a, str) and ':' in a for a in tasks)
+        for tasks in cluster.values()
+    ):
         raise utils.UserError('TF_CONFIG: "cluster" must map task types to lists of "host:port"')
     if sum(len(tasks) for tasks in cluster.values()) <= 1:
         return {}, None
     task = config.get('task')
     if not isinstance(task, dict) or 'type' not in task or 'index' not in task:
-        raise utils.UserError('TF_CONFIG names a cluster but no "task" of this process, e.g. '
-                              '"task": {"type": "worker", "index": 0}')
+        raise utils.UserError(
+            'TF_CONFIG names a cluster but no "task" of this process, e.g. '
+            '"task": {"type": "worker", "index": 0}'
+        )
     tasks = cluster.get(task['type'], [])
     if type(task['index']) is not int or not 0 <= task['index'] < len(tasks):
-        raise utils.UserError(f'TF_CONFIG: task {task["type"]} {task["index"]} is not in the '
-                              f'cluster (it has {len(tasks)} {task["type"]} tasks)')
+        raise utils.UserError(
+            f'TF_CONFIG: task {task["type"]} {task["index"]} is not in the '
+            f'cluster (it has {len(tasks)} {task["type"]} tasks)'
+        )
     return cluster, tasks[task['index']]
 
 
@@ -78,19 +93,26 @@ def wait_for_peers(cluster, own_address, timeout, interval=10):
         try:
             listener.bind(('', port))
         except OSError as error:
-            raise utils.UserError(f'TF_CONFIG: cannot listen on port {port} of this task '
-                                  f'({error.strerror})') from None
+            raise utils.UserError(
+                f'TF_CONFIG: cannot listen on port {port} of this task ({error.strerror})'
+            ) from None
         listener.listen()
         listener.settimeout(0.2)
         started, reported = time.time(), -float(interval)
         while missing := [peer for peer in peers if not _accepts(peer)]:
             waited = time.time() - started
             if waited > timeout:
-                raise utils.UserError(f'TF_CONFIG: {", ".join(missing)} did not start within '
-                                      f'--cluster_timeout={timeout:g} s')
+                raise utils.UserError(
+                    f'TF_CONFIG: {", ".join(missing)} did not start within '
+                    f'--cluster_timeout={timeout:g} s'
+                )
             if waited - reported >= interval:
-                logging.info('waiting %.0f s (of --cluster_timeout=%g) for %s', waited, timeout,
-                             ', '.join(missing))
+                logging.info(
+                    'waiting %.0f s (of --cluster_timeout=%g) for %s',
+                    waited,
+                    timeout,
+                    ', '.join(missing),
+                )
                 reported = waited
             _answer(listener)
     logging.info('all %d tasks of the cluster are up', len(peers) + 1)
@@ -152,8 +174,10 @@ def lost_worker(error, logdir):
     directory = os.path.join(logdir, model.CHECKPOINT_DIR)
     steps = model.checkpoint_steps(directory)
     last = os.path.join(directory, f'ckpt-{steps[0]}') if steps else 'none yet'
-    return (f'{who} of the cluster stopped answering ({utils.first_line(error, 120)}); the last '
-            f'checkpoint is {last}: restart every worker to resume from it')
+    return (
+        f'{who} of the cluster stopped answering ({utils.first_line(error, 120)}); the last '
+        f'checkpoint is {last}: restart every worker to resume from it'
+    )
 
 
 if __name__ == '__main__':

@@ -2,6 +2,7 @@
 
 Nothing here imports TensorFlow, so preprocessing tests stay fast.
 """
+
 import errno
 import glob
 import gzip
@@ -23,8 +24,10 @@ import numpy as np
 from absl import flags
 
 # TensorFlow's start-up lines on a CPU machine: oneDNN, missing CUDA, CPU features, absl's warning.
-_STARTUP_NOISE = re.compile(r'^(WARNING: All log messages before absl::InitializeLog|[IWE]0000 |'
-                            r'To enable the following instructions:)')
+_STARTUP_NOISE = re.compile(
+    r'^(WARNING: All log messages before absl::InitializeLog|[IWE]0000 |'
+    r'To enable the following instructions:)'
+)
 
 
 def quiet_tensorflow():
@@ -49,7 +52,8 @@ def quiet_tensorflow():
         if not _STARTUP_NOISE.match(line):
             print(line, file=sys.stderr)
     logging.getLogger('absl').addFilter(  # TensorFlow's own INFO lines (one at every save)
-        lambda record: record.levelno >= logging.WARNING or 'tensorflow' not in record.pathname)
+        lambda record: record.levelno >= logging.WARNING or 'tensorflow' not in record.pathname
+    )
 
 
 class UserError(Exception):
@@ -67,8 +71,10 @@ def run_main(main):
     def wrapped(argv):
         try:
             if len(argv) > 1:
-                raise UserError(f'unexpected argument {argv[1]!r}: flags are written '
-                                '--name=value (a space before the value leaves it unused)')
+                raise UserError(
+                    f'unexpected argument {argv[1]!r}: flags are written '
+                    '--name=value (a space before the value leaves it unused)'
+                )
             check_aliases(sys.argv[1:])
             return main(argv)
         except UserError as error:
@@ -97,11 +103,14 @@ def check_aliases(args):
             negated = key.startswith('no') and key[2:] in (name, alias)
             if not arg.startswith('-') or (key not in (name, alias) and not negated):
                 continue
-            given[key[2:] if negated else key] = (not negated if not has_value
-                                                  else flags.BooleanParser().parse(value))
+            given[key[2:] if negated else key] = (
+                not negated if not has_value else flags.BooleanParser().parse(value)
+            )
         if len(given) == 2 and len(set(given.values())) == 2:
-            raise UserError(f'--{name}={given[name]} and --{alias}={given[alias]} contradict each '
-                            f'other (--{alias} is another spelling of --{name})')
+            raise UserError(
+                f'--{name}={given[name]} and --{alias}={given[alias]} contradict each '
+                f'other (--{alias} is another spelling of --{name})'
+            )
 
 
 # The flags several scripts share, each defined once here; a script declares the ones it takes
@@ -109,26 +118,56 @@ def check_aliases(args):
 flags.disclaim_key_flags()
 _POSITIVE = {'lower_bound': 1}
 _SHARED_FLAGS = {  # name: (define, default, help[, bounds])
-    'logdir': (flags.DEFINE_string, None, 'Run folder: checkpoints, weights, architecture.json, '
-               'train_logs/ and evaluation outputs.'),
-    'label_file_path': (flags.DEFINE_string, None, 'Label file written by preprocess.py, e.g. '
-                        'data/DRIVE/training.txt.'),
+    'logdir': (
+        flags.DEFINE_string,
+        None,
+        'Run folder: checkpoints, weights, architecture.json, train_logs/ and evaluation outputs.',
+    ),
+    'label_file_path': (
+        flags.DEFINE_string,
+        None,
+        'Label file written by preprocess.py, e.g. data/DRIVE/training.txt.',
+    ),
     'seed': (flags.DEFINE_integer, 0, 'Random seed.'),
-    'batch_size': (flags.DEFINE_integer, 4, 'Global batch size of training, split across '
-                   "replicas (evaluate.py predicts one image at a time and accepts it for the "
-                   "original's commands).", _POSITIVE),
-    'preprocess': (flags.DEFINE_bool, False, 'Feed the model the preprocessed gray image (gray, '
-                   'standardised, CLAHE, gamma; computed in memory) instead of RGB.'),
-    'transpose_conv': (flags.DEFINE_bool, False, 'Upsample with Conv2DTranspose instead of '
-                       'nearest-neighbour + 1x1 conv.'),
-    'base_channels': (flags.DEFINE_integer, 32, 'Channels of the first U-Net level (the original: '
-                      '32); 16 is about 4x cheaper.', _POSITIVE),
-    'num_classes': (flags.DEFINE_integer, 2, 'Output classes (background, vessel).',
-                    {'lower_bound': 2}),
+    'batch_size': (
+        flags.DEFINE_integer,
+        4,
+        'Global batch size of training, split across '
+        "replicas (evaluate.py predicts one image at a time and accepts it for the "
+        "original's commands).",
+        _POSITIVE,
+    ),
+    'preprocess': (
+        flags.DEFINE_bool,
+        False,
+        'Feed the model the preprocessed gray image (gray, '
+        'standardised, CLAHE, gamma; computed in memory) instead of RGB.',
+    ),
+    'transpose_conv': (
+        flags.DEFINE_bool,
+        False,
+        'Upsample with Conv2DTranspose instead of nearest-neighbour + 1x1 conv.',
+    ),
+    'base_channels': (
+        flags.DEFINE_integer,
+        32,
+        'Channels of the first U-Net level (the original: 32); 16 is about 4x cheaper.',
+        _POSITIVE,
+    ),
+    'num_classes': (
+        flags.DEFINE_integer,
+        2,
+        'Output classes (background, vessel).',
+        {'lower_bound': 2},
+    ),
     'visulize': (flags.DEFINE_bool, False, 'Write figures (alias --visualize).'),
-    'output_dir': (flags.DEFINE_string, None, 'Where this script writes. preprocess.py: the PNG '
-                   'folders and label files (default: data). evaluate.py: the evaluations/ folder '
-                   '(default: the logdir; another folder when it is read-only).'),
+    'output_dir': (
+        flags.DEFINE_string,
+        None,
+        'Where this script writes. preprocess.py: the PNG '
+        'folders and label files (default: data). evaluate.py: the evaluations/ folder '
+        '(default: the logdir; another folder when it is read-only).',
+    ),
 }
 
 
@@ -147,6 +186,7 @@ def define_flags(*names):
 
 
 # ----------------------------------------------------------------------------- image I/O
+
 
 def read_image(path, gray=False):
     """Reads PNG/JPEG/TIFF/GIF/BMP/PPM (gzipped too: STARE's .ppm.gz) as uint8: HxWx3 RGB, or
@@ -210,8 +250,10 @@ def read_binary_for(path, image, image_path):
     """read_binary(path), checked to be the size of `image` (read from image_path)."""
     binary = read_binary(path)
     if binary.shape != image.shape[:2]:
-        raise UserError(f'{path}: size {binary.shape[1]}x{binary.shape[0]} differs from its image '
-                        f'{image_path} ({image.shape[1]}x{image.shape[0]})')
+        raise UserError(
+            f'{path}: size {binary.shape[1]}x{binary.shape[0]} differs from its image '
+            f'{image_path} ({image.shape[1]}x{image.shape[0]})'
+        )
     return binary
 
 
@@ -233,8 +275,9 @@ def refuse_input_folder(folder, inputs, flag):
         return
     for path in inputs:
         if os.path.samefile(os.path.dirname(path) or '.', folder):
-            raise UserError(f'{flag}={folder}: the folder of the input images ({path}); choose '
-                            'another folder')
+            raise UserError(
+                f'{flag}={folder}: the folder of the input images ({path}); choose another folder'
+            )
 
 
 def first_line(error, limit=200):
@@ -279,9 +322,11 @@ def write_atomic(path, data):
         if temporary and os.path.exists(temporary):
             os.remove(temporary)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f'{os.path.dirname(os.path.abspath(path))}: the disk is full '
-                                f'(writing {os.path.basename(path)}); nothing of it was '
-                                'kept') from None
+            raise DiskFullError(
+                f'{os.path.dirname(os.path.abspath(path))}: the disk is full '
+                f'(writing {os.path.basename(path)}); nothing of it was '
+                'kept'
+            ) from None
         raise
 
 
@@ -299,8 +344,10 @@ def write_png(path, image):
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend, imported on first use (it is slow)."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -315,8 +362,9 @@ def save_figure(figure, path, dpi=100):
 
 def write_json(path, value):
     """Writes strict JSON atomically: NaN (an undefined metric) becomes null."""
-    write_atomic(path, json.dumps(_nan_to_none(value), indent=2, sort_keys=True,
-                                  allow_nan=False) + '\n')
+    write_atomic(
+        path, json.dumps(_nan_to_none(value), indent=2, sort_keys=True, allow_nan=False) + '\n'
+    )
 
 
 def is_regular_file(path, missing_ok=False):
@@ -328,8 +376,14 @@ def is_regular_file(path, missing_ok=False):
     except FileNotFoundError:
         if missing_ok and not os.path.lexists(path):
             return False
-        raise UserError(f'{path}: ' + ('a link to a file that does not exist'
-                                       if os.path.lexists(path) else 'file not found')) from None
+        raise UserError(
+            f'{path}: '
+            + (
+                'a link to a file that does not exist'
+                if os.path.lexists(path)
+                else 'file not found'
+            )
+        ) from None
     except OSError as error:
         raise UserError(f'{path}: cannot be read ({error.strerror})') from None
     if not stat.S_ISREG(mode):
@@ -355,14 +409,17 @@ def check_fields(path, value, fields, prefix=''):
     """`value` if it is an object whose `fields` pass their checks, else a UserError naming the
     file and the field (prefix: where a nested object stands, e.g. 'settings.')."""
     if not is_object(value):
-        raise UserError(f'{path}: expected a JSON object{" at " + prefix[:-1] if prefix else ""}'
-                        f', found {json.dumps(value)[:60]}')
+        raise UserError(
+            f'{path}: expected a JSON object{" at " + prefix[:-1] if prefix else ""}'
+            f', found {json.dumps(value)[:60]}'
+        )
     for name, (check, expected) in fields.items():
         if name not in value:
             raise UserError(f'{path}: "{prefix}{name}" is missing')
         if not check(value[name]):
-            raise UserError(f'{path}: "{prefix}{name}" must be {expected}, found '
-                            f'{json.dumps(value[name])[:60]}')
+            raise UserError(
+                f'{path}: "{prefix}{name}" must be {expected}, found {json.dumps(value[name])[:60]}'
+            )
     return value
 
 
@@ -377,8 +434,9 @@ def is_integer(low, high=math.inf):
 
 def is_number(low, high=math.inf):
     """A check for read_json: a finite number from low to high."""
-    return lambda value: (type(value) in (int, float) and math.isfinite(value)
-                          and low <= value <= high)
+    return lambda value: (
+        type(value) in (int, float) and math.isfinite(value) and low <= value <= high
+    )
 
 
 def is_bool(value):
@@ -412,8 +470,10 @@ SECOND_OBSERVER_SUFFIX = '_2nd'
 def check_listable(name, source):
     """Refuses a file name that a label file cannot hold (its separators: comma, line break)."""
     if any(character in name for character in ',\n\r'):
-        raise UserError(f'{source}: a comma or line break in a file name cannot be listed in a '
-                        'label file; rename the file')
+        raise UserError(
+            f'{source}: a comma or line break in a file name cannot be listed in a '
+            'label file; rename the file'
+        )
 
 
 def label_file_text(folders, rows):
@@ -445,8 +505,10 @@ def parse_label_file(path, flag='--label_file_path'):
     root = os.path.dirname(os.path.abspath(path))
     folders = [field.strip() for field in lines[0][1].split(',')]
     if len(folders) != 3 or not all(folders):
-        raise UserError(f'{path}:{lines[0][0]}: expected the folders "images,labels,masks",'
-                        f' found "{lines[0][1]}"')
+        raise UserError(
+            f'{path}:{lines[0][0]}: expected the folders "images,labels,masks",'
+            f' found "{lines[0][1]}"'
+        )
     folders = [os.path.join(root, folder) for folder in folders]
     samples = []
     for number, line in lines[1:]:
@@ -474,13 +536,17 @@ def output_stems(paths, source):
     whole name where two inputs share a stem (eye.png and eye.jpg); inputs whose outputs would
     still collide (the same name in two folders, a file listed twice) are refused."""
     stems = [file_stem(path) for path in paths]
-    names = [os.path.basename(path) if stems.count(stem) > 1 else stem
-             for path, stem in zip(paths, stems, strict=True)]
+    names = [
+        os.path.basename(path) if stems.count(stem) > 1 else stem
+        for path, stem in zip(paths, stems, strict=True)
+    ]
     for name in set(names):
         same = [path for path, other in zip(paths, names, strict=True) if other == name]
         if len(same) > 1:
-            raise UserError(f'{source}: {same[0]} and {same[1]} would write the same outputs; '
-                            'list each image once, under names of their own')
+            raise UserError(
+                f'{source}: {same[0]} and {same[1]} would write the same outputs; '
+                'list each image once, under names of their own'
+            )
     return dict(zip(paths, names, strict=True))
 
 
@@ -493,6 +559,7 @@ def second_observer_path(sample):
 
 
 # ------------------------------------------------------------------- the four steps and the FOV
+
 
 def rgb_to_gray(image):
     """ITU-R 601 luma of an RGB uint8 image, as float64."""
@@ -527,8 +594,12 @@ def preprocess_image(image):
     gray = np.clip(np.rint(rgb_to_gray(image)), 0, 255).astype(np.uint8)
     standardized = standardize(gray)
     equalized = clahe(standardized)
-    return {'gray': gray, 'standardized': standardized, 'clahe': equalized,
-            'gamma': adjust_gamma(equalized)}
+    return {
+        'gray': gray,
+        'standardized': standardized,
+        'clahe': equalized,
+        'gamma': adjust_gamma(equalized),
+    }
 
 
 def model_input(rgb, preprocess):
@@ -539,6 +610,7 @@ def model_input(rgb, preprocess):
 
 # ----------------------------------------------------------------------------- resizing
 
+
 def scaled_size(shape, factor):
     return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
 
@@ -548,8 +620,9 @@ def resize(array, size):
     shrinks, bilinear when it grows."""
     height, width = size
     shrinks = height * width < array.shape[0] * array.shape[1]
-    return cv2.resize(array, (width, height),
-                      interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR)
+    return cv2.resize(
+        array, (width, height), interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR
+    )
 
 
 def resize_binary(binary, size):

@@ -10,6 +10,7 @@ repeats the recipe with --seeds (default 0,1,2), CHASE_DB1 with each fold (seed 
 --seeds says more): every figure is the mean over those runs, with its standard deviation, min,
 max and count. Writes bench/results/accuracy_{name}.json and prints a Markdown table.
 """
+
 import argparse
 import json
 import os
@@ -33,8 +34,15 @@ import evaluate  # noqa: E402
 import train  # noqa: E402
 from bench.common import RESULTS, SHARED, WORK, read_scalars, run  # noqa: E402
 
-CPU_RECIPE = ['--preprocess=True', '--patch_size=64', '--batch_size=32', '--base_channels=16',
-              '--initial_lr=1e-3', '--augmentation=True', '--save_interval=500']
+CPU_RECIPE = [
+    '--preprocess=True',
+    '--patch_size=64',
+    '--batch_size=32',
+    '--base_channels=16',
+    '--initial_lr=1e-3',
+    '--augmentation=True',
+    '--save_interval=500',
+]
 EVALUATIONS = {  # each writes its own folder under {logdir}/evaluations
     'threshold 0.5': lambda training: [],
     'calibrated + flips': lambda training: [f'--calibrate_on={training}', '--tta'],
@@ -51,8 +59,15 @@ REFERENCES = {
 def train_config(logdir, training, steps, flags):
     """The run's settings from the recipe's flags, parsed by train.py's own flag definitions."""
     try:
-        train.FLAGS(['train.py', f'--logdir={logdir}', f'--label_file_path={training}',
-                     f'--max_iters={steps}', *flags])
+        train.FLAGS(
+            [
+                'train.py',
+                f'--logdir={logdir}',
+                f'--label_file_path={training}',
+                f'--max_iters={steps}',
+                *flags,
+            ]
+        )
         return train.config_from_flags()
     finally:
         train.FLAGS.unparse_flags()
@@ -70,21 +85,34 @@ def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_onl
     logdir = os.path.join(WORK, f'log_{name}_seed{seed}')
     if not evaluate_only:
         shutil.rmtree(logdir, ignore_errors=True)
-        config = train_config(logdir, training, steps,
-                              [*CPU_RECIPE, *extra_flags, f'--seed={seed}'])
+        config = train_config(
+            logdir, training, steps, [*CPU_RECIPE, *extra_flags, f'--seed={seed}']
+        )
         train.train(tf.distribute.get_strategy(), config)
     steps, seconds = trained_steps_and_seconds(logdir)
-    record = {'seed': seed, 'steps': steps, 'train_seconds': round(seconds, 1), 'logdir': logdir,
-              'evaluations': {}}
+    record = {
+        'seed': seed,
+        'steps': steps,
+        'train_seconds': round(seconds, 1),
+        'logdir': logdir,
+        'evaluations': {},
+    }
     for evaluation, flags in EVALUATIONS.items():
-        _, seconds = run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={test}',
-                         '--visulize=True', *flags(training))
+        _, seconds = run(
+            'evaluate.py',
+            f'--logdir={logdir}',
+            f'--label_file_path={test}',
+            '--visulize=True',
+            *flags(training),
+        )
         name = evaluation_folder(test, steps, training, evaluation)
         with open(os.path.join(logdir, evaluate.EVALUATIONS_DIR, name, 'metrics.json')) as stream:
             metrics = json.load(stream)
-        record['evaluations'][evaluation] = {'threshold': metrics['threshold'],
-                                             'seconds': round(seconds, 1),
-                                             'scores': metrics['scores']}
+        record['evaluations'][evaluation] = {
+            'threshold': metrics['threshold'],
+            'seconds': round(seconds, 1),
+            'scores': metrics['scores'],
+        }
     record['second_observer'] = metrics.get('second_observer')
     return record
 
@@ -92,30 +120,38 @@ def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_onl
 def evaluation_folder(test, steps, training, evaluation):
     """The folder evaluate.py writes one of EVALUATIONS to."""
     calibrated = evaluation != 'threshold 0.5'
-    return evaluate.evaluation_name(test, f'step{steps}', 0.5, training if calibrated else None,
-                                    evaluation.endswith('flips'))
+    return evaluate.evaluation_name(
+        test, f'step{steps}', 0.5, training if calibrated else None, evaluation.endswith('flips')
+    )
 
 
 def write_label_file(path, folder, names):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    utils.write_atomic(path, utils.label_file_text(
-        [f'{folder}/images', f'{folder}/labels', f'{folder}/masks'],
-        [[f'{n}.png'] * 3 for n in names]))
+    utils.write_atomic(
+        path,
+        utils.label_file_text(
+            [f'{folder}/images', f'{folder}/labels', f'{folder}/masks'],
+            [[f'{n}.png'] * 3 for n in names],
+        ),
+    )
 
 
 def chase_fold_files(data, folds):
     """Subject-wise folds of CHASE_DB1's images (both eyes of a child in the same fold): one
     (held-out names, training label file, test label file) per fold, written under `data`."""
-    names = sorted(os.path.splitext(n)[0] for n in
-                   os.listdir(os.path.join(data, 'CHASEDB', 'training', 'images')))
+    names = sorted(
+        os.path.splitext(n)[0]
+        for n in os.listdir(os.path.join(data, 'CHASEDB', 'training', 'images'))
+    )
     subjects = sorted({re.match(r'Image_(\d+)', n).group(1) for n in names})
     files = []
     for fold in range(folds):
         held_out = set(subjects[fold::folds])
         test = [n for n in names if n[6:8] in held_out]
         prefix = os.path.join(data, 'CHASEDB', f'fold{fold}')
-        write_label_file(f'{prefix}_training.txt', 'training',
-                         [n for n in names if n[6:8] not in held_out])
+        write_label_file(
+            f'{prefix}_training.txt', 'training', [n for n in names if n[6:8] not in held_out]
+        )
         write_label_file(f'{prefix}_test.txt', 'training', test)
         files.append((test, f'{prefix}_training.txt', f'{prefix}_test.txt'))
     return files
@@ -125,21 +161,37 @@ def chase_folds(data, folds, steps, extra_flags, evaluate_only, seeds):
     results = []
     for fold, (test, training_file, test_file) in enumerate(chase_fold_files(data, folds)):
         for seed in seeds:
-            result = train_and_evaluate(f'chase_fold{fold}', training_file, test_file, steps,
-                                        extra_flags, evaluate_only, seed)
+            result = train_and_evaluate(
+                f'chase_fold{fold}',
+                training_file,
+                test_file,
+                steps,
+                extra_flags,
+                evaluate_only,
+                seed,
+            )
             results.append({'fold': fold, 'test_images': test, **result})
             scores = result['evaluations'][MAIN_EVALUATION]['scores']
-            print(f'fold {fold}, seed {seed}: {scores["F1"]:.4f} F1 ({MAIN_EVALUATION})',
-                  flush=True)
+            print(
+                f'fold {fold}, seed {seed}: {scores["F1"]:.4f} F1 ({MAIN_EVALUATION})', flush=True
+            )
     return results
 
 
 def drive_seeds(data, steps, extra_flags, evaluate_only, seeds, name):
     results = []
     for seed in seeds:
-        results.append(train_and_evaluate(name, os.path.join(data, 'DRIVE', 'training.txt'),
-                                          os.path.join(data, 'DRIVE', 'test.txt'), steps,
-                                          extra_flags, evaluate_only, seed))
+        results.append(
+            train_and_evaluate(
+                name,
+                os.path.join(data, 'DRIVE', 'training.txt'),
+                os.path.join(data, 'DRIVE', 'test.txt'),
+                steps,
+                extra_flags,
+                evaluate_only,
+                seed,
+            )
+        )
         scores = results[-1]['evaluations']['threshold 0.5']['scores']
         print(f'seed {seed}: {scores["F1"]:.4f} F1 (threshold 0.5)', flush=True)
     return results
@@ -162,26 +214,40 @@ def spread(runs, evaluation):
     min, max and the number of runs."""
     per_run = [run['evaluations'][evaluation]['scores'] for run in runs]
     values = {key: np.array([scores[key] for scores in per_run]) for key in per_run[0]}
-    return {'runs': len(runs),
-            'scores': {key: float(v.mean()) for key, v in values.items()},
-            'std': {key: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for key, v in values.items()},
-            'min': {key: float(v.min()) for key, v in values.items()},
-            'max': {key: float(v.max()) for key, v in values.items()}}
+    return {
+        'runs': len(runs),
+        'scores': {key: float(v.mean()) for key, v in values.items()},
+        'std': {key: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for key, v in values.items()},
+        'min': {key: float(v.min()) for key, v in values.items()},
+        'max': {key: float(v.max()) for key, v in values.items()},
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('dataset', choices=['drive', 'chase'])
-    parser.add_argument('--steps', type=int, default=4000,
-                        help='training steps (the CPU recipe: about 20 minutes on 2 cores)')
+    parser.add_argument(
+        '--steps',
+        type=int,
+        default=4000,
+        help='training steps (the CPU recipe: about 20 minutes on 2 cores)',
+    )
     parser.add_argument('--folds', type=int, default=5)
-    parser.add_argument('--seeds', default=None, help='comma-separated --seed values to repeat '
-                        'the recipe with (default: 0,1,2 for drive, 0 for chase)')
+    parser.add_argument(
+        '--seeds',
+        default=None,
+        help='comma-separated --seed values to repeat '
+        'the recipe with (default: 0,1,2 for drive, 0 for chase)',
+    )
     parser.add_argument('--tag', default='', help='suffix of the run and result names')
-    parser.add_argument('--train_flags', default='', help='extra train.py flags, e.g. '
-                        '"--dice_weight=1"')
-    parser.add_argument('--evaluate_only', action='store_true',
-                        help='evaluate the models an earlier run trained, without training')
+    parser.add_argument(
+        '--train_flags', default='', help='extra train.py flags, e.g. "--dice_weight=1"'
+    )
+    parser.add_argument(
+        '--evaluate_only',
+        action='store_true',
+        help='evaluate the models an earlier run trained, without training',
+    )
     args = parser.parse_args()
     logging.set_verbosity(logging.INFO)
     extra_flags = args.train_flags.split()
@@ -189,31 +255,46 @@ def main():
     folder = {'drive': 'DRIVE', 'chase': 'CHASEDB1'}[args.dataset]
     if not os.path.isdir(os.path.join(SHARED, folder)):
         sys.exit(f'{os.path.join(SHARED, folder)} is not here: nothing to measure')
-    seeds = [int(seed) for seed in (args.seeds or {'drive': '0,1,2', 'chase': '0'}[
-        args.dataset]).split(',')]
+    seeds = [
+        int(seed)
+        for seed in (args.seeds or {'drive': '0,1,2', 'chase': '0'}[args.dataset]).split(',')
+    ]
     data = prepare_data(folder)
-    record = {'dataset': folder, 'recipe': CPU_RECIPE + extra_flags,
-              'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
-              'date': time.strftime('%Y-%m-%d')}
+    record = {
+        'dataset': folder,
+        'recipe': CPU_RECIPE + extra_flags,
+        'machine': platform.processor() or platform.machine(),
+        'cpus': os.cpu_count(),
+        'date': time.strftime('%Y-%m-%d'),
+    }
     if args.dataset == 'drive':
-        runs = record['runs'] = drive_seeds(data, args.steps, extra_flags, args.evaluate_only,
-                                            seeds, name)
+        runs = record['runs'] = drive_seeds(
+            data, args.steps, extra_flags, args.evaluate_only, seeds, name
+        )
         record['references'] = REFERENCES
         record['second_observer'] = runs[0]['second_observer']
     else:
-        runs = record['folds'] = chase_folds(data, args.folds, args.steps, extra_flags,
-                                             args.evaluate_only, seeds)
+        runs = record['folds'] = chase_folds(
+            data, args.folds, args.steps, extra_flags, args.evaluate_only, seeds
+        )
     record['evaluations'] = {evaluation: spread(runs, evaluation) for evaluation in EVALUATIONS}
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f'accuracy_{name}.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)
-    print(f'| {folder}, {runs[0]["steps"]} steps, mean +- std of {len(runs)} runs | F1 | AUC-ROC '
-          '| IoU | Se | Sp | Acc |')
+    print(
+        f'| {folder}, {runs[0]["steps"]} steps, mean +- std of {len(runs)} runs | F1 | AUC-ROC '
+        '| IoU | Se | Sp | Acc |'
+    )
     for evaluation, entry in record['evaluations'].items():
-        print(f'| {evaluation} | ' + ' | '.join(
-            f"{entry['scores'][k]:.4f} +- {entry['std'][k]:.4f}"
-            for k in ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')) + ' |')
+        print(
+            f'| {evaluation} | '
+            + ' | '.join(
+                f"{entry['scores'][k]:.4f} +- {entry['std'][k]:.4f}"
+                for k in ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')
+            )
+            + ' |'
+        )
     print(f'wrote {path}')
 
 

@@ -12,6 +12,7 @@ model never trained on: CHASE_DB1's 20 with drive, the 10 STARE and 15 HRF train
 drive_chase (their FOV masks: HRF's own, STARE's derived). Also times features.measure on an
 HRF map (3504x2336) on one core. Writes bench/results/agreement.json.
 """
+
 import csv
 import glob
 import json
@@ -30,8 +31,17 @@ import report  # noqa: E402
 import utils  # noqa: E402
 from bench.common import RESULTS, ROOT, SHARED, WORK, run  # noqa: E402
 
-COMPARED = ('vessel_density', 'length_density', 'fractal_dimension', 'calibre_mean_px',
-            'calibre_median_px', 'tortuosity_distance', 'segments', 'branch_points', 'end_points')
+COMPARED = (
+    'vessel_density',
+    'length_density',
+    'fractal_dimension',
+    'calibre_mean_px',
+    'calibre_median_px',
+    'tortuosity_distance',
+    'segments',
+    'branch_points',
+    'end_points',
+)
 
 
 def label_files():
@@ -39,28 +49,48 @@ def label_files():
     prepare into bench/work/agreement."""
     folder = os.path.join(WORK, 'agreement')
     os.makedirs(folder, exist_ok=True)
-    sets = {'DRIVE test': ('drive', os.path.join(ROOT, 'data', 'DRIVE', 'test.txt')),
-            'CHASE_DB1 (unseen camera)': ('drive', os.path.join(ROOT, 'data', 'CHASEDB',
-                                                                'training.txt'))}
+    sets = {
+        'DRIVE test': ('drive', os.path.join(ROOT, 'data', 'DRIVE', 'test.txt')),
+        'CHASE_DB1 (unseen camera)': (
+            'drive',
+            os.path.join(ROOT, 'data', 'CHASEDB', 'training.txt'),
+        ),
+    }
     hrf = os.path.join(SHARED, 'HRF')
     names = sorted(os.path.basename(path) for path in glob.glob(os.path.join(hrf, 'images', '*')))
-    rows = [(name, f'{stem}.tif', f'{stem}_mask.tif') for name in names
-            for stem in [os.path.splitext(name)[0]]]
-    sets['HRF (unseen camera)'] = ('drive_chase', write_label_file(
-        folder, 'hrf.txt', [os.path.join(hrf, part) for part in ('images', 'manual1', 'mask')],
-        rows))
+    rows = [
+        (name, f'{stem}.tif', f'{stem}_mask.tif')
+        for name in names
+        for stem in [os.path.splitext(name)[0]]
+    ]
+    sets['HRF (unseen camera)'] = (
+        'drive_chase',
+        write_label_file(
+            folder,
+            'hrf.txt',
+            [os.path.join(hrf, part) for part in ('images', 'manual1', 'mask')],
+            rows,
+        ),
+    )
     stare = os.path.join(SHARED, 'STARE')
     masks = os.path.join(folder, 'stare_masks')
     os.makedirs(masks, exist_ok=True)
     rows = []
     for path in sorted(glob.glob(os.path.join(stare, 'stare-images', '*.ppm'))):
-        stem = os.path.basename(path)[:-len('.ppm')]
-        utils.write_png(os.path.join(masks, f'{stem}.png'),
-                        255 * fov.derive(utils.read_image(path)))
+        stem = os.path.basename(path)[: -len('.ppm')]
+        utils.write_png(
+            os.path.join(masks, f'{stem}.png'), 255 * fov.derive(utils.read_image(path))
+        )
         rows.append((f'{stem}.ppm', f'{stem}.ah.ppm', f'{stem}.png'))
-    sets['STARE (unseen camera)'] = ('drive_chase', write_label_file(
-        folder, 'stare.txt', [os.path.join(stare, 'stare-images'),
-                              os.path.join(stare, 'labels-ah'), masks], rows))
+    sets['STARE (unseen camera)'] = (
+        'drive_chase',
+        write_label_file(
+            folder,
+            'stare.txt',
+            [os.path.join(stare, 'stare-images'), os.path.join(stare, 'labels-ah'), masks],
+            rows,
+        ),
+    )
     return sets
 
 
@@ -74,12 +104,18 @@ def write_label_file(folder, name, folders, rows):
 def measured(name, model, label_file):
     """{source: [rows]} of the features.csv that evaluate.py writes for one set."""
     out = os.path.join(WORK, 'agreement', name.split()[0])
-    run('evaluate.py', f'--logdir={os.path.join(ROOT, "models", model)}',
-        f'--label_file_path={label_file}', f'--output_dir={out}')
+    run(
+        'evaluate.py',
+        f'--logdir={os.path.join(ROOT, "models", model)}',
+        f'--label_file_path={label_file}',
+        f'--output_dir={out}',
+    )
     [path] = glob.glob(os.path.join(out, 'evaluations', '*', report.FEATURES_CSV))
     rows = list(csv.DictReader(open(path)))
-    return {source: [row for row in rows if row['source'] == source]
-            for source in ('predicted', 'manual')}
+    return {
+        source: [row for row in rows if row['source'] == source]
+        for source in ('predicted', 'manual')
+    }
 
 
 def icc_2_1(x, y):
@@ -89,8 +125,9 @@ def icc_2_1(x, y):
     grand = table.mean()
     rows = k * ((table.mean(axis=1) - grand) ** 2).sum() / (n - 1)
     raters = n * ((table.mean(axis=0) - grand) ** 2).sum() / (k - 1)
-    residual = ((table - table.mean(axis=1, keepdims=True) - table.mean(axis=0, keepdims=True)
-                 + grand) ** 2).sum() / ((n - 1) * (k - 1))
+    residual = (
+        (table - table.mean(axis=1, keepdims=True) - table.mean(axis=0, keepdims=True) + grand) ** 2
+    ).sum() / ((n - 1) * (k - 1))
     return float((rows - residual) / (rows + (k - 1) * residual + k * (raters - residual) / n))
 
 
@@ -125,16 +162,22 @@ def agreement(pairs):
     both maps define the feature."""
     out = {}
     for key in COMPARED:
-        both = [(number(p[key]), number(m[key])) for p, m in zip(*pairs, strict=True)
-                if number(p[key]) is not None and number(m[key]) is not None]
+        both = [
+            (number(p[key]), number(m[key]))
+            for p, m in zip(*pairs, strict=True)
+            if number(p[key]) is not None and number(m[key]) is not None
+        ]
         if len(both) < 3:
             continue
         predicted, manual = map(np.array, zip(*both, strict=True))
-        out[key] = {'images': len(both), 'predicted_mean': float(predicted.mean()),
-                    'manual_mean': float(manual.mean()),
-                    'mean_difference': float((predicted - manual).mean()),
-                    'pearson_r': float(np.corrcoef(predicted, manual)[0, 1]),
-                    'icc_2_1': icc_2_1(predicted, manual)}
+        out[key] = {
+            'images': len(both),
+            'predicted_mean': float(predicted.mean()),
+            'manual_mean': float(manual.mean()),
+            'mean_difference': float((predicted - manual).mean()),
+            'pearson_r': float(np.corrcoef(predicted, manual)[0, 1]),
+            'icc_2_1': icc_2_1(predicted, manual),
+        }
     return out
 
 
@@ -156,13 +199,17 @@ def main():
     for name, (model, label_file) in label_files().items():
         started = time.time()
         pairs = measured(name, model, label_file)
-        record['sets'][name] = {'model': model, 'images': len(pairs['manual']),
-                                'seconds': round(time.time() - started, 1),
-                                'features': agreement((pairs['predicted'], pairs['manual']))}
+        record['sets'][name] = {
+            'model': model,
+            'images': len(pairs['manual']),
+            'seconds': round(time.time() - started, 1),
+            'features': agreement((pairs['predicted'], pairs['manual'])),
+        }
         observers = second_observer(label_file)
         if observers:
-            record['sets'][name]['second_observer'] = agreement((observers['second'],
-                                                                 observers['manual']))
+            record['sets'][name]['second_observer'] = agreement(
+                (observers['second'], observers['manual'])
+            )
         print(name, json.dumps(record['sets'][name]['features'].get('vessel_density')))
     record['measure_hrf'] = measure_seconds()
     with open(os.path.join(RESULTS, 'agreement.json'), 'w') as stream:

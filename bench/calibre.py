@@ -5,6 +5,7 @@ recorded it, from the images they trained on, as train.py does at the end of a r
 
 The label files are the run's own (config.json), under the current folder's data/.
 """
+
 import dataclasses
 import os
 import sys
@@ -24,15 +25,18 @@ import train  # noqa: E402
 def add_calibre(folder):
     config, _ = train.load_saved(folder)
     unet = evaluate.load_model(folder)[0]
-    examples = dataset.load_label_files(config.label_file_path, config.preprocess,
-                                        config.fov_diameter or None)
-    train.record_calibre(unet, dataclasses.replace(config, logdir=folder), examples,
-                         model.load_scale(folder))
+    examples = dataset.load_label_files(
+        config.label_file_path, config.preprocess, config.fov_diameter or None
+    )
+    train.record_calibre(
+        unet, dataclasses.replace(config, logdir=folder), examples, model.load_scale(folder)
+    )
     print(f'{folder}: {model.load_scale(folder)}')
 
 
 if __name__ == '__main__':
     from absl import flags
+
     flags.FLAGS(sys.argv[:1])
     for path in sys.argv[1:]:
         add_calibre(path)

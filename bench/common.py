@@ -1,4 +1,5 @@
 """What the benchmarks share: paths, running a project script, and reading event files."""
+
 import glob
 import json
 import os
@@ -17,8 +18,12 @@ sys.path.insert(0, ROOT)
 def run(script, *args):
     """Runs a project script, failing loudly; returns (stdout, seconds)."""
     started = time.time()
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode:
         sys.exit(f'{script} failed:\n{result.stderr[-3000:]}')
     return result.stdout, time.time() - started
@@ -37,6 +42,7 @@ def read_scalars(logdir, tags, folder='train_logs'):
     """{tag: (steps, values)} from the event files of {logdir}/{folder}."""
     import numpy as np
     import tensorflow as tf
+
     values = {tag: {} for tag in tags}
     folder = os.path.join(logdir, folder)
     for name in sorted(os.listdir(folder)):
@@ -45,5 +51,6 @@ def read_scalars(logdir, tags, folder='train_logs'):
             for value in event.summary.value:
                 if value.tag in values:
                     values[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
-    return {tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)]))
-            for tag, v in values.items()}
+    return {
+        tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for tag, v in values.items()
+    }

@@ -12,6 +12,7 @@ CHASE-only folds from bench/results/accuracy_chase.json; the combined model is r
 DRIVE's training set plus each fold's CHASE training images, at its recipe). Scores inside the
 FOV at threshold 0.5. Writes bench/results/cross_dataset.json and prints a Markdown table.
 """
+
 import argparse
 import json
 import os
@@ -46,13 +47,18 @@ def scores_of(logdir, label_file, rescale, name):
     a fresh folder of its own."""
     metrics = evaluation_metrics(
         os.path.join(WORK, 'cross', f'{name}_{"rescaled" if rescale else "native"}'),
-        f'--logdir={logdir}', f'--label_file_path={label_file}', f'--rescale={rescale}')
+        f'--logdir={logdir}',
+        f'--label_file_path={label_file}',
+        f'--rescale={rescale}',
+    )
     return {'images': metrics['images'], **{key: metrics['scores'][key] for key in METRICS}}
 
 
 def both_ways(logdir, label_file, name):
-    return {'rescaled': scores_of(logdir, label_file, True, name),
-            'native': scores_of(logdir, label_file, False, name)}
+    return {
+        'rescaled': scores_of(logdir, label_file, True, name),
+        'native': scores_of(logdir, label_file, False, name),
+    }
 
 
 def mean_over(folds, scores):
@@ -72,20 +78,27 @@ def combined_folds(data, folds, chase_only_folds, evaluate_only):
         if not evaluate_only:
             shutil.rmtree(logdir, ignore_errors=True)
             training = f"{os.path.join(data, 'DRIVE', 'training.txt')},{chase_training}"
-            config = train_config(logdir, training, COMBINED_STEPS,
-                                  [*CPU_RECIPE, *COMBINED_FLAGS])
+            config = train_config(logdir, training, COMBINED_STEPS, [*CPU_RECIPE, *COMBINED_FLAGS])
             train.train(tf.distribute.get_strategy(), config)
         chase_scores = chase_only[fold]['evaluations']['threshold 0.5']['scores']
-        results.append({'fold': fold, 'test_images': held_out,
-                        **both_ways(logdir, test, f'combined_fold{fold}'),
-                        'chase_only': {key: chase_scores[key] for key in METRICS}})
+        results.append(
+            {
+                'fold': fold,
+                'test_images': held_out,
+                **both_ways(logdir, test, f'combined_fold{fold}'),
+                'chase_only': {key: chase_scores[key] for key in METRICS},
+            }
+        )
     return results
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--folds', default='0,1,2,3,4', help='comma-separated CHASE folds (0-4) '
-                        'for which to retrain the combined model')
+    parser.add_argument(
+        '--folds',
+        default='0,1,2,3,4',
+        help='comma-separated CHASE folds (0-4) for which to retrain the combined model',
+    )
     parser.add_argument('--evaluate_only', action='store_true')
     args = parser.parse_args()
     logging.set_verbosity(logging.INFO)
@@ -96,29 +109,41 @@ def main():
     drive_scores = both_ways(models['DRIVE'], chase_all, 'drive_chase-all')
     with open(os.path.join(RESULTS, 'accuracy_chase.json')) as stream:
         chase_only = json.load(stream)
-    folds = combined_folds(data, [int(fold) for fold in args.folds.split(',')],
-                           chase_only['folds'], args.evaluate_only)
+    folds = combined_folds(
+        data, [int(fold) for fold in args.folds.split(',')], chase_only['folds'], args.evaluate_only
+    )
     chase_cv = chase_only['evaluations']['threshold 0.5']['scores']
     chase_cv = {key: chase_cv[key] for key in METRICS}
     which = f"fold{'s' * (len(folds) > 1)} {args.folds}"
     held_out = f"{which} held out, {sum(len(fold['test_images']) for fold in folds)} images"
     record = {
-        'date': time.strftime('%Y-%m-%d'), 'threshold': 0.5, 'metrics': list(METRICS),
-        'DRIVE test': {label: both_ways(models[label], drive_test, f'{name}_drive-test')
-                       for label, name in MODELS.items()},
+        'date': time.strftime('%Y-%m-%d'),
+        'threshold': 0.5,
+        'metrics': list(METRICS),
+        'DRIVE test': {
+            label: both_ways(models[label], drive_test, f'{name}_drive-test')
+            for label, name in MODELS.items()
+        },
         'CHASE_DB1': {
             'DRIVE': {'images': 'all 20', **drive_scores},
-            'CHASE_DB1': {'images': f'{FOLDS}-fold CV, mean (bench/results/accuracy_chase.json)',
-                          'rescaled': chase_cv, 'native': chase_cv},
-            'DRIVE + CHASE_DB1': {'images': held_out, 'rescaled': mean_over(folds, 'rescaled'),
-                                  'native': mean_over(folds, 'native')},
+            'CHASE_DB1': {
+                'images': f'{FOLDS}-fold CV, mean (bench/results/accuracy_chase.json)',
+                'rescaled': chase_cv,
+                'native': chase_cv,
+            },
+            'DRIVE + CHASE_DB1': {
+                'images': held_out,
+                'rescaled': mean_over(folds, 'rescaled'),
+                'native': mean_over(folds, 'native'),
+            },
         },
         'combined_folds': folds,
     }
     if len(folds) < FOLDS:  # a subset: the CHASE-only models of the same folds beside it
         record['CHASE_DB1'][f'CHASE_DB1, {which} only'] = {
             'images': f'{held_out} (accuracy_chase.json)',
-            **dict.fromkeys(('rescaled', 'native'), mean_over(folds, 'chase_only'))}
+            **dict.fromkeys(('rescaled', 'native'), mean_over(folds, 'chase_only')),
+        }
     path = os.path.join(RESULTS, 'cross_dataset.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)

@@ -13,6 +13,7 @@ borders), with the circle its diameter comes from.
 
   python bench/figures.py fov  # that figure alone
 """
+
 import glob
 import os
 import shutil
@@ -43,8 +44,10 @@ def dataset_figures():
                 shutil.copy(os.path.join(scratch, name), os.path.join(IMAGES, name))
         if 'CHASEDB' in found:
             preprocess.draw_figures(found['CHASEDB']['training'][0], scratch)
-            shutil.copy(os.path.join(scratch, 'dataset_sample.png'),
-                        os.path.join(IMAGES, 'dataset_sample_chase.png'))
+            shutil.copy(
+                os.path.join(scratch, 'dataset_sample.png'),
+                os.path.join(IMAGES, 'dataset_sample_chase.png'),
+            )
 
 
 def training_curve():
@@ -72,8 +75,11 @@ def calibrated_overlays(run):
 
 def evaluation_figures():
     folder = calibrated_overlays(DRIVE_RUN)
-    for source, target in (('01_test.png', 'overlay_drive.png'), ('roc.png', 'roc_drive.png'),
-                           ('pr.png', 'pr_drive.png')):
+    for source, target in (
+        ('01_test.png', 'overlay_drive.png'),
+        ('roc.png', 'roc_drive.png'),
+        ('pr.png', 'pr_drive.png'),
+    ):
         shutil.copy(os.path.join(folder, source), os.path.join(IMAGES, target))
     if os.path.isdir(CHASE_RUN):
         chase = calibrated_overlays(CHASE_RUN)
@@ -95,15 +101,22 @@ def scale_figure(model='drive', photo='Image_01L.jpg', zoom=1.5):
         maps = {}
         for how in ('--rescale', '--norescale'):
             out = os.path.join(scratch, how.strip('-'))
-            run('evaluate.py', f'--logdir={os.path.join(ROOT, "models", model)}',
-                f"--predict={os.path.join(scratch, 'photo.png')}", f'--predict_dir={out}', how)
+            run(
+                'evaluate.py',
+                f'--logdir={os.path.join(ROOT, "models", model)}',
+                f"--predict={os.path.join(scratch, 'photo.png')}",
+                f'--predict_dir={out}',
+                how,
+            )
             maps[how] = utils.read_image(os.path.join(out, 'photo_prob.png'))
     top, left, side = int(0.25 * large.shape[0]), int(0.45 * large.shape[1]), 560
     crop = (slice(top, top + side), slice(left, left + side))
     fig, axes = utils.pyplot().subplots(1, 3, figsize=(13, 4.6))
-    panels = [(large, f'photo ({large.shape[1]}x{large.shape[0]}, FOV 2.6x DRIVE), crop'),
-              (maps['--norescale'], 'DRIVE model, as it is: hollow, missed'),
-              (maps['--rescale'], "DRIVE model at its scale (the default)")]
+    panels = [
+        (large, f'photo ({large.shape[1]}x{large.shape[0]}, FOV 2.6x DRIVE), crop'),
+        (maps['--norescale'], 'DRIVE model, as it is: hollow, missed'),
+        (maps['--rescale'], "DRIVE model at its scale (the default)"),
+    ]
     for axis, (image, title) in zip(axes, panels, strict=True):
         axis.imshow(image[crop])
         axis.set_title(title, fontsize=10)
@@ -125,12 +138,17 @@ def fov_figure():
         cv2.drawContours(drawn, contours, -1, (0, 255, 0), 3)
         circle = fov.fit_circle(mask)
         if circle:
-            cv2.circle(drawn, (round(circle.x), round(circle.y)), round(circle.radius),
-                       (255, 0, 0), 2)
+            cv2.circle(
+                drawn, (round(circle.x), round(circle.y)), round(circle.radius), (255, 0, 0), 2
+            )
         axis.imshow(drawn)
         diameter = fov.diameter(mask)
-        axis.set_title(f'{os.path.basename(sample.image).split(".")[0]}: FOV '
-                       f'{diameter:.0f} px' if diameter else 'no disc', fontsize=10)
+        axis.set_title(
+            f'{os.path.basename(sample.image).split(".")[0]}: FOV {diameter:.0f} px'
+            if diameter
+            else 'no disc',
+            fontsize=10,
+        )
         axis.axis('off')
     fig.suptitle('fov.derive on STARE (film scans): outline green, fitted circle red')
     utils.save_figure(fig, os.path.join(IMAGES, 'fov_stare.png'), dpi=70)

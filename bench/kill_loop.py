@@ -9,6 +9,7 @@ killed after a random 5-15 s, then one run to the end. Checks that TensorBoard h
 1..max_iters exactly once and that no temporary file or half-saved checkpoint is left; writes
 bench/results/kill_loop.json.
 """
+
 import argparse
 import glob
 import json
@@ -30,13 +31,19 @@ utils.quiet_tensorflow()
 import preprocess  # noqa: E402
 from bench.common import RESULTS, ROOT  # noqa: E402
 
-TRAINING = ['--preprocess=True', '--patch_size=48', '--batch_size=8', '--base_channels=8',
-            '--save_interval=10']
+TRAINING = [
+    '--preprocess=True',
+    '--patch_size=48',
+    '--batch_size=8',
+    '--base_channels=8',
+    '--save_interval=10',
+]
 
 
 def loss_steps(logdir):
     """Every step of train/loss in the event files, repeats included."""
     import tensorflow as tf
+
     steps = []
     for path in sorted(glob.glob(os.path.join(logdir, 'train_logs', 'events.out.tfevents.*'))):
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
@@ -46,9 +53,12 @@ def loss_steps(logdir):
 
 
 def leftovers(logdir):
-    return sorted(os.path.relpath(os.path.join(folder, name), logdir)
-                  for folder, folders, files in os.walk(logdir) for name in folders + files
-                  if name.startswith('.tmp.') or name.endswith('_temp'))
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), logdir)
+        for folder, folders, files in os.walk(logdir)
+        for name in folders + files
+        if name.startswith('.tmp.') or name.endswith('_temp')
+    )
 
 
 def main():
@@ -62,17 +72,25 @@ def main():
     preprocess.generate_synthetic(os.path.join(work, 'raw', 'SYNTH'), 8, 2, 128, seed=0)
     preprocess.process(os.path.join(work, 'raw'), os.path.join(work, 'data'))
     logdir = os.path.join(work, 'log')
-    command = [sys.executable, os.path.join(ROOT, 'train.py'), f'--logdir={logdir}',
-               f'--label_file_path={os.path.join(work, "data", "SYNTH", "training.txt")}',
-               f'--max_iters={args.max_iters}', *TRAINING]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, 'train.py'),
+        f'--logdir={logdir}',
+        f'--label_file_path={os.path.join(work, "data", "SYNTH", "training.txt")}',
+        f'--max_iters={args.max_iters}',
+        *TRAINING,
+    ]
     started, killed = time.time(), 0
     for start in range(args.kills):
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             if process.wait(timeout=rng.uniform(5, 15)):
-                sys.exit(f'start {start + 1} failed (exit code {process.returncode}): '
-                         f'{" ".join(command)}')
+                sys.exit(
+                    f'start {start + 1} failed (exit code {process.returncode}): '
+                    f'{" ".join(command)}'
+                )
             break  # finished before its kill
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
@@ -82,11 +100,14 @@ def main():
     final = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     steps = loss_steps(logdir)
     result = {
-        'kills': killed, 'max_iters': args.max_iters, 'final_exit_code': final.returncode,
+        'kills': killed,
+        'max_iters': args.max_iters,
+        'final_exit_code': final.returncode,
         'every_step_once': steps == list(range(1, args.max_iters + 1)),
         'missing_steps': sorted(set(range(1, args.max_iters + 1)) - set(steps)),
         'repeated_steps': sorted({step for step in steps if steps.count(step) > 1}),
-        'leftovers': leftovers(logdir), 'minutes': round((time.time() - started) / 60, 1),
+        'leftovers': leftovers(logdir),
+        'minutes': round((time.time() - started) / 60, 1),
         'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores',
         'command': ' '.join(['python', 'train.py', *command[3:]]),
     }
@@ -95,8 +116,9 @@ def main():
         json.dump(result, stream, indent=2)
         stream.write('\n')
     print(json.dumps(result, indent=2))
-    sys.exit(0 if result['every_step_once'] and not result['leftovers'] and
-             final.returncode == 0 else 1)
+    sys.exit(
+        0 if result['every_step_once'] and not result['leftovers'] and final.returncode == 0 else 1
+    )
 
 
 if __name__ == '__main__':

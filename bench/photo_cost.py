@@ -5,6 +5,7 @@ and that photo enlarged to 6000x4000; evaluation of 5 and 40 HRF images (copies 
 training images under other names). Model: models/drive_chase, the README's model for photos.
 Run by bench/throughput.py (`python bench/throughput.py --photos_only`), which writes the
 figures under "photos" in bench/results/throughput.json."""
+
 import os
 import re
 import shutil
@@ -19,9 +20,11 @@ import numpy as np
 from bench.common import ROOT, SHARED, WORK
 
 MODEL = os.path.join(ROOT, 'models', 'drive_chase')
-PHOTOS = {'DRIVE_565x584': 'DRIVE/test/images/01_test.tif',
-          'CHASE_DB1_999x960': 'CHASEDB1/Image_01L.jpg',
-          'HRF_3504x2336': 'HRF/images/01_h.jpg'}
+PHOTOS = {
+    'DRIVE_565x584': 'DRIVE/test/images/01_test.tif',
+    'CHASE_DB1_999x960': 'CHASEDB1/Image_01L.jpg',
+    'HRF_3504x2336': 'HRF/images/01_h.jpg',
+}
 LARGE = '6000x4000'
 COPIES = 4  # photos per --predict run; the per-photo cost is the difference to one photo
 EVALUATED = (5, 40)
@@ -31,8 +34,12 @@ def run_measured(*args):
     """(wall seconds, peak RSS in MiB, stderr) of one evaluate.py run, which must succeed."""
     with tempfile.TemporaryFile('w+') as errors:
         started = time.time()
-        child = subprocess.Popen([sys.executable, os.path.join(ROOT, 'evaluate.py'), *args],
-                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
+        child = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, 'evaluate.py'), *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not all children's
         seconds = time.time() - started
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -62,8 +69,11 @@ def photo_folders():
     hrf = cv2.imread(os.path.join(SHARED, PHOTOS['HRF_3504x2336']))
     width, height = map(int, LARGE.split('x'))
     large = os.path.join(WORK, 'photo_cost', f'{LARGE}.jpg')
-    cv2.imwrite(large, cv2.resize(hrf, (width, height), interpolation=cv2.INTER_LINEAR),
-                [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(
+        large,
+        cv2.resize(hrf, (width, height), interpolation=cv2.INTER_LINEAR),
+        [cv2.IMWRITE_JPEG_QUALITY, 95],
+    )
     folders[LARGE] = copies(large, LARGE)
     return folders
 
@@ -85,6 +95,7 @@ def model_seconds(path):
     import model
     import scale
     import utils
+
     unet, architecture, _, _ = evaluate.load_model(MODEL)
     predict = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
     rgb = utils.read_image(path)
@@ -108,13 +119,17 @@ def predict_costs(folder, *flags):
     start-up (to the first photo's line, less one photo), peak MiB."""
     out = os.path.join(WORK, 'photo_cost', 'out')
     started = time.time()
-    seconds, peak, text = run_measured(f'--logdir={MODEL}', f'--predict={folder}',
-                                       f'--predict_dir={out}', *flags)
+    seconds, peak, text = run_measured(
+        f'--logdir={MODEL}', f'--predict={folder}', f'--predict_dir={out}', *flags
+    )
     times = logged_seconds(text)
     per_photo = (times[-1] - times[0]) / (len(times) - 1)
     first = times[0] - seconds_of_day(started)
-    return {'seconds_per_photo': round(per_photo, 2),
-            'start_up_seconds': round(first - per_photo, 1), 'peak_mib': round(peak)}
+    return {
+        'seconds_per_photo': round(per_photo, 2),
+        'start_up_seconds': round(first - per_photo, 1),
+        'peak_mib': round(peak),
+    }
 
 
 def hrf_label_file(count):
@@ -130,8 +145,10 @@ def hrf_label_file(count):
     for index in range(count):
         name = names[index % len(names)]
         for folder in ('images', 'labels', 'masks'):
-            os.symlink(os.path.join(source, folder, name),
-                       os.path.join(root, folder, f'{index:02d}_{name}'))
+            os.symlink(
+                os.path.join(source, folder, name),
+                os.path.join(root, folder, f'{index:02d}_{name}'),
+            )
         lines.append(','.join([f'{index:02d}_{name}'] * 3))
     path = os.path.join(root, 'list.txt')
     with open(path, 'w') as stream:
@@ -146,9 +163,11 @@ def evaluation_costs():
     for count in EVALUATED:
         output = os.path.join(WORK, 'photo_cost', f'eval{count}')
         shutil.rmtree(output, ignore_errors=True)
-        seconds, peak, _ = run_measured(f'--logdir={MODEL}',
-                                     f'--label_file_path={hrf_label_file(count)}',
-                                     f'--output_dir={output}')
+        seconds, peak, _ = run_measured(
+            f'--logdir={MODEL}',
+            f'--label_file_path={hrf_label_file(count)}',
+            f'--output_dir={output}',
+        )
         runs[f'{count}_images'] = {'seconds': round(seconds, 1), 'peak_mib': round(peak)}
     (low, fewer), (high, more) = zip(EVALUATED, runs.values(), strict=True)
     per_image = (more['seconds'] - fewer['seconds']) / (high - low)
@@ -162,13 +181,19 @@ def measure():
     started = time.time()
     subprocess.run([sys.executable, '-c', 'import tensorflow'], check=True)
     tensorflow_import = time.time() - started
-    record = {'model': os.path.relpath(MODEL, ROOT), 'copies_per_run': COPIES,
-              'tensorflow_import_seconds': round(tensorflow_import, 1), 'sizes': {}}
+    record = {
+        'model': os.path.relpath(MODEL, ROOT),
+        'copies_per_run': COPIES,
+        'tensorflow_import_seconds': round(tensorflow_import, 1),
+        'sizes': {},
+    }
     for name, folder in photo_folders().items():
         photo = os.path.join(folder, sorted(os.listdir(folder))[0])
-        record['sizes'][name] = {'model_alone': model_seconds(photo),
-                                 'predict': predict_costs(folder),
-                                 'predict_nofeatures': predict_costs(folder, '--nofeatures')}
+        record['sizes'][name] = {
+            'model_alone': model_seconds(photo),
+            'predict': predict_costs(folder),
+            'predict_nofeatures': predict_costs(folder, '--nofeatures'),
+        }
         print(name, record['sizes'][name], flush=True)
     record['evaluation_HRF'] = evaluation_costs()
     print('evaluation', record['evaluation_HRF'], flush=True)

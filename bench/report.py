@@ -4,6 +4,7 @@ shipped models' cards (models/*/card.json).
 
   python bench/report.py
 """
+
 import glob
 import json
 import os
@@ -26,14 +27,16 @@ def read_record(name):
 
 
 def accuracy_rows():
-    rows = ['| run | recipe | steps | train minutes | evaluation | ' + ' | '.join(METRICS) + ' |',
-            '| --- | --- | --- | --- | --- |' + ' --- |' * len(METRICS)]
+    rows = [
+        '| run | recipe | steps | train minutes | evaluation | ' + ' | '.join(METRICS) + ' |',
+        '| --- | --- | --- | --- | --- |' + ' --- |' * len(METRICS),
+    ]
     observers = {}
     for path in sorted(glob.glob(os.path.join(RESULTS, 'accuracy_*.json'))):
         with open(path) as stream:
             record = json.load(stream)
         extra = ' '.join(flag for flag in record['recipe'] if 'dice' in flag) or 'CPU recipe'
-        name = os.path.basename(path)[len('accuracy_'):-len('.json')]
+        name = os.path.basename(path)[len('accuracy_') : -len('.json')]
         runs = record.get('folds') or record.get('runs') or [record]
         if 'folds' in record:
             name += f' ({len(runs)}-fold CV, mean)'
@@ -41,21 +44,30 @@ def accuracy_rows():
             name += f' (mean of {len(runs)} seeds)'
         minutes = sum(run['train_seconds'] for run in runs) / len(runs) / 60
         for evaluation, entry in record['evaluations'].items():
-            rows.append(f"| {name} | {extra} | {runs[0]['steps']} | {minutes:.1f} | {evaluation} | "
-                        + ' | '.join(f"{entry['scores'][k]:.4f}" for k in METRICS) + ' |')
+            rows.append(
+                f"| {name} | {extra} | {runs[0]['steps']} | {minutes:.1f} | {evaluation} | "
+                + ' | '.join(f"{entry['scores'][k]:.4f}" for k in METRICS)
+                + ' |'
+            )
         if all(run.get('second_observer') for run in runs):
             observers[record['dataset'] + (' (mean of folds)' if 'folds' in record else '')] = {
                 k: sum(run['second_observer'][k] for run in runs) / len(runs)
-                for k in runs[0]['second_observer']}
+                for k in runs[0]['second_observer']
+            }
     for dataset, observer in observers.items():
-        rows.append(f'| {dataset}: second observer vs first | | | | | '
-                    + ' | '.join(f'{observer[k]:.4f}' if k in observer else '' for k in METRICS)
-                    + ' |')
-    rows += ['', 'Evaluation: at threshold 0.5; "calibrated" at the threshold with the best F1 on '
-             "the run's own training images (`evaluate.py --calibrate_on`); \"+ flips\" also "
-             'averages each prediction over the image and its three flips (`--tta`). Train '
-             "minutes: the training loop's wall-clock, summed from train.py's step times "
-             '(start-up not counted); longer where other jobs shared the 2 cores.']
+        rows.append(
+            f'| {dataset}: second observer vs first | | | | | '
+            + ' | '.join(f'{observer[k]:.4f}' if k in observer else '' for k in METRICS)
+            + ' |'
+        )
+    rows += [
+        '',
+        'Evaluation: at threshold 0.5; "calibrated" at the threshold with the best F1 on '
+        "the run's own training images (`evaluate.py --calibrate_on`); \"+ flips\" also "
+        'averages each prediction over the image and its three flips (`--tta`). Train '
+        "minutes: the training loop's wall-clock, summed from train.py's step times "
+        '(start-up not counted); longer where other jobs shared the 2 cores.',
+    ]
     return rows
 
 
@@ -64,27 +76,42 @@ def throughput_rows(name):
     if not record:
         return []
     device = record['gpu'] or f"{record['cpus']} CPU cores ({record['machine']})"
-    rows = [f"Training on {device}, TensorFlow {record['tensorflow']}, steps/s (megapixels/s):",
-            '', '| setting | train script | pure compute | model.fit | model.fit, XLA '
-            '| pipeline alone | script / pure |',
-            '| --- | --- | --- | --- | --- | --- | --- |']
+    rows = [
+        f"Training on {device}, TensorFlow {record['tensorflow']}, steps/s (megapixels/s):",
+        '',
+        '| setting | train script | pure compute | model.fit | model.fit, XLA '
+        '| pipeline alone | script / pure |',
+        '| --- | --- | --- | --- | --- | --- | --- |',
+    ]
     for name, entry in record['training'].items():
         steps, pixels = entry['steps_per_sec'], entry['megapixels_per_sec']
-        cells = [f"{steps[k]:.3f} ({pixels[k]:.3f})"
-                 for k in ('train_script', 'pure_compute', 'model_fit', 'model_fit_xla')]
+        cells = [
+            f"{steps[k]:.3f} ({pixels[k]:.3f})"
+            for k in ('train_script', 'pure_compute', 'model_fit', 'model_fit_xla')
+        ]
         ratio = entry['train_script_over_pure_compute']
-        rows.append(f"| {name} | " + ' | '.join(cells)
-                    + f" | {steps['pipeline_only']:.0f} | {ratio:.3f} |")
+        rows.append(
+            f"| {name} | " + ' | '.join(cells) + f" | {steps['pipeline_only']:.0f} | {ratio:.3f} |"
+        )
     if 'pipeline_per_core' in record:
-        rows += ['', 'Input pipeline alone, one CPU core, with augmentation (samples/s): '
-                 + ', '.join(f'{name} {rate:,.0f}'
-                             for name, rate in record['pipeline_per_core'].items())]
-    rows += ['', '| inference | 20 DRIVE test images (s) | per image (s) '
-             '| peak RSS, one 1024x1024 image (MiB) |', '| --- | --- | --- | --- |']
+        rows += [
+            '',
+            'Input pipeline alone, one CPU core, with augmentation (samples/s): '
+            + ', '.join(
+                f'{name} {rate:,.0f}' for name, rate in record['pipeline_per_core'].items()
+            ),
+        ]
+    rows += [
+        '',
+        '| inference | 20 DRIVE test images (s) | per image (s) '
+        '| peak RSS, one 1024x1024 image (MiB) |',
+        '| --- | --- | --- | --- |',
+    ]
     for net, entry in record['inference'].items():
         seconds = entry['drive_test_20_images_seconds']
-        rows.append(f"| {net} | {seconds:.1f} | {seconds / 20:.2f} | "
-                    f"{entry['rss_mib_1024x1024']['peak']} |")
+        rows.append(
+            f"| {net} | {seconds:.1f} | {seconds / 20:.2f} | {entry['rss_mib_1024x1024']['peak']} |"
+        )
     return rows + [''] + loop_rows(record.get('steps_per_call')) + photo_rows(record.get('photos'))
 
 
@@ -92,11 +119,17 @@ def loop_rows(loops):
     """bench/throughput.py --loop_only: train.py's steps per tf.function call against one."""
     if not loops:
         return []
-    rows = ['Training steps per second on one batch in memory, by steps per tf.function call:',
-            '', '| setting | one step per call | 20 steps per call | speed-up |',
-            '| --- | --- | --- | --- |']
-    rows += [f"| {name} | {entry['one_step_per_call']} | {entry['20_steps_per_call']} | "
-             f"{entry['speed-up']:.2f}x |" for name, entry in loops.items()]
+    rows = [
+        'Training steps per second on one batch in memory, by steps per tf.function call:',
+        '',
+        '| setting | one step per call | 20 steps per call | speed-up |',
+        '| --- | --- | --- | --- |',
+    ]
+    rows += [
+        f"| {name} | {entry['one_step_per_call']} | {entry['20_steps_per_call']} | "
+        f"{entry['speed-up']:.2f}x |"
+        for name, entry in loops.items()
+    ]
     return rows + ['']
 
 
@@ -104,33 +137,50 @@ def photo_rows(photos):
     """bench/photo_cost.py's figures: what one photo costs, by size."""
     if not photos:
         return []
-    rows = [f"One photo with `{photos['model']}` (seconds after start-up; peak RSS in MiB):", '',
-            '| photo | model input | model alone | --predict | peak | --predict --nofeatures '
-            '| peak |', '| --- | --- | --- | --- | --- | --- | --- |']
+    rows = [
+        f"One photo with `{photos['model']}` (seconds after start-up; peak RSS in MiB):",
+        '',
+        '| photo | model input | model alone | --predict | peak | --predict --nofeatures | peak |',
+        '| --- | --- | --- | --- | --- | --- | --- |',
+    ]
     for size, entry in photos['sizes'].items():
         alone, full, bare = entry['model_alone'], entry['predict'], entry['predict_nofeatures']
-        rows.append(f"| {size} | {'x'.join(map(str, alone['input']))} | {alone['seconds']:.2f} "
-                    f"| {full['seconds_per_photo']:.2f} | {full['peak_mib']} "
-                    f"| {bare['seconds_per_photo']:.2f} | {bare['peak_mib']} |")
+        rows.append(
+            f"| {size} | {'x'.join(map(str, alone['input']))} | {alone['seconds']:.2f} "
+            f"| {full['seconds_per_photo']:.2f} | {full['peak_mib']} "
+            f"| {bare['seconds_per_photo']:.2f} | {bare['peak_mib']} |"
+        )
     evaluation = photos['evaluation_HRF']
-    runs = '; '.join(f"{name.replace('_', ' ')}: {run['seconds']:.0f} s, {run['peak_mib']} MiB"
-                     for name, run in evaluation.items() if name.endswith('_images'))
-    return rows + ['', f"Evaluation of HRF-sized images (features on, no overlays): {runs}; "
-                   f"{evaluation['seconds_per_image']:.2f} s per image. Start-up to the first "
-                   f"photo: about {photos['sizes']['HRF_3504x2336']['predict']['start_up_seconds']}"
-                   f" s, of which importing TensorFlow {photos['tensorflow_import_seconds']} s.",
-                   '']
+    runs = '; '.join(
+        f"{name.replace('_', ' ')}: {run['seconds']:.0f} s, {run['peak_mib']} MiB"
+        for name, run in evaluation.items()
+        if name.endswith('_images')
+    )
+    return rows + [
+        '',
+        f"Evaluation of HRF-sized images (features on, no overlays): {runs}; "
+        f"{evaluation['seconds_per_image']:.2f} s per image. Start-up to the first "
+        f"photo: about {photos['sizes']['HRF_3504x2336']['predict']['start_up_seconds']}"
+        f" s, of which importing TensorFlow {photos['tensorflow_import_seconds']} s.",
+        '',
+    ]
 
 
 def cross_dataset_table(record):
     """The Markdown table the README and bench/results/summary.md show."""
-    rows = ['| trained on | test set | images | rescaled F1 | AUC-ROC | IoU | native F1 | AUC-ROC '
-            '| IoU |', '| --- | --- | --- |' + ' --- |' * 6]
+    rows = [
+        '| trained on | test set | images | rescaled F1 | AUC-ROC | IoU | native F1 | AUC-ROC '
+        '| IoU |',
+        '| --- | --- | --- |' + ' --- |' * 6,
+    ]
     for test in ('DRIVE test', 'CHASE_DB1'):
         for model_name, entry in record[test].items():
             images = entry.get('images') if test == 'CHASE_DB1' else entry['rescaled']['images']
-            cells = [f"{entry[how][key]:.4f}" for how in ('rescaled', 'native')
-                     for key in record['metrics']]
+            cells = [
+                f"{entry[how][key]:.4f}"
+                for how in ('rescaled', 'native')
+                for key in record['metrics']
+            ]
             rows.append(f'| {model_name} | {test} | {images} | ' + ' | '.join(cells) + ' |')
     return rows
 
@@ -138,13 +188,18 @@ def cross_dataset_table(record):
 def combined_folds_table(record):
     """F1 of the combined recipe on each CHASE fold's held-out images, beside the CHASE-only
     model of the same fold."""
-    rows = ['| CHASE_DB1 fold | held-out images | DRIVE + CHASE_DB1 (rescaled) | CHASE_DB1 only '
-            '| difference |', '| --- | --- | --- | --- | --- |']
+    rows = [
+        '| CHASE_DB1 fold | held-out images | DRIVE + CHASE_DB1 (rescaled) | CHASE_DB1 only '
+        '| difference |',
+        '| --- | --- | --- | --- | --- |',
+    ]
     folds = record['combined_folds']
     for fold in folds:
         both, alone = fold['rescaled']['F1'], fold['chase_only']['F1']
-        rows.append(f"| {fold['fold']} | {', '.join(fold['test_images'])} | {both:.4f} "
-                    f"| {alone:.4f} | {both - alone:+.4f} |")
+        rows.append(
+            f"| {fold['fold']} | {', '.join(fold['test_images'])} | {both:.4f} "
+            f"| {alone:.4f} | {both - alone:+.4f} |"
+        )
     both = statistics.mean(fold['rescaled']['F1'] for fold in folds)
     alone = statistics.mean(fold['chase_only']['F1'] for fold in folds)
     images = sum(len(fold['test_images']) for fold in folds)
@@ -156,29 +211,41 @@ def cross_dataset_rows():
     record = read_record('cross_dataset.json')
     if not record:
         return []
-    return ['## Across datasets: the shipped models, with and without rescaling', '',
-            *cross_dataset_table(record), '', 'F1 on CHASE_DB1 per fold:', '',
-            *combined_folds_table(record), '',
-            'Made by `bench/cross_dataset.py`: inside the FOV, threshold 0.5; "rescaled" '
-            "brings each image's FOV to the model's scale (evaluate.py's default), "
-            '"native" predicts it as it is (`--norescale`).', '']
+    return [
+        '## Across datasets: the shipped models, with and without rescaling',
+        '',
+        *cross_dataset_table(record),
+        '',
+        'F1 on CHASE_DB1 per fold:',
+        '',
+        *combined_folds_table(record),
+        '',
+        'Made by `bench/cross_dataset.py`: inside the FOV, threshold 0.5; "rescaled" '
+        "brings each image's FOV to the model's scale (evaluate.py's default), "
+        '"native" predicts it as it is (`--norescale`).',
+        '',
+    ]
 
 
 def agreement_table(record):
     """Per set and feature: means, mean difference, r and ICC(2,1) of predicted against manual
     maps, and the second observer's r and ICC against the first where the set has one."""
-    rows = ['| images (model) | feature | predicted mean | manual mean | mean difference | r '
-            '| ICC(2,1) | 2nd observer r | ICC(2,1) |', '| --- |' + ' --- |' * 8]
+    rows = [
+        '| images (model) | feature | predicted mean | manual mean | mean difference | r '
+        '| ICC(2,1) | 2nd observer r | ICC(2,1) |',
+        '| --- |' + ' --- |' * 8,
+    ]
     for name, entry in record['sets'].items():
         observer = entry.get('second_observer', {})
         for key, stats in entry['features'].items():
             other = observer.get(key)
-            rows.append(f"| {name}, {entry['images']} ({entry['model']}) | {key} | "
-                        f"{stats['predicted_mean']:.4g} | {stats['manual_mean']:.4g} | "
-                        f"{stats['mean_difference']:+.3g} | {stats['pearson_r']:.2f} | "
-                        f"{stats['icc_2_1']:.2f} | "
-                        + (f"{other['pearson_r']:.2f} | {other['icc_2_1']:.2f} |" if other
-                           else ' | |'))
+            rows.append(
+                f"| {name}, {entry['images']} ({entry['model']}) | {key} | "
+                f"{stats['predicted_mean']:.4g} | {stats['manual_mean']:.4g} | "
+                f"{stats['mean_difference']:+.3g} | {stats['pearson_r']:.2f} | "
+                f"{stats['icc_2_1']:.2f} | "
+                + (f"{other['pearson_r']:.2f} | {other['icc_2_1']:.2f} |" if other else ' | |')
+            )
     return rows
 
 
@@ -187,17 +254,25 @@ def agreement_rows():
     if not record:
         return []
     timing = record['measure_hrf']
-    return ['## Features of predicted against manual maps', '', *agreement_table(record), '',
-            f"Made by `bench/agreement.py`: threshold {record['threshold']}, features at a FOV "
-            f"of {record['reference_fov_px']} px (docs/features.md). features.measure on a "
-            f"{timing['shape'][1]}x{timing['shape'][0]} HRF map: {timing['cpu_seconds']:.2f} s "
-            'of one core.', '']
+    return [
+        '## Features of predicted against manual maps',
+        '',
+        *agreement_table(record),
+        '',
+        f"Made by `bench/agreement.py`: threshold {record['threshold']}, features at a FOV "
+        f"of {record['reference_fov_px']} px (docs/features.md). features.measure on a "
+        f"{timing['shape'][1]}x{timing['shape'][0]} HRF map: {timing['cpu_seconds']:.2f} s "
+        'of one core.',
+        '',
+    ]
 
 
 def readme_table():
     """The shipped models on DRIVE test at threshold 0.5 and at each card's calibrated one."""
-    rows = ['| model | trained on | threshold | F1 | AUC-ROC | Se | Sp |',
-            '| --- | --- | --- | --- | --- | --- | --- |']
+    rows = [
+        '| model | trained on | threshold | F1 | AUC-ROC | Se | Sp |',
+        '| --- | --- | --- | --- | --- | --- | --- |',
+    ]
     for name in ('drive', 'chase', 'drive_chase', 'all'):
         with open(os.path.join(ROOT, 'models', name, 'card.json')) as stream:
             card = json.load(stream)
@@ -205,8 +280,13 @@ def readme_table():
         for row in card['evaluations']:
             if row['data'] == 'DRIVE/test':
                 how = '0.5' if row['threshold'] == 0.5 else f"{row['threshold']:.2f} (calibrated)"
-                rows.append(f"| `{name}` | {trained_on} | {how} | " + ' | '.join(
-                    f"{row['scores'][key]:.4f}" for key in ('F1', 'AUC_ROC', 'Se', 'Sp')) + ' |')
+                rows.append(
+                    f"| `{name}` | {trained_on} | {how} | "
+                    + ' | '.join(
+                        f"{row['scores'][key]:.4f}" for key in ('F1', 'AUC_ROC', 'Se', 'Sp')
+                    )
+                    + ' |'
+                )
     return rows
 
 
@@ -217,16 +297,28 @@ def write_readme_table():
     head, rest = text.split(README_BEGIN + '\n')
     _, tail = rest.split(README_END)
     with open(path, 'w') as stream:
-        stream.write(head + README_BEGIN + '\n' + '\n'.join(readme_table()) + '\n' + README_END
-                     + tail)
+        stream.write(
+            head + README_BEGIN + '\n' + '\n'.join(readme_table()) + '\n' + README_END + tail
+        )
 
 
 def main():
-    lines = ['# Benchmark results', '', 'Made by `bench/report.py` from the JSON files here.', '',
-             '## Accuracy on real data, inside the FOV', '', *accuracy_rows(), '',
-             *cross_dataset_rows(), *agreement_rows(),
-             '## Speed and memory', '', *throughput_rows('throughput.json'),
-             *throughput_rows('throughput_gpu.json')]
+    lines = [
+        '# Benchmark results',
+        '',
+        'Made by `bench/report.py` from the JSON files here.',
+        '',
+        '## Accuracy on real data, inside the FOV',
+        '',
+        *accuracy_rows(),
+        '',
+        *cross_dataset_rows(),
+        *agreement_rows(),
+        '## Speed and memory',
+        '',
+        *throughput_rows('throughput.json'),
+        *throughput_rows('throughput_gpu.json'),
+    ]
     path = os.path.join(RESULTS, 'summary.md')
     with open(path, 'w') as stream:
         stream.write('\n'.join(lines))

@@ -3,6 +3,7 @@ scale is found): every evaluation row at its own threshold, then card.json and M
 
   python bench/rescore.py drive chase drive_chase
 """
+
 import json
 import os
 import sys
@@ -20,8 +21,10 @@ def rescore(name):
         card = json.load(stream)
     for row in card['evaluations']:
         metrics = evaluate(folder, row['data'], row['threshold'])
-        print(f"{name} {row['data']} at {row['threshold']:.4f}: F1 {row['scores']['F1']:.4f} -> "
-              f"{metrics['scores']['F1']:.4f}")
+        print(
+            f"{name} {row['data']} at {row['threshold']:.4f}: F1 {row['scores']['F1']:.4f} -> "
+            f"{metrics['scores']['F1']:.4f}"
+        )
         row.update(images=metrics['images'], scores=metrics['scores'])
     card['date'] = time.strftime('%Y-%m-%d')
     with open(os.path.join(folder, CARD_JSON), 'w') as stream:

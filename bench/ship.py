@@ -8,6 +8,7 @@ Data names are label files under data/ as `python preprocess.py --data_dir=../sh
 writes them (DRIVE/test is data/DRIVE/test.txt). The threshold is calibrated on the training
 images (evaluate.py --calibrate_on); every test set is scored at 0.5 and at that threshold.
 """
+
 import argparse
 import json
 import os
@@ -37,10 +38,13 @@ def label_file(name):
 
 def evaluate(folder, data, threshold=None, calibrate_on=None):
     """evaluate.py's metrics.json for one evaluation of the shipped model."""
-    how = ([f'--calibrate_on={calibrate_on}'] if calibrate_on else
-           [f'--threshold={threshold!r}'])
-    return evaluation_metrics(os.path.join(WORK, 'ship', os.path.basename(folder)),
-                              f'--logdir={folder}', f'--label_file_path={label_file(data)}', *how)
+    how = [f'--calibrate_on={calibrate_on}'] if calibrate_on else [f'--threshold={threshold!r}']
+    return evaluation_metrics(
+        os.path.join(WORK, 'ship', os.path.basename(folder)),
+        f'--logdir={folder}',
+        f'--label_file_path={label_file(data)}',
+        *how,
+    )
 
 
 def main():
@@ -65,17 +69,31 @@ def main():
     for data in args.tests.split(','):
         for threshold in (0.5, calibrated):
             metrics = evaluate(folder, data, threshold)
-            evaluations.append({'data': data, 'threshold': threshold, 'images': metrics['images'],
-                                'scores': metrics['scores']})
+            evaluations.append(
+                {
+                    'data': data,
+                    'threshold': threshold,
+                    'images': metrics['images'],
+                    'scores': metrics['scores'],
+                }
+            )
     with open(os.path.join(folder, 'config.json')) as stream:
         versions = json.load(stream)['versions']
-    card = {'name': args.name, 'command': args.command, 'commit': args.commit,
-            'training_data': args.training,
-            'steps': steps, 'training_loop_seconds': round(seconds),
-            'machine': f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})',
-            'versions': versions, 'fov_diameter': model.load_scale(folder).fov_diameter,
-            'calibrated_threshold': calibrated, 'evaluations': evaluations, 'notes': args.notes,
-            'date': time.strftime('%Y-%m-%d')}
+    card = {
+        'name': args.name,
+        'command': args.command,
+        'commit': args.commit,
+        'training_data': args.training,
+        'steps': steps,
+        'training_loop_seconds': round(seconds),
+        'machine': f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})',
+        'versions': versions,
+        'fov_diameter': model.load_scale(folder).fov_diameter,
+        'calibrated_threshold': calibrated,
+        'evaluations': evaluations,
+        'notes': args.notes,
+        'date': time.strftime('%Y-%m-%d'),
+    }
     with open(os.path.join(folder, CARD_JSON), 'w') as stream:
         json.dump(card, stream, indent=2)
     with open(os.path.join(folder, CARD), 'w') as stream:
@@ -85,42 +103,64 @@ def main():
 
 def render(card):
     """MODEL.md from card.json."""
-    rows = [f"| {e['data']} | {e['images']} | {e['threshold']:.4f} | "
-            + ' | '.join(f"{e['scores'][key]:.4f}" for key in METRICS) + ' |'
-            for e in card['evaluations']]
+    rows = [
+        f"| {e['data']} | {e['images']} | {e['threshold']:.4f} | "
+        + ' | '.join(f"{e['scores'][key]:.4f}" for key in METRICS)
+        + ' |'
+        for e in card['evaluations']
+    ]
     weights = os.path.join('models', card['name'], model.WEIGHTS_FILE)
-    return '\n'.join([
-        f"# Model card: {card['name']}", '',
-        f"A U-Net (`model.py`) for retinal vessel segmentation, trained on {card['training_data']}"
-        ' by this repository\'s own scripts. Use it as a run folder:', '',
-        '```bash', f"python evaluate.py --logdir=models/{card['name']} --predict='photos/*.jpg'",
-        '```', '',
-        '## Training', '',
-        '```bash', 'python preprocess.py --data_dir=../shared/data   # DRIVE, CHASEDB1, STARE, HRF',
-        card['command'], '```', '',
-        f"- Code: commit {card['commit']} of this repository.",
-        f"- Data: {card['training_data']} (label files written by preprocess.py).",
-        f"- Steps: {card['steps']}; training loop {card['training_loop_seconds'] / 60:.1f} minutes "
-        f"on {card['machine']}, TensorFlow {card['versions']['tensorflow']}, Keras "
-        f"{card['versions']['keras']}.",
-        f"- Scale: the training images' median FOV diameter is {card['fov_diameter']} px "
-        '(scale.json); evaluate.py resizes every image to it before predicting and maps the '
-        'probabilities back.',
-        f"- Calibrated threshold: {card['calibrated_threshold']:.4f} (the best F1 on the training "
-        'images, `evaluate.py --calibrate_on`).',
-        f"- Files: architecture.json, scale.json, config.json (every setting), {weights}.", '',
-        '## Metrics', '',
-        'Inside the FOV, at native resolution, with rescaling (the default). '
-        'Reproduce one with `python evaluate.py --logdir=models/'
-        f"{card['name']} --label_file_path=data/DATA.txt --threshold=T`; "
-        '`tests/test_shipped_models.py` does, to 1e-4.', '',
-        '| data | images | threshold | ' + ' | '.join(METRICS) + ' |',
-        '| --- | --- | --- |' + ' --- |' * len(METRICS), *rows, '',
-        'Each figure is of this one trained model (one run). Between training runs of the CPU '
-        'recipe with other seeds, DRIVE test F1 varies by a standard deviation of about 0.001 '
-        '(README, Results): a difference smaller than that is a tie.', '',
-        *([card['notes'], ''] if card['notes'] else []),
-        f"Measured {card['date']}.", ''])
+    return '\n'.join(
+        [
+            f"# Model card: {card['name']}",
+            '',
+            'A U-Net (`model.py`) for retinal vessel segmentation, trained on '
+            f"{card['training_data']} by this repository's own scripts. Use it as a run folder:",
+            '',
+            '```bash',
+            f"python evaluate.py --logdir=models/{card['name']} --predict='photos/*.jpg'",
+            '```',
+            '',
+            '## Training',
+            '',
+            '```bash',
+            'python preprocess.py --data_dir=../shared/data   # DRIVE, CHASEDB1, STARE, HRF',
+            card['command'],
+            '```',
+            '',
+            f"- Code: commit {card['commit']} of this repository.",
+            f"- Data: {card['training_data']} (label files written by preprocess.py).",
+            f"- Steps: {card['steps']}; training loop "
+            f"{card['training_loop_seconds'] / 60:.1f} minutes "
+            f"on {card['machine']}, TensorFlow {card['versions']['tensorflow']}, Keras "
+            f"{card['versions']['keras']}.",
+            f"- Scale: the training images' median FOV diameter is {card['fov_diameter']} px "
+            '(scale.json); evaluate.py resizes every image to it before predicting and maps the '
+            'probabilities back.',
+            f"- Calibrated threshold: {card['calibrated_threshold']:.4f} (the best F1 on the "
+            'training images, `evaluate.py --calibrate_on`).',
+            f"- Files: architecture.json, scale.json, config.json (every setting), {weights}.",
+            '',
+            '## Metrics',
+            '',
+            'Inside the FOV, at native resolution, with rescaling (the default). '
+            'Reproduce one with `python evaluate.py --logdir=models/'
+            f"{card['name']} --label_file_path=data/DATA.txt --threshold=T`; "
+            '`tests/test_shipped_models.py` does, to 1e-4.',
+            '',
+            '| data | images | threshold | ' + ' | '.join(METRICS) + ' |',
+            '| --- | --- | --- |' + ' --- |' * len(METRICS),
+            *rows,
+            '',
+            'Each figure is of this one trained model (one run). Between training runs of the CPU '
+            'recipe with other seeds, DRIVE test F1 varies by a standard deviation of about 0.001 '
+            '(README, Results): a difference smaller than that is a tie.',
+            '',
+            *([card['notes'], ''] if card['notes'] else []),
+            f"Measured {card['date']}.",
+            '',
+        ]
+    )
 
 
 if __name__ == '__main__':

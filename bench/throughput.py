@@ -25,6 +25,7 @@ HRF-sized images (time per image, peak memory).
   python bench/throughput.py --photos_only      # the photo costs, merged into the file
   python bench/throughput.py --loop_only        # steps per call against one step per call
 """
+
 import json
 import os
 import platform
@@ -50,18 +51,42 @@ from bench import photo_cost  # noqa: E402
 from bench.common import RESULTS, ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
 
 SETTINGS = {
-    'a_whole_512_batch2_base32': {'patch_size': 0, 'image_size': 512, 'batch': 2, 'base': 32,
-                                  'steps': 12},
-    'b_patch64_batch32_base16': {'patch_size': 64, 'image_size': 1024, 'batch': 32, 'base': 16,
-                                 'steps': 60},
-    'c_patch64_batch32_base16_bf16': {'patch_size': 64, 'image_size': 1024, 'batch': 32,
-                                      'base': 16, 'steps': 60, 'mixed_precision': True},
+    'a_whole_512_batch2_base32': {
+        'patch_size': 0,
+        'image_size': 512,
+        'batch': 2,
+        'base': 32,
+        'steps': 12,
+    },
+    'b_patch64_batch32_base16': {
+        'patch_size': 64,
+        'image_size': 1024,
+        'batch': 32,
+        'base': 16,
+        'steps': 60,
+    },
+    'c_patch64_batch32_base16_bf16': {
+        'patch_size': 64,
+        'image_size': 1024,
+        'batch': 32,
+        'base': 16,
+        'steps': 60,
+        'mixed_precision': True,
+    },
 }
 GPU_SETTINGS = {
     f'gpu_whole_1024_batch4_base32{suffix}': {
-        'patch_size': 0, 'image_size': 1024, 'batch': 4, 'base': 32, 'transpose_conv': True,
-        'steps': 50, 'script': 'train_distribute.py', 'mixed_precision': mixed}
-    for suffix, mixed in (('', False), ('_bf16', True))}
+        'patch_size': 0,
+        'image_size': 1024,
+        'batch': 4,
+        'base': 32,
+        'transpose_conv': True,
+        'steps': 50,
+        'script': 'train_distribute.py',
+        'mixed_precision': mixed,
+    }
+    for suffix, mixed in (('', False), ('_bf16', True))
+}
 WARMUP = 4
 LOOP = 20  # steps per call of train.make_train_loop, as train.py's default --log_interval
 RATE = 'train/global_steps_per_sec'
@@ -88,11 +113,14 @@ def timed_steps(step, steps):
 
 def fit_rate(batch, setting, jit_compile):
     """Keras model.fit on one batch in memory, in steps per second."""
-    fit_model = model.build_unet(base_channels=setting['base'],
-                                 transpose_conv=setting.get('transpose_conv', False))
-    fit_model.compile(keras.optimizers.Adam(1e-3),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      jit_compile=jit_compile)
+    fit_model = model.build_unet(
+        base_channels=setting['base'], transpose_conv=setting.get('transpose_conv', False)
+    )
+    fit_model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
     data = tf.data.Dataset.from_tensors(batch[:2]).repeat()
     fit_model.fit(data, steps_per_epoch=WARMUP, epochs=1, verbose=0)
     started = time.perf_counter()
@@ -101,9 +129,15 @@ def fit_rate(batch, setting, jit_compile):
 
 
 LOOP_SETTINGS = {  # the tests' model (tests/conftest.py TINY) and the CPU recipe
-    'tests_tiny_patch32_batch8_base8': {'patch_size': 32, 'image_size': 1024, 'batch': 8,
-                                        'base': 8, 'steps': 200},
-    'b_patch64_batch32_base16': {**SETTINGS['b_patch64_batch32_base16'], 'steps': 100}}
+    'tests_tiny_patch32_batch8_base8': {
+        'patch_size': 32,
+        'image_size': 1024,
+        'batch': 8,
+        'base': 8,
+        'steps': 200,
+    },
+    'b_patch64_batch32_base16': {**SETTINGS['b_patch64_batch32_base16'], 'steps': 100},
+}
 
 
 def loop_rates(examples):
@@ -111,14 +145,24 @@ def loop_rates(examples):
     (median of 3 rounds)."""
     rates = {}
     for name, setting in LOOP_SETTINGS.items():
-        batch = next(iter(dataset.training_dataset(examples, setting['batch'],
-                                                   setting['patch_size'], setting['image_size'],
-                                                   augmentation=True)))
+        batch = next(
+            iter(
+                dataset.training_dataset(
+                    examples,
+                    setting['batch'],
+                    setting['patch_size'],
+                    setting['image_size'],
+                    augmentation=True,
+                )
+            )
+        )
         rounds = call_rates(batch, setting)
         per_step, looped = (float(np.median(values)) for values in zip(*rounds, strict=True))
-        rates[name] = {'one_step_per_call': round(per_step, 2),
-                       f'{LOOP}_steps_per_call': round(looped, 2),
-                       'speed-up': round(looped / per_step, 3)}
+        rates[name] = {
+            'one_step_per_call': round(per_step, 2),
+            f'{LOOP}_steps_per_call': round(looped, 2),
+            'speed-up': round(looped / per_step, 3),
+        }
         print(name, rates[name], flush=True)
     return rates
 
@@ -128,25 +172,33 @@ def call_rates(batch, setting, rounds=3):
     unet = model.build_unet(base_channels=setting['base'])
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(unet.trainable_variables)
-    steps = train.make_train_loop(tf.distribute.get_strategy(), unet, optimizer,
-                                  setting['batch'], fov_loss=True)
+    steps = train.make_train_loop(
+        tf.distribute.get_strategy(), unet, optimizer, setting['batch'], fov_loss=True
+    )
     in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
     one, loop = tf.constant(1), tf.constant(LOOP)
-    return [(timed_steps(lambda: steps(in_memory, one)[0].numpy(), setting['steps']),
-             LOOP * timed_steps(lambda: steps(in_memory, loop)[0].numpy(),
-                                setting['steps'] // LOOP)) for _ in range(rounds)]
+    return [
+        (
+            timed_steps(lambda: steps(in_memory, one)[0].numpy(), setting['steps']),
+            LOOP * timed_steps(lambda: steps(in_memory, loop)[0].numpy(), setting['steps'] // LOOP),
+        )
+        for _ in range(rounds)
+    ]
 
 
 def in_memory_rates(examples, setting):
     """Pure compute, model.fit (without and with XLA) and the pipeline alone, in steps (batches)
     per second, under the setting's precision policy."""
     keras.mixed_precision.set_global_policy(
-        'mixed_bfloat16' if setting.get('mixed_precision') else 'float32')
-    stream = dataset.training_dataset(examples, setting['batch'], setting['patch_size'],
-                                      setting['image_size'], augmentation=True)
+        'mixed_bfloat16' if setting.get('mixed_precision') else 'float32'
+    )
+    stream = dataset.training_dataset(
+        examples, setting['batch'], setting['patch_size'], setting['image_size'], augmentation=True
+    )
     batch = next(iter(stream))
-    unet = model.build_unet(base_channels=setting['base'],
-                            transpose_conv=setting.get('transpose_conv', False))
+    unet = model.build_unet(
+        base_channels=setting['base'], transpose_conv=setting.get('transpose_conv', False)
+    )
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(unet.trainable_variables)
     strategy = tf.distribute.get_strategy()
@@ -154,11 +206,15 @@ def in_memory_rates(examples, setting):
     in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
     one, loop = tf.constant(1), tf.constant(LOOP)
     per_step = timed_steps(lambda: steps(in_memory, one)[0].numpy(), setting['steps'])
-    pure = LOOP * timed_steps(lambda: steps(in_memory, loop)[0].numpy(),
-                              max(1, setting['steps'] // LOOP))
-    rates = {'pure_compute': pure, 'pure_compute_per_step_calls': per_step,
-             'model_fit': fit_rate(batch, setting, jit_compile=False),
-             'model_fit_xla': fit_rate(batch, setting, jit_compile=True)}
+    pure = LOOP * timed_steps(
+        lambda: steps(in_memory, loop)[0].numpy(), max(1, setting['steps'] // LOOP)
+    )
+    rates = {
+        'pure_compute': pure,
+        'pure_compute_per_step_calls': per_step,
+        'model_fit': fit_rate(batch, setting, jit_compile=False),
+        'model_fit_xla': fit_rate(batch, setting, jit_compile=True),
+    }
     keras.mixed_precision.set_global_policy('float32')
     iterator = iter(stream)
     rates['pipeline_only'] = timed_steps(lambda: next(iterator), setting['steps'] * 5)
@@ -166,7 +222,10 @@ def in_memory_rates(examples, setting):
 
 
 PIPELINE_SETTINGS = {  # name: (patch_size, batch); per second: patches, or whole images
-    'patches64_batch32': (64, 32), 'patches64_batch256': (64, 256), 'whole1024_batch4': (0, 4)}
+    'patches64_batch32': (64, 32),
+    'patches64_batch256': (64, 256),
+    'whole1024_batch4': (0, 4),
+}
 
 
 def pipeline_per_core(examples, seconds=10):
@@ -178,8 +237,9 @@ def pipeline_per_core(examples, seconds=10):
     options.autotune.cpu_budget = 1
     rates = {}
     for name, (patch_size, batch) in PIPELINE_SETTINGS.items():
-        stream = dataset.training_dataset(examples, batch, patch_size, 1024,
-                                          augmentation=True).with_options(options)
+        stream = dataset.training_dataset(
+            examples, batch, patch_size, 1024, augmentation=True
+        ).with_options(options)
         iterator = iter(stream)
         for _ in range(3):
             next(iterator)
@@ -197,14 +257,21 @@ def train_script_rate(label_file, setting, name):
     events."""
     logdir = os.path.join(WORK, f'throughput_{name}')
     subprocess.run(['rm', '-rf', logdir], check=True)
-    run(setting.get('script', 'train.py'), f'--logdir={logdir}', f'--label_file_path={label_file}',
+    run(
+        setting.get('script', 'train.py'),
+        f'--logdir={logdir}',
+        f'--label_file_path={label_file}',
         '--preprocess=True',
-        f'--patch_size={setting["patch_size"]}', f'--image_size={setting["image_size"]}',
-        f'--batch_size={setting["batch"]}', f'--base_channels={setting["base"]}',
-        '--augmentation=True', f'--max_iters={setting["steps"] + WARMUP}',
+        f'--patch_size={setting["patch_size"]}',
+        f'--image_size={setting["image_size"]}',
+        f'--batch_size={setting["batch"]}',
+        f'--base_channels={setting["base"]}',
+        '--augmentation=True',
+        f'--max_iters={setting["steps"] + WARMUP}',
         f'--mixed_precision={setting.get("mixed_precision", False)}',
         f'--transpose_conv={setting.get("transpose_conv", False)}',
-        f'--save_interval={setting["steps"] + WARMUP}')
+        f'--save_interval={setting["steps"] + WARMUP}',
+    )
     steps, rates = read_scalars(logdir, [RATE])[RATE]
     return float(np.median(rates[steps > WARMUP]))
 
@@ -213,11 +280,16 @@ def evaluation_seconds(drive, base):
     """evaluate.py's own timing of the 20 test images (model loaded, TensorFlow started)."""
     logdir = os.path.join(WORK, f'inference_base{base}')
     os.makedirs(logdir, exist_ok=True)
-    architecture = {'num_classes': 2, 'base_channels': base, 'transpose_conv': False,
-                    'preprocess': True}
+    architecture = {
+        'num_classes': 2,
+        'base_channels': base,
+        'transpose_conv': False,
+        'preprocess': True,
+    }
     model.save_architecture(logdir, architecture)
     model.build_from_architecture(architecture).save_weights(
-        os.path.join(logdir, model.WEIGHTS_FILE))
+        os.path.join(logdir, model.WEIGHTS_FILE)
+    )
     label_file = f'{drive}/test.txt'
     run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={label_file}')
     name = evaluate.evaluation_name(label_file, 'last', 0.5, None, False)
@@ -245,8 +317,12 @@ print(before, high_water_mib())
 
 
 def peak_memory_mib(base):
-    out = subprocess.run([sys.executable, '-c', PEAK_MEMORY_SCRIPT, ROOT, str(base)],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, '-c', PEAK_MEMORY_SCRIPT, ROOT, str(base)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return {'before_predict': round(float(out[0])), 'peak': round(float(out[1]))}
 
 
@@ -257,9 +333,11 @@ def main():
     examples = dataset.load_label_files(os.path.join(drive, 'training.txt'), preprocess=True)
     gpus = tf.config.list_physical_devices('GPU')
     path = os.path.join(RESULTS, 'throughput_gpu.json' if gpus else 'throughput.json')
-    only = {'--pipeline_only': ('pipeline_per_core', lambda: pipeline_per_core(examples)),
-            '--photos_only': ('photos', photo_cost.measure),
-            '--loop_only': ('steps_per_call', lambda: loop_rates(examples))}
+    only = {
+        '--pipeline_only': ('pipeline_per_core', lambda: pipeline_per_core(examples)),
+        '--photos_only': ('photos', photo_cost.measure),
+        '--loop_only': ('steps_per_call', lambda: loop_rates(examples)),
+    }
     for flag, (key, measure) in only.items():
         if flag in sys.argv[1:]:
             with open(path) as stream:
@@ -268,28 +346,41 @@ def main():
             with open(path, 'w') as stream:
                 json.dump(record, stream, indent=2)
             return print(f'wrote {path}')
-    record = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
-              'gpu': tf.config.experimental.get_device_details(gpus[0]).get('device_name')
-              if gpus else None,
-              'tensorflow': tf.__version__, 'date': time.strftime('%Y-%m-%d'), 'training': {}}
+    record = {
+        'machine': platform.processor() or platform.machine(),
+        'cpus': os.cpu_count(),
+        'gpu': tf.config.experimental.get_device_details(gpus[0]).get('device_name')
+        if gpus
+        else None,
+        'tensorflow': tf.__version__,
+        'date': time.strftime('%Y-%m-%d'),
+        'training': {},
+    }
     for name, setting in {**SETTINGS, **(GPU_SETTINGS if gpus else {})}.items():
         side = setting['patch_size'] or setting['image_size']
         megapixels = setting['batch'] * side * side / 1e6
-        rates = {'train_script': train_script_rate(os.path.join(drive, 'training.txt'), setting,
-                                                   name),
-                 **in_memory_rates(examples, setting)}
+        rates = {
+            'train_script': train_script_rate(os.path.join(drive, 'training.txt'), setting, name),
+            **in_memory_rates(examples, setting),
+        }
         record['training'][name] = {
             'setting': setting,
             'steps_per_sec': {k: round(v, 3) for k, v in rates.items()},
-            'megapixels_per_sec': {k: round(v * megapixels, 3) for k, v in rates.items()
-                                   if k != 'pipeline_only'},
-            'train_script_over_pure_compute': round(rates['train_script'] / rates['pure_compute'],
-                                                    3)}
+            'megapixels_per_sec': {
+                k: round(v * megapixels, 3) for k, v in rates.items() if k != 'pipeline_only'
+            },
+            'train_script_over_pure_compute': round(
+                rates['train_script'] / rates['pure_compute'], 3
+            ),
+        }
         print(name, json.dumps(record['training'][name]), flush=True)
-    record['inference'] = {f'base{base}': {'drive_test_20_images_seconds':
-                                           evaluation_seconds(drive, base),
-                                           'rss_mib_1024x1024': peak_memory_mib(base)}
-                           for base in (16, 32)}
+    record['inference'] = {
+        f'base{base}': {
+            'drive_test_20_images_seconds': evaluation_seconds(drive, base),
+            'rss_mib_1024x1024': peak_memory_mib(base),
+        }
+        for base in (16, 32)
+    }
     record['pipeline_per_core'] = pipeline_per_core(examples)
     record['steps_per_call'] = loop_rates(examples)
     record['photos'] = photo_cost.measure()

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny synthetic set, a briefly trained run, the real data when present."""
+
 import contextlib
 import glob
 import io
@@ -25,16 +26,28 @@ import preprocess  # noqa: E402
 
 # Small enough for 2 CPU cores: 96px synthetic retinas, 32px patches, a base-8 U-Net (base 4
 # is too fragile: F1 0.45-0.81 across seeds after 200 steps; base 8: 0.86-0.87).
-TINY = {'preprocess': True, 'patch_size': 32, 'batch_size': 8, 'base_channels': 8,
-        'initial_lr': 3e-3, 'log_interval': 10}
+TINY = {
+    'preprocess': True,
+    'patch_size': 32,
+    'batch_size': 8,
+    'base_channels': 8,
+    'initial_lr': 3e-3,
+    'log_interval': 10,
+}
 TINY_TRAINING = [f'--{name}={value}' for name, value in TINY.items()]
 
 
 def run_script(script, *args, env=None, timeout=600):
     """Runs one of the project's scripts as a user would; returns the CompletedProcess."""
     environment = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', **(env or {})}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                          env=environment, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_here(script, *args):
@@ -47,6 +60,7 @@ def run_here(script, *args):
     from absl import logging as absl_logging
 
     import utils
+
     module = importlib.import_module(script.removesuffix('.py'))
     argv = [script, *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
@@ -79,6 +93,7 @@ def last_line(text):
 def read_events(logdir, folder='train_logs'):
     """{tag: [(step, value)]} over every event file in {logdir}/{folder}, oldest file first."""
     import tensorflow as tf
+
     events = {}
     for path in sorted(glob.glob(os.path.join(logdir, folder, 'events.out.tfevents.*'))):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -91,10 +106,14 @@ def read_weights(path):
     """{name: array} of a Keras .weights.h5 file, read with h5py (Keras' own dependency)."""
     import h5py
     import numpy as np
+
     arrays = {}
     with h5py.File(path) as stream:
-        stream.visititems(lambda name, item: arrays.__setitem__(name, np.array(item))
-                          if isinstance(item, h5py.Dataset) else None)
+        stream.visititems(
+            lambda name, item: (
+                arrays.__setitem__(name, np.array(item)) if isinstance(item, h5py.Dataset) else None
+            )
+        )
     return arrays
 
 
@@ -103,8 +122,14 @@ def steps_of(events, tag):
 
 
 def train(logdir, label_file, *args, script='train.py', env=None):
-    return run_script(script, f'--logdir={logdir}', f'--label_file_path={label_file}',
-                      *TINY_TRAINING, *args, env=env)
+    return run_script(
+        script,
+        f'--logdir={logdir}',
+        f'--label_file_path={label_file}',
+        *TINY_TRAINING,
+        *args,
+        env=env,
+    )
 
 
 def train_here(logdir, label_file, **changes):
@@ -114,8 +139,10 @@ def train_here(logdir, label_file, **changes):
     import tensorflow as tf
 
     import train as train_module
-    config = train_module.TrainConfig(logdir=str(logdir), label_file_path=str(label_file),
-                                      **{**TINY, **changes})
+
+    config = train_module.TrainConfig(
+        logdir=str(logdir), label_file_path=str(label_file), **{**TINY, **changes}
+    )
     train_module.train(tf.distribute.get_strategy(), config)
     return config
 
@@ -142,6 +169,7 @@ def signal_at(text, number):
 
 def checkpoint_step(logdir):
     import tensorflow as tf
+
     latest = tf.train.latest_checkpoint(os.path.join(logdir, 'checkpoints'))
     return int(latest.rsplit('-', 1)[1]) if latest else 0
 
@@ -149,8 +177,14 @@ def checkpoint_step(logdir):
 def start_training(logdir, label_file, *args):
     """train.py in the background, its stderr in stderr.txt beside the logdir."""
     stderr = open(os.path.join(os.path.dirname(logdir), 'stderr.txt'), 'w')
-    command = [sys.executable, os.path.join(ROOT, 'train.py'), f'--logdir={logdir}',
-               f'--label_file_path={label_file}', *TINY_TRAINING, *args]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, 'train.py'),
+        f'--logdir={logdir}',
+        f'--label_file_path={label_file}',
+        *TINY_TRAINING,
+        *args,
+    ]
     return subprocess.Popen(command, cwd=ROOT, stderr=stderr, stdout=subprocess.DEVNULL)
 
 
@@ -167,14 +201,14 @@ def free_port():
         return probe.getsockname()[1]
 
 
-
 @contextlib.contextmanager
 def tmpfs(path, size, read_only_after=None):
     """A tmpfs of `size` mounted at `path` (skips where mounting is not permitted); with
     read_only_after, that function fills it first and it is then remounted read-only."""
     os.makedirs(path, exist_ok=True)
-    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)],
-                             capture_output=True)
+    mounted = subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)], capture_output=True
+    )
     if mounted.returncode:
         pytest.skip(f'cannot mount a tmpfs here ({mounted.stderr.decode().strip()})')
     try:
@@ -184,6 +218,7 @@ def tmpfs(path, size, read_only_after=None):
         yield path
     finally:
         subprocess.run(['umount', '-l', str(path)], check=True)
+
 
 def interrupt(logdir, max_iters):
     """Makes a finished run look interrupted at its last step by a planned length of max_iters
@@ -213,6 +248,7 @@ def require_shared(*parts):
 def logs(caplog):
     """The text that absl logged in this process so far (INFO and up)."""
     from absl import logging as absl_logging
+
     absl_logging.set_verbosity(absl_logging.INFO)
     caplog.set_level(logging.INFO, logger='absl')
     return lambda: caplog.text
@@ -222,8 +258,9 @@ def logs(caplog):
 def synthetic(tmp_path_factory):
     """{'training': label file, 'test': label file} of a tiny preprocessed synthetic set."""
     root = tmp_path_factory.mktemp('synthetic')
-    preprocess.generate_synthetic(str(root / 'raw' / 'SYNTH'), num_train=4, num_test=2, size=96,
-                                  seed=0)
+    preprocess.generate_synthetic(
+        str(root / 'raw' / 'SYNTH'), num_train=4, num_test=2, size=96, seed=0
+    )
     preprocess.process(str(root / 'raw'), str(root / 'data'))
     return {split: str(root / 'data' / 'SYNTH' / f'{split}.txt') for split in ('training', 'test')}
 
@@ -235,16 +272,23 @@ def drive(tmp_path_factory):
     root = tmp_path_factory.mktemp('real')
     os.symlink(os.path.join(SHARED_DATA, 'DRIVE'), root / 'DRIVE')
     counts = preprocess.process(str(root), str(root / 'data'))
-    return {'counts': counts,
-            **{split: str(root / 'data' / 'DRIVE' / f'{split}.txt') for split in ('training', 'test')}}
+    return {
+        'counts': counts,
+        **{split: str(root / 'data' / 'DRIVE' / f'{split}.txt') for split in ('training', 'test')},
+    }
 
 
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory, synthetic):
     """The logdir of a tiny model trained 200 steps on the synthetic set."""
     logdir = str(tmp_path_factory.mktemp('run') / 'log')
-    result = run_script('train.py', f'--logdir={logdir}',
-                        f'--label_file_path={synthetic["training"]}', '--max_iters=200',
-                        '--save_interval=100', *TINY_TRAINING)
+    result = run_script(
+        'train.py',
+        f'--logdir={logdir}',
+        f'--label_file_path={synthetic["training"]}',
+        '--max_iters=200',
+        '--save_interval=100',
+        *TINY_TRAINING,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return logdir

@@ -1,5 +1,6 @@
 """Label-file parsing (fixtures and fuzzing), FOV-centred patches, augmentation that keeps image,
 label and mask aligned, seeded determinism, exact resume, and the split across replicas."""
+
 import os
 
 import numpy as np
@@ -23,21 +24,36 @@ def write_label_file(root, text, files=('a b.png', 'c.png')):
 
 
 def test_parses_header_lines_crlf_blank_lines_and_spaces(tmp_path):
-    path = write_label_file(tmp_path, 'imgs,labs,msks\r\n\r\na b.png, c.png ,c.png\r\n\nc.png,c.png,c.png')
+    path = write_label_file(
+        tmp_path, 'imgs,labs,msks\r\n\r\na b.png, c.png ,c.png\r\n\nc.png,c.png,c.png'
+    )
     samples = utils.parse_label_file(path)
     assert [s.name for s in samples] == ['a b', 'c']
-    assert samples[0] == utils.Sample('a b', str(tmp_path / 'imgs/a b.png'),
-                                        str(tmp_path / 'labs/c.png'), str(tmp_path / 'msks/c.png'))
+    assert samples[0] == utils.Sample(
+        'a b',
+        str(tmp_path / 'imgs/a b.png'),
+        str(tmp_path / 'labs/c.png'),
+        str(tmp_path / 'msks/c.png'),
+    )
 
 
-@pytest.mark.parametrize('text, message', [
-    ('', r'list.txt: empty label file'),
-    ('imgs,labs\nc.png,c.png,c.png', r'list.txt:1: expected the folders "images,labels,masks"'),
-    ('imgs,labs,msks\n\nc.png,c.png', r'list.txt:3: expected "image,label,mask", found "c.png,c.png"'),
-    ('imgs,labs,msks\nc.png,c.png,c.png,c.png', r'list.txt:2: expected "image,label,mask"'),
-    ('imgs,labs,msks\nc.png,gone.png,c.png', r'list.txt:2: listed file .*labs/gone.png not found'),
-    ('imgs,labs,msks\n', r'list.txt: lists no images'),
-])
+@pytest.mark.parametrize(
+    'text, message',
+    [
+        ('', r'list.txt: empty label file'),
+        ('imgs,labs\nc.png,c.png,c.png', r'list.txt:1: expected the folders "images,labels,masks"'),
+        (
+            'imgs,labs,msks\n\nc.png,c.png',
+            r'list.txt:3: expected "image,label,mask", found "c.png,c.png"',
+        ),
+        ('imgs,labs,msks\nc.png,c.png,c.png,c.png', r'list.txt:2: expected "image,label,mask"'),
+        (
+            'imgs,labs,msks\nc.png,gone.png,c.png',
+            r'list.txt:2: listed file .*labs/gone.png not found',
+        ),
+        ('imgs,labs,msks\n', r'list.txt: lists no images'),
+    ],
+)
 def test_bad_label_files_name_file_and_line(tmp_path, text, message):
     with pytest.raises(utils.UserError, match=message):
         utils.parse_label_file(write_label_file(tmp_path, text))
@@ -48,7 +64,9 @@ def test_missing_label_file(tmp_path):
         utils.parse_label_file(str(tmp_path / 'nope.txt'))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.text(alphabet=st.sampled_from('imgslabc.pn,\r\n\t x/_é\x00'), max_size=80))
 def test_parser_fuzz_parses_or_raises_its_own_error(tmp_path, text):
     path = write_label_file(tmp_path, text)
@@ -62,12 +80,14 @@ def test_parser_fuzz_parses_or_raises_its_own_error(tmp_path, text):
 
 # ----------------------------------------------------------------------------- training stream
 
+
 def make_example(name, size=48, seed=0):
     """An image whose label is its own threshold and whose mask a lower one, so geometry is
     checkable after any flip or rotation (photometric jitter is monotone)."""
     image = np.random.default_rng(seed).integers(80, 176, (size, size, 1)).astype(np.uint8)
-    return dataset.Example(name, image, (image[..., 0] > 128).astype(np.uint8),
-                           (image[..., 0] > 100).astype(np.uint8))
+    return dataset.Example(
+        name, image, (image[..., 0] > 128).astype(np.uint8), (image[..., 0] > 100).astype(np.uint8)
+    )
 
 
 def batches(examples, count, **kwargs):
@@ -90,7 +110,9 @@ def test_augmentation_moves_label_and_mask_with_the_image():
     plain = batches(examples, 2, batch_size=8, patch_size=16, seed=3)
     augmented = batches(examples, 2, batch_size=8, patch_size=16, seed=3, augmentation=True)
     for images, labels, masks in augmented:
-        for image, label, mask in zip(images.numpy()[..., 0], labels.numpy(), masks.numpy(), strict=True):
+        for image, label, mask in zip(
+            images.numpy()[..., 0], labels.numpy(), masks.numpy(), strict=True
+        ):
             assert image[label == 0].max() < image[label == 1].min()
             assert image[mask == 0].max() < image[mask == 1].min()
     assert not np.allclose(plain[0][0], augmented[0][0])
@@ -119,13 +141,14 @@ def symmetry(patch):
 
 def test_patches_are_exact_windows_and_augmentation_draws_every_symmetry_alike():
     example = coordinate_example()
-    (plain, _, _), = batches([example], 1, batch_size=64, patch_size=16, seed=2)
+    ((plain, _, _),) = batches([example], 1, batch_size=64, patch_size=16, seed=2)
     for patch in np.rint(plain.numpy() * 255).astype(int):  # the image's own pixels, in place
         top, left = patch[0, 0, 0] - 100, patch[0, 0, 1] - 100
-        np.testing.assert_array_equal(patch, example.image[top:top + 16, left:left + 16])
+        np.testing.assert_array_equal(patch, example.image[top : top + 16, left : left + 16])
     counts = {}
-    for images, _, _ in batches([example], 4, batch_size=200, patch_size=16, seed=2,
-                                augmentation=True):
+    for images, _, _ in batches(
+        [example], 4, batch_size=200, patch_size=16, seed=2, augmentation=True
+    ):
         for patch in images.numpy():
             found = symmetry(patch)
             counts[found] = counts.get(found, 0) + 1
@@ -134,8 +157,10 @@ def test_patches_are_exact_windows_and_augmentation_draws_every_symmetry_alike()
 
 def test_same_seed_same_batches_other_seed_other_batches():
     examples = [make_example('a', seed=1), make_example('b', seed=2)]
-    first, second = (batches(examples, 3, batch_size=4, patch_size=16, seed=7, augmentation=True)
-                     for _ in range(2))
+    first, second = (
+        batches(examples, 3, batch_size=4, patch_size=16, seed=7, augmentation=True)
+        for _ in range(2)
+    )
     for a, b in zip(first, second, strict=True):
         for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
@@ -146,8 +171,9 @@ def test_same_seed_same_batches_other_seed_other_batches():
 def test_resume_continues_the_same_stream():
     examples = [make_example('a', seed=1), make_example('b', seed=2)]
     stream = batches(examples, 5, batch_size=4, patch_size=16, seed=7, augmentation=True)
-    resumed = batches(examples, 2, batch_size=4, patch_size=16, seed=7, augmentation=True,
-                      start_step=3)
+    resumed = batches(
+        examples, 2, batch_size=4, patch_size=16, seed=7, augmentation=True, start_step=3
+    )
     for a, b in zip(stream[3:], resumed, strict=True):
         np.testing.assert_array_equal(a[0], b[0])
 
@@ -163,22 +189,25 @@ def test_every_image_once_per_epoch_in_whole_image_mode():
 
 
 def test_large_images_are_cropped_to_image_size():
-    (image, label, mask), = batches([make_example('a', size=64)], 1, batch_size=1, image_size=32)
+    ((image, label, mask),) = batches([make_example('a', size=64)], 1, batch_size=1, image_size=32)
     assert image.shape == (1, 32, 32, 1) and label.shape == (1, 32, 32)
 
 
 def test_pipelines_split_the_global_batch():
     examples = [make_example('a', seed=1), make_example('b', seed=2)]
-    (whole, _, _), = batches(examples, 1, batch_size=8, patch_size=16, seed=4)
+    ((whole, _, _),) = batches(examples, 1, batch_size=8, patch_size=16, seed=4)
     parts = []
     for pipeline in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
-                                             num_replicas_in_sync=2)
-        (part, _, _), = batches(examples, 1, batch_size=4, patch_size=16, seed=4,
-                                input_context=context)
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2
+        )
+        ((part, _, _),) = batches(
+            examples, 1, batch_size=4, patch_size=16, seed=4, input_context=context
+        )
         parts.append(part.numpy())
-    np.testing.assert_array_equal(np.concatenate(parts)[np.argsort([0, 2, 4, 6, 1, 3, 5, 7])],
-                                  whole)
+    np.testing.assert_array_equal(
+        np.concatenate(parts)[np.argsort([0, 2, 4, 6, 1, 3, 5, 7])], whole
+    )
 
 
 def test_load_examples_checks_sizes(tmp_path):

@@ -1,5 +1,6 @@
 """FOV masks, diameters and cut sides: shipped masks reproduced, and synthetic photos whose
 disc is known (noisy grey borders, notches, discs cut by the frame, frames filled)."""
+
 import glob
 import os
 
@@ -15,15 +16,16 @@ SIZE = 400
 RADIUS = 170.0
 
 
-def photo(background=0, noise=0.0, seed=0, centre=(SIZE / 2, SIZE / 2), radius=RADIUS,
-          shape=(SIZE, SIZE)):
+def photo(
+    background=0, noise=0.0, seed=0, centre=(SIZE / 2, SIZE / 2), radius=RADIUS, shape=(SIZE, SIZE)
+):
     """A fundus-like photo: a vignetted reddish disc with a few dark vessels, on a background
     of level `background` with Gaussian noise; returns (image, disc mask)."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[0], :shape[1]].astype(np.float64)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
     distance = np.hypot(xx - centre[0], yy - centre[1]) / radius
     disc = distance <= 1
-    shade = (1 - 0.5 * distance ** 2)[..., None] * np.array([200.0, 90.0, 40.0])
+    shade = (1 - 0.5 * distance**2)[..., None] * np.array([200.0, 90.0, 40.0])
     for angle in (0.3, 1.9, 3.5, 5.0):  # vessels: darker lines from the centre outwards
         along = (xx - centre[0]) * np.cos(angle) + (yy - centre[1]) * np.sin(angle)
         across = -(xx - centre[0]) * np.sin(angle) + (yy - centre[1]) * np.cos(angle)
@@ -93,8 +95,9 @@ def test_a_fov_that_fills_the_frame_has_no_diameter():
 def test_the_scale_of_a_photo_does_not_change_its_diameter_in_disc_units():
     image, _ = photo(background=25, noise=6)
     big = utils.resize(image, (2 * SIZE, 2 * SIZE))
-    assert fov.diameter(fov.derive(big)) == pytest.approx(2 * fov.diameter(fov.derive(image)),
-                                                          rel=0.01)
+    assert fov.diameter(fov.derive(big)) == pytest.approx(
+        2 * fov.diameter(fov.derive(image)), rel=0.01
+    )
 
 
 def test_derived_fov_fills_holes_and_drops_specks():
@@ -103,7 +106,7 @@ def test_derived_fov_fills_holes_and_drops_specks():
     image = np.zeros((101, 101, 3), np.uint8)
     image[disc] = (180, 80, 40)
     image[45:55, 45:55] = 0  # a dark spot inside the retina: a hole to fill
-    image[2:5, 2:5] = 200    # a bright speck outside: not the largest component
+    image[2:5, 2:5] = 200  # a bright speck outside: not the largest component
     expected = ndimage.binary_erosion(disc, np.ones((3, 3)))
     assert iou(fov.derive(image), expected) >= 0.98
 
@@ -118,11 +121,23 @@ def _shipped_masks(dataset, pattern, mask_of):
     return [(path, utils.read_binary(mask_of(path))) for path in images]
 
 
-@pytest.mark.parametrize('dataset, pattern, mask_of, count', [
-    ('DRIVE', '*/images/*.tif',
-     lambda p: p.replace('/images/', '/mask/').replace('.tif', '_mask.gif'), 40),
-    ('HRF', 'images/*',
-     lambda p: os.path.splitext(p.replace('/images/', '/mask/'))[0] + '_mask.tif', 15)])
+@pytest.mark.parametrize(
+    'dataset, pattern, mask_of, count',
+    [
+        (
+            'DRIVE',
+            '*/images/*.tif',
+            lambda p: p.replace('/images/', '/mask/').replace('.tif', '_mask.gif'),
+            40,
+        ),
+        (
+            'HRF',
+            'images/*',
+            lambda p: os.path.splitext(p.replace('/images/', '/mask/'))[0] + '_mask.tif',
+            15,
+        ),
+    ],
+)
 def test_derived_fov_matches_the_shipped_masks(dataset, pattern, mask_of, count):
     pairs = _shipped_masks(dataset, pattern, mask_of)
     assert len(pairs) == count
@@ -140,8 +155,9 @@ def test_stare_fov_excludes_its_grey_film_border():
         mask = fov.derive(image).astype(bool)
         # What is left outside is the dark border (the marker tab is a small share of it).
         assert np.percentile(image.max(axis=-1)[~mask], 95) < 60, path
-        vessels = utils.read_binary(path.replace('stare-images', 'labels-ah')
-                                    .replace('.ppm', '.ah.ppm')).astype(bool)
+        vessels = utils.read_binary(
+            path.replace('stare-images', 'labels-ah').replace('.ppm', '.ah.ppm')
+        ).astype(bool)
         assert (vessels & mask).sum() >= 0.99 * vessels.sum(), path
         assert 600 < fov.diameter(mask) < 720, path
 

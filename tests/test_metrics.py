@@ -1,5 +1,6 @@
 """Metrics on hand-worked matrices, and the streamed (histogram) AUCs and threshold against the
 exact rank computation, on tiny examples and on real DRIVE predictions."""
+
 import json
 
 import numpy as np
@@ -17,8 +18,7 @@ MASK = np.array([[1, 1, 1, 1], [1, 1, 1, 0]])
 
 
 def counted(labels, scores, mask=None, threshold=0.5):
-    return metrics.count_pixels(np.asarray(labels), np.asarray(scores, np.float32), mask,
-                                threshold)
+    return metrics.count_pixels(np.asarray(labels), np.asarray(scores, np.float32), mask, threshold)
 
 
 def exact_roc_auc(labels, scores):
@@ -47,16 +47,23 @@ def exact_best_f1(labels, scores):
 
 def test_confusion_matrix_ignores_masked_pixels():
     # Inside the mask: TP at (0,0),(1,0); FN at (0,1); FP at (0,2); TN at (0,3),(1,1),(1,2).
-    np.testing.assert_array_equal(metrics.confusion_matrix(LABELS, PREDICTIONS, MASK),
-                                  [[3, 1], [1, 2]])
-    np.testing.assert_array_equal(metrics.confusion_matrix(LABELS, PREDICTIONS),
-                                  [[3, 2], [1, 2]])
+    np.testing.assert_array_equal(
+        metrics.confusion_matrix(LABELS, PREDICTIONS, MASK), [[3, 1], [1, 2]]
+    )
+    np.testing.assert_array_equal(metrics.confusion_matrix(LABELS, PREDICTIONS), [[3, 2], [1, 2]])
 
 
 def test_scores_from_hand_worked_matrix():
     scores = metrics.scores_from_confusion([[3, 1], [1, 2]])
-    expected = {'IoU': 2 / 4, 'mIoU': (2 / 4 + 3 / 5) / 2, 'F1': 4 / 6, 'Acc': 5 / 7,
-                'Se': 2 / 3, 'Sp': 3 / 4, 'Precision': 2 / 3}
+    expected = {
+        'IoU': 2 / 4,
+        'mIoU': (2 / 4 + 3 / 5) / 2,
+        'F1': 4 / 6,
+        'Acc': 5 / 7,
+        'Se': 2 / 3,
+        'Sp': 3 / 4,
+        'Precision': 2 / 3,
+    }
     assert scores == pytest.approx(expected)
 
 
@@ -79,7 +86,9 @@ def test_nothing_to_count_is_undefined_and_written_as_null(tmp_path):
     no_vessel = counted([0, 0], [0.1, 0.2]).histogram
     utils.write_json(path, {'scores': scores, 'auc': metrics.roc_auc(no_vessel)})
     assert json.loads(path.read_text(), parse_constant=pytest.fail) == {
-        'scores': {**scores, 'Se': None}, 'auc': None}
+        'scores': {**scores, 'Se': None},
+        'auc': None,
+    }
 
 
 def test_auc_on_known_example():
@@ -94,7 +103,8 @@ def test_roc_auc_equals_rank_sum_formula_with_ties():
     labels = rng.random(5000) < 0.2
     scores = np.round(0.7 * rng.random(5000) + 0.3 * labels, 2)  # rounding makes many ties
     assert metrics.roc_auc(counted(labels, scores).histogram) == pytest.approx(
-        exact_roc_auc(labels, scores), abs=1e-12)
+        exact_roc_auc(labels, scores), abs=1e-12
+    )
 
 
 def test_pr_auc_equals_mean_precision_at_each_positive_without_ties():
@@ -102,7 +112,8 @@ def test_pr_auc_equals_mean_precision_at_each_positive_without_ties():
     labels = rng.random(2000) < 0.3
     scores = (rng.random(2000) + 0.5 * labels) / 1.5
     assert metrics.pr_auc(counted(labels, scores).histogram) == pytest.approx(
-        exact_average_precision(labels, scores), abs=1e-4)
+        exact_average_precision(labels, scores), abs=1e-4
+    )
 
 
 def test_probabilities_near_0_and_1_keep_their_order():
@@ -118,8 +129,9 @@ def test_threshold_is_inclusive_and_mask_applies():
     probabilities = np.array([0.5, 0.49, 0.2, 0.9])
     counts = counted(labels, probabilities, np.array([1, 1, 1, 0]))
     np.testing.assert_array_equal(counts.matrix, [[1, 0], [1, 1]])  # 0.5 counts, 0.9 masked out
-    np.testing.assert_array_equal(counted(labels, probabilities, threshold=0.1).matrix,
-                                  [[0, 2], [0, 2]])
+    np.testing.assert_array_equal(
+        counted(labels, probabilities, threshold=0.1).matrix, [[0, 2], [0, 2]]
+    )
     assert metrics.scores(counts)['AUC_ROC'] == pytest.approx(0.5)  # 0.5, 0.2 vs 0.49
 
 
@@ -141,7 +153,9 @@ def test_best_f1_threshold_on_hand_worked_ranking():
     labels, scores = np.array([1, 1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.6, 0.2])
     threshold, f1 = metrics.best_f1_threshold(counted(labels, scores).histogram)
     assert f1 == pytest.approx(6 / 7) and 0.5999 < threshold <= 0.6
-    assert metrics.scores(counted(labels, scores, threshold=threshold))['F1'] == pytest.approx(6 / 7)
+    assert metrics.scores(counted(labels, scores, threshold=threshold))['F1'] == pytest.approx(
+        6 / 7
+    )
 
 
 def test_best_f1_threshold_never_splits_tied_scores():
@@ -159,6 +173,7 @@ def drive_predictions(drive):
     import dataset
     import evaluate
     import model
+
     unet, architecture, _, _ = evaluate.load_model(f'{ROOT}/models/drive')
     predict = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
     samples = utils.parse_label_file(drive['test'])[:4]
@@ -171,15 +186,20 @@ def drive_predictions(drive):
 
 
 def test_streamed_aucs_match_the_exact_ranking_on_real_drive_predictions(drive_predictions):
-    whole_set = (np.concatenate([labels for labels, _ in drive_predictions]),
-                 np.concatenate([probabilities for _, probabilities in drive_predictions]))
+    whole_set = (
+        np.concatenate([labels for labels, _ in drive_predictions]),
+        np.concatenate([probabilities for _, probabilities in drive_predictions]),
+    )
     for labels, probabilities in [*drive_predictions, whole_set]:
         histogram = metrics.count_pixels(labels, probabilities).histogram
         assert metrics.roc_auc(histogram) == pytest.approx(
-            exact_roc_auc(labels, probabilities), abs=1e-4)
+            exact_roc_auc(labels, probabilities), abs=1e-4
+        )
         assert metrics.pr_auc(histogram) == pytest.approx(
-            exact_average_precision(labels, probabilities), abs=1e-4)
+            exact_average_precision(labels, probabilities), abs=1e-4
+        )
         threshold, f1 = metrics.best_f1_threshold(histogram)
         assert f1 == pytest.approx(exact_best_f1(labels, probabilities), abs=1e-4)
-        assert metrics.scores(metrics.count_pixels(labels, probabilities, threshold=threshold)
-                              )['F1'] == pytest.approx(f1, abs=1e-6)
+        assert metrics.scores(metrics.count_pixels(labels, probabilities, threshold=threshold))[
+            'F1'
+        ] == pytest.approx(f1, abs=1e-6)

@@ -1,4 +1,5 @@
 """The U-Net's size from its layer sizes, both upsampling modes, pad-and-crop, saved architecture."""
+
 import numpy as np
 import pytest
 
@@ -10,16 +11,17 @@ def expected_parameters(base, in_channels, classes, transpose_conv):
     """Counted by hand from the layers: 3x3 convs without bias, batch norm (4 per channel:
     gamma, beta, moving mean and variance), 2x2 transposed or 1x1 upsampling convs with bias,
     and a 1x1 head with bias."""
+
     def block(cin, cout):
         return 9 * cin * cout + 4 * cout + 9 * cout * cout + 4 * cout
 
     total, cin = 0, in_channels
     for level in range(4):
-        total += block(cin, base * 2 ** level)
-        cin = base * 2 ** level
+        total += block(cin, base * 2**level)
+        cin = base * 2**level
     total += block(cin, base * 16)
     for level in reversed(range(4)):
-        channels = base * 2 ** level
+        channels = base * 2**level
         kernel = 4 if transpose_conv else 1
         total += kernel * 2 * channels * channels + channels  # from 2*channels below
         total += block(2 * channels, channels)
@@ -30,8 +32,9 @@ def test_default_net_parameter_count():
     default = model.build_unet()  # base 32, nearest + 1x1, gray input, 2 classes
     print(f'default U-Net: {default.count_params():,} parameters')
     assert default.count_params() == expected_parameters(32, 1, 2, False) == 7_246_146
-    assert model.build_unet(transpose_conv=True, in_channels=3).count_params() == \
-        expected_parameters(32, 3, 2, True)
+    assert model.build_unet(
+        transpose_conv=True, in_channels=3
+    ).count_params() == expected_parameters(32, 3, 2, True)
 
 
 @pytest.mark.parametrize('base', [4, 16])
@@ -39,7 +42,9 @@ def test_both_upsampling_modes_give_the_same_shapes(base):
     image = np.random.default_rng(0).random((2, 48, 32, 1), np.float32)
     shapes = {model.build_unet(3, base, transpose, 1)(image).shape for transpose in (False, True)}
     assert shapes == {(2, 48, 32, 3)}
-    assert model.build_unet(2, base, True, 1).count_params() == expected_parameters(base, 1, 2, True)
+    assert model.build_unet(2, base, True, 1).count_params() == expected_parameters(
+        base, 1, 2, True
+    )
 
 
 @pytest.mark.parametrize('height, width', [(37, 53), (584, 565), (16, 17)])
@@ -54,8 +59,11 @@ def test_predict_pads_odd_sizes_and_crops_back(height, width):
 def test_predict_on_a_multiple_of_16_is_the_plain_model():
     unet = model.build_unet(base_channels=4)
     images = np.random.default_rng(2).random((1, 32, 48, 1), np.float32)
-    np.testing.assert_allclose(model.predict_probabilities(unet, images),
-                               utils_softmax(unet(images, training=False).numpy()), atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict_probabilities(unet, images),
+        utils_softmax(unet(images, training=False).numpy()),
+        atol=1e-6,
+    )
 
 
 def utils_softmax(logits):
@@ -68,8 +76,11 @@ def test_architecture_round_trip_and_conflicts(tmp_path):
     model.save_architecture(str(tmp_path), saved)
     assert model.load_architecture(str(tmp_path)) == saved
     assert model.check_architecture(saved, {'base_channels': 16}, 'x') == saved
-    with pytest.raises(utils.UserError, match=r'x holds a model of another architecture: '
-                       r'--base_channels=32 \(trained with 16\), --transpose_conv=False \(trained with True\)'):
+    with pytest.raises(
+        utils.UserError,
+        match=r'x holds a model of another architecture: '
+        r'--base_channels=32 \(trained with 16\), --transpose_conv=False \(trained with True\)',
+    ):
         model.check_architecture(saved, {'transpose_conv': False, 'base_channels': 32}, 'x')
     (tmp_path / model.ARCHITECTURE_FILE).write_text('{"num_classes": 2}')
     with pytest.raises(utils.UserError, match='architecture.json: "base_channels" is missing'):

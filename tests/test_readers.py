@@ -1,5 +1,6 @@
 """STARE and HRF as downloaded: small generated copies of each layout, the real training halves
 in ../shared/data, and bad input (one line naming the file, nothing written)."""
+
 import gzip
 import os
 import re
@@ -40,10 +41,16 @@ def stare(tmp_path):
     retinas = dict(zip(STARE_NAMES, _retinas(len(STARE_NAMES)), strict=True))
     for index, (name, (image, label, _)) in enumerate(retinas.items()):
         ending = '.gz' if index % 2 else ''
-        _write(str(root / 'stare-images' / f'{name}.ppm{ending}'), _encoded('.ppm', image),
-               bool(ending))
-        _write(str(root / 'labels-ah' / f'{name}.ah.ppm{ending}'), _encoded('.pgm', label * 255),
-               bool(ending))
+        _write(
+            str(root / 'stare-images' / f'{name}.ppm{ending}'),
+            _encoded('.ppm', image),
+            bool(ending),
+        )
+        _write(
+            str(root / 'labels-ah' / f'{name}.ah.ppm{ending}'),
+            _encoded('.pgm', label * 255),
+            bool(ending),
+        )
         _write(str(root / 'labels-vk' / f'{name}.vk.ppm'), _encoded('.pgm', label * 255))
     return root, retinas
 
@@ -58,8 +65,10 @@ def hrf(tmp_path):
         extension = '.JPG' if name.endswith('dr') else '.jpg'
         _write(str(root / 'images' / f'{name}{extension}'), _encoded('.jpg', image))
         _write(str(root / 'manual1' / f'{name}.tif'), _encoded('.tif', label * 255))
-        _write(str(root / 'mask' / f'{name}_mask.tif'),
-               _encoded('.tif', np.stack([mask * 255] * 3, axis=-1)))
+        _write(
+            str(root / 'mask' / f'{name}_mask.tif'),
+            _encoded('.tif', np.stack([mask * 255] * 3, axis=-1)),
+        )
     return root, retinas
 
 
@@ -69,14 +78,18 @@ def test_stare_layout_gives_its_standard_split_and_both_observers(tmp_path, star
     assert counts == {'STARE': {'training': 2, 'test': 2}}
     out = tmp_path / 'out' / 'STARE'
     assert open(out / 'training.txt').read().splitlines()[1:] == [
-        'im0001.png,im0001.png,im0001.png', 'im0044.png,im0044.png,im0044.png']
+        'im0001.png,im0001.png,im0001.png',
+        'im0044.png,im0044.png,im0044.png',
+    ]
     for name, (image, label, _) in retinas.items():
         split = 'training' if name in preprocess.STARE_TRAINING else 'test'
-        np.testing.assert_array_equal(utils.read_image(str(out / split / 'images' / f'{name}.png')),
-                                      image)  # PPM is lossless, gzipped or not
+        np.testing.assert_array_equal(
+            utils.read_image(str(out / split / 'images' / f'{name}.png')), image
+        )  # PPM is lossless, gzipped or not
         for folder in ('labels', 'labels' + utils.SECOND_OBSERVER_SUFFIX):
             np.testing.assert_array_equal(
-                utils.read_binary(str(out / split / folder / f'{name}.png')), label)
+                utils.read_binary(str(out / split / folder / f'{name}.png')), label
+            )
 
 
 def test_hrf_layout_gives_its_standard_split_with_its_masks(tmp_path, hrf):
@@ -89,29 +102,39 @@ def test_hrf_layout_gives_its_standard_split_with_its_masks(tmp_path, hrf):
     for name, (_, label, mask) in retinas.items():
         split = 'training' if int(name[:2]) <= 5 else 'test'
         folder = tmp_path / 'out' / 'HRF' / split
-        np.testing.assert_array_equal(utils.read_binary(str(folder / 'masks' / f'{name}.png')),
-                                      mask)  # the shipped mask, not a derived one
-        np.testing.assert_array_equal(utils.read_binary(str(folder / 'labels' / f'{name}.png')),
-                                      label)
+        np.testing.assert_array_equal(
+            utils.read_binary(str(folder / 'masks' / f'{name}.png')), mask
+        )  # the shipped mask, not a derived one
+        np.testing.assert_array_equal(
+            utils.read_binary(str(folder / 'labels' / f'{name}.png')), label
+        )
 
 
 def _corrupt_gzip(stare_root, hrf_root):
     path = stare_root / 'stare-images' / 'im0044.ppm.gz'
     data = open(path, 'rb').read()
-    open(path, 'wb').write(data[:len(data) // 2])
+    open(path, 'wb').write(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize('damage, message', [
-    (_corrupt_gzip, r'im0044.ppm.gz: not a readable gzip file'),
-    (lambda stare_root, hrf_root: os.remove(stare_root / 'labels-ah' / 'im0162.ah.ppm'),
-     r'im0162.ppm: no label im0162.ah.ppm in .*labels-ah'),
-    (lambda stare_root, hrf_root: os.remove(hrf_root / 'mask' / '06_g_mask.tif'),
-     r'06_g.jpg: no mask file in .*HRF/mask'),
-])
+@pytest.mark.parametrize(
+    'damage, message',
+    [
+        (_corrupt_gzip, r'im0044.ppm.gz: not a readable gzip file'),
+        (
+            lambda stare_root, hrf_root: os.remove(stare_root / 'labels-ah' / 'im0162.ah.ppm'),
+            r'im0162.ppm: no label im0162.ah.ppm in .*labels-ah',
+        ),
+        (
+            lambda stare_root, hrf_root: os.remove(hrf_root / 'mask' / '06_g_mask.tif'),
+            r'06_g.jpg: no mask file in .*HRF/mask',
+        ),
+    ],
+)
 def test_bad_downloads_are_one_line_and_write_nothing(tmp_path, stare, hrf, damage, message):
     damage(stare[0], hrf[0])
-    result = run_script('preprocess.py', f'--data_dir={tmp_path / "raw"}',
-                        f'--output_dir={tmp_path / "out"}')
+    result = run_script(
+        'preprocess.py', f'--data_dir={tmp_path / "raw"}', f'--output_dir={tmp_path / "out"}'
+    )
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert re.search(message, last_line(result.stderr)), last_line(result.stderr)
     assert not os.path.exists(tmp_path / 'out')

@@ -1,5 +1,6 @@
 """Bad files in every format, a bad image reached through train.py, and preprocess killed
 mid-run: one-line errors, and nothing half-written."""
+
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ def test_truncated_files_of_every_format(tmp_path, extension):
     cv2.imwrite(path, image)
     data = open(path, 'rb').read()
     cut = tmp_path / f'cut{extension}'
-    cut.write_bytes(data[:len(data) // 4])
+    cut.write_bytes(data[: len(data) // 4])
     with pytest.raises(utils.UserError, match=f'cut{extension}: not a readable image'):
         utils.read_image(str(cut))
 
@@ -36,7 +37,9 @@ def test_colour_label_is_refused_but_rgb_stored_gray_is_fine(tmp_path):
     np.testing.assert_array_equal(utils.read_binary(path), gray // 255)
     coloured = np.stack([gray, gray, np.zeros_like(gray)], axis=-1)
     utils.write_png(path, coloured)
-    with pytest.raises(utils.UserError, match='label.png: a colour image where a gray one is expected'):
+    with pytest.raises(
+        utils.UserError, match='label.png: a colour image where a gray one is expected'
+    ):
         utils.read_binary(path)
 
 
@@ -46,17 +49,28 @@ def test_train_names_a_broken_image_in_the_label_file(tmp_path, synthetic):
     subprocess.run(['cp', '-r', root, str(broken)], check=True)
     image = broken / 'training' / 'images' / '02_training.png'
     image.write_bytes(image.read_bytes()[:100])
-    result = run_script('train.py', f'--logdir={tmp_path / "log"}',
-                        f'--label_file_path={broken / "training.txt"}', *TINY_TRAINING)
+    result = run_script(
+        'train.py',
+        f'--logdir={tmp_path / "log"}',
+        f'--label_file_path={broken / "training.txt"}',
+        *TINY_TRAINING,
+    )
     assert result.returncode == 2 and 'Traceback' not in result.stderr
-    assert last_line(result.stderr) == f'error: {image}: not a readable image (corrupt or unsupported format)'
+    assert (
+        last_line(result.stderr)
+        == f'error: {image}: not a readable image (corrupt or unsupported format)'
+    )
     assert not os.path.exists(tmp_path / 'log')
 
 
 def test_preprocess_killed_mid_run_leaves_no_half_file_and_reruns(tmp_path):
     preprocess.generate_synthetic(str(tmp_path / 'raw' / 'SYNTH'), 16, 4, 384, seed=1)
-    command = [sys.executable, os.path.join(ROOT, 'preprocess.py'),
-               f'--data_dir={tmp_path / "raw"}', f'--output_dir={tmp_path / "out"}']
+    command = [
+        sys.executable,
+        os.path.join(ROOT, 'preprocess.py'),
+        f'--data_dir={tmp_path / "raw"}',
+        f'--output_dir={tmp_path / "out"}',
+    ]
     process = subprocess.Popen(command, cwd=ROOT)
     deadline = time.time() + 60
     while not list((tmp_path / 'out').rglob('*.png')) and time.time() < deadline:
@@ -74,21 +88,26 @@ def test_preprocess_killed_mid_run_leaves_no_half_file_and_reruns(tmp_path):
 
 # ----------------------------------------------------------------------------- round 2
 
+
 def test_leftover_positional_arguments_are_refused(tmp_path):
     # '--preprocess False' (a space, not '=') used to train with preprocess on, silently.
     result = run_script('preprocess.py', f'--data_dir={tmp_path}', '--visulize', 'False')
     assert result.returncode == 2
-    assert last_line(result.stderr) == ("error: unexpected argument 'False': flags are written "
-                                        '--name=value (a space before the value leaves it unused)')
+    assert last_line(result.stderr) == (
+        "error: unexpected argument 'False': flags are written "
+        '--name=value (a space before the value leaves it unused)'
+    )
 
 
-@pytest.mark.parametrize('args', [['--visulize=True', '--visualize=False'],
-                                  ['--visualize', '--novisulize']])
+@pytest.mark.parametrize(
+    'args', [['--visulize=True', '--visualize=False'], ['--visualize', '--novisulize']]
+)
 def test_contradictory_aliases_are_refused(tmp_path, args):
     result = run_script('preprocess.py', f'--data_dir={tmp_path}', *args)
     assert result.returncode == 2
     assert last_line(result.stderr).endswith(
-        'contradict each other (--visualize is another spelling of --visulize)')
+        'contradict each other (--visualize is another spelling of --visulize)'
+    )
     utils.check_aliases(['--visulize', '--visualize=true', '--seed=1'])  # agreeing: accepted
 
 
@@ -124,9 +143,13 @@ def test_a_comma_in_an_image_name_is_refused_before_anything_is_written(tmp_path
     images = raw / 'SYNTH' / 'training' / 'images'
     (images / '01_training.png').rename(images / '01_training,v2.png')
     (raw / 'SYNTH' / 'training' / 'mask' / '01_training_mask.png').rename(
-        raw / 'SYNTH' / 'training' / 'mask' / '01_training,v2_mask.png')
-    with pytest.raises(utils.UserError, match=r'01_training,v2.png: a comma or line break in a '
-                                              r'file name cannot be listed in a label file'):
+        raw / 'SYNTH' / 'training' / 'mask' / '01_training,v2_mask.png'
+    )
+    with pytest.raises(
+        utils.UserError,
+        match=r'01_training,v2.png: a comma or line break in a '
+        r'file name cannot be listed in a label file',
+    ):
         preprocess.process(str(raw), str(tmp_path / 'out'))
     assert not (tmp_path / 'out').exists()
 

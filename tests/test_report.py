@@ -1,4 +1,5 @@
 """features.csv and report.html as a user gets them, the report checked in a real browser."""
+
 import csv
 import os
 import shutil
@@ -20,9 +21,13 @@ def rendered(page):
     """The DOM of a page from disk after headless Chromium loaded it and ran its script."""
     if not BROWSER:
         pytest.skip('no chromium (apt-get install chromium; .ci/run installs it)')
-    return subprocess.run([BROWSER, '--headless', '--no-sandbox', '--disable-gpu', '--dump-dom',
-                           f'file://{page}'], capture_output=True, text=True, timeout=120,
-                          check=True).stdout
+    return subprocess.run(
+        [BROWSER, '--headless', '--no-sandbox', '--disable-gpu', '--dump-dom', f'file://{page}'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
 
 
 def summary(dom):
@@ -38,8 +43,10 @@ def test_flags_name_what_a_user_should_see():
     assert touching == 'the FOV touches the frame (top, bottom)'
     by_calibre = scale.Decision(1.4, 'main-vessel calibre')
     filling = report.photo_flags(np.ones((100, 100), np.uint8), None, by_calibre)
-    assert filling == ['the FOV touches the frame on every side',
-                       'the FOV shows no disc: scale from main-vessel calibre']
+    assert filling == [
+        'the FOV touches the frame on every side',
+        'the FOV shows no disc: scale from main-vessel calibre',
+    ]
     assert report.photo_flags(fov, None, scale.Decision(1.9, 'FOV diameter')) == []
     [far] = report.photo_flags(fov, None, scale.Decision(2.5, 'FOV diameter'))
     assert far.startswith("resized x2.50 to the model's scale")
@@ -48,9 +55,18 @@ def test_flags_name_what_a_user_should_see():
 
 
 def test_the_csv_leaves_undefined_cells_empty_and_keeps_every_photo(tmp_path):
-    rows = [{'image': 'a.png', 'source': 'predicted', 'vessel_density': 0.0,
-             'fractal_dimension': None, 'segments': 0, 'flags': ['one', 'two'],
-             'thumbnail': None}, report.unreadable('b.png', 'not an image')]
+    rows = [
+        {
+            'image': 'a.png',
+            'source': 'predicted',
+            'vessel_density': 0.0,
+            'fractal_dimension': None,
+            'segments': 0,
+            'flags': ['one', 'two'],
+            'thumbnail': None,
+        },
+        report.unreadable('b.png', 'not an image'),
+    ]
     report.write(str(tmp_path), rows, 'title')
     written = list(csv.DictReader(open(tmp_path / report.FEATURES_CSV)))
     assert [row['image'] for row in written] == ['a.png', 'b.png']
@@ -64,24 +80,30 @@ def test_the_csv_leaves_undefined_cells_empty_and_keeps_every_photo(tmp_path):
 def evaluated(trained, synthetic, tmp_path_factory):
     logdir = tmp_path_factory.mktemp('report') / 'log'
     shutil.copytree(trained, logdir)
-    result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
-                      '--visulize=True', '--fov_degrees=45')
+    result = run_here(
+        'evaluate.py',
+        f'--logdir={logdir}',
+        f'--label_file_path={synthetic["test"]}',
+        '--visulize=True',
+        '--fov_degrees=45',
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return evaluation_dir(logdir, 'SYNTH-test_step200_threshold0.5')
 
 
-def test_evaluation_measures_the_predicted_and_the_manual_map_of_every_image(evaluated,
-                                                                            synthetic):
+def test_evaluation_measures_the_predicted_and_the_manual_map_of_every_image(evaluated, synthetic):
     samples = utils.parse_label_file(synthetic['test'])
     rows = list(csv.DictReader(open(os.path.join(evaluated, report.FEATURES_CSV))))
     assert [(row['image'], row['source']) for row in rows] == [
-        (sample.name, source) for sample in samples for source in ('predicted', 'manual')]
+        (sample.name, source) for sample in samples for source in ('predicted', 'manual')
+    ]
     for sample, manual in zip(samples, rows[1::2], strict=True):
         label, fov = utils.read_binary(sample.label), utils.read_binary(sample.mask).astype(bool)
         share = label[fov].mean()  # at native size; the reference scale keeps it within a few %
         assert float(manual['vessel_density']) == pytest.approx(share, rel=0.1)
-        assert float(manual['fov_diameter_px']) == pytest.approx(np.sqrt(4 * fov.sum() / np.pi),
-                                                                 abs=0.1)
+        assert float(manual['fov_diameter_px']) == pytest.approx(
+            np.sqrt(4 * fov.sum() / np.pi), abs=0.1
+        )
         assert float(manual['mm_per_px']) > 0 and float(manual['calibre_mean_um']) > 0
 
 

@@ -1,5 +1,6 @@
 """Trained work is never lost: corrupt checkpoint state, deleted checkpoints, repeated kill -9,
 a full disk, a read-only logdir, and the logdir lock."""
+
 import fcntl
 import os
 import random
@@ -39,33 +40,49 @@ def copy_run(trained, tmp_path):
 
 def leftovers(logdir):
     """Temporary files and TensorFlow's half-saved checkpoint folders anywhere in the logdir."""
-    return sorted(str(path.relative_to(logdir)) for path in logdir.rglob('*')
-                  if path.name.startswith('.tmp.') or path.name.endswith('_temp'))
+    return sorted(
+        str(path.relative_to(logdir))
+        for path in logdir.rglob('*')
+        if path.name.startswith('.tmp.') or path.name.endswith('_temp')
+    )
 
 
 def tree_digest(logdir):
-    return {str(path.relative_to(logdir)): path.read_bytes()
-            for path in sorted(logdir.rglob('*')) if path.is_file() and path.name != 'train.lock'}
+    return {
+        str(path.relative_to(logdir)): path.read_bytes()
+        for path in sorted(logdir.rglob('*'))
+        if path.is_file() and path.name != 'train.lock'
+    }
 
 
 @pytest.mark.parametrize('damage', ['missing quote', 'truncated', 'empty'])
-def test_corrupt_checkpoint_state_resumes_from_the_intact_checkpoints(trained, synthetic,
-                                                                      tmp_path, damage, logs):
+def test_corrupt_checkpoint_state_resumes_from_the_intact_checkpoints(
+    trained, synthetic, tmp_path, damage, logs
+):
     logdir = copy_run(trained, tmp_path)
     state = logdir / 'checkpoints' / 'checkpoint'
     text = state.read_text()
-    state.write_text({'missing quote': text.replace('"ckpt-200"', 'ckpt-200"', 1),
-                      'truncated': text[:len(text) // 2], 'empty': ''}[damage])
+    state.write_text(
+        {
+            'missing quote': text.replace('"ckpt-200"', 'ckpt-200"', 1),
+            'truncated': text[: len(text) // 2],
+            'empty': '',
+        }[damage]
+    )
     train_here(logdir, synthetic['training'], max_iters=205, save_interval=5)
     assert 'resuming at step 200 of 205' in logs()
     assert steps_of(read_events(logdir), 'train/loss') == list(range(1, 206))
     assert sorted(p.name for p in (logdir / 'checkpoints').glob('*.index')) == [
-        'ckpt-100.index', 'ckpt-200.index', 'ckpt-205.index']
+        'ckpt-100.index',
+        'ckpt-200.index',
+        'ckpt-205.index',
+    ]
     assert 'model_checkpoint_path: "ckpt-205"' in state.read_text()
 
 
-def test_an_unreadable_newest_checkpoint_is_skipped_with_a_warning(trained, synthetic, tmp_path,
-                                                                   logs):
+def test_an_unreadable_newest_checkpoint_is_skipped_with_a_warning(
+    trained, synthetic, tmp_path, logs
+):
     logdir = copy_run(trained, tmp_path)
     data = logdir / 'checkpoints' / 'ckpt-200.data-00000-of-00001'
     data.write_bytes(data.read_bytes()[:1000])
@@ -85,8 +102,9 @@ def test_no_readable_checkpoint_stops_and_changes_nothing(trained, synthetic, tm
     before = tree_digest(logdir)
     with pytest.raises(utils.UserError) as error:
         train_here(logdir, synthetic['training'], max_iters=400)
-    assert str(error.value).startswith(f'{logdir}/checkpoints: no checkpoint can be read '
-                                       '(ckpt-200: ')
+    assert str(error.value).startswith(
+        f'{logdir}/checkpoints: no checkpoint can be read (ckpt-200: '
+    )
     assert str(error.value).endswith('nothing was changed')
     assert tree_digest(logdir) == before
 
@@ -100,7 +118,8 @@ def test_weights_without_checkpoints_are_never_overwritten(trained, synthetic, t
     assert str(error.value) == (
         f'--logdir={logdir} holds trained weights ({logdir}/model.weights.h5) but no '
         f'checkpoint to resume from ({logdir}/checkpoints is missing or empty); train into a new '
-        '--logdir, or remove the weights to start over')
+        '--logdir, or remove the weights to start over'
+    )
     assert tree_digest(logdir) == before
 
 
@@ -112,8 +131,9 @@ def test_repeated_kill_9_loses_and_repeats_no_step_and_leaves_nothing(tmp_path, 
     rng = random.Random(0)
     for _ in range(3):
         saved = checkpoint_step(logdir)
-        process = start_training(str(logdir), synthetic['training'], '--max_iters=200',
-                                 '--save_interval=10')
+        process = start_training(
+            str(logdir), synthetic['training'], '--max_iters=200', '--save_interval=10'
+        )
         wait_for(lambda saved=saved: checkpoint_step(logdir) > saved)  # work to lose
         time.sleep(rng.uniform(0, 1.0))  # then at a random moment, in a step or a save
         process.kill()
@@ -128,8 +148,9 @@ def test_repeated_kill_9_loses_and_repeats_no_step_and_leaves_nothing(tmp_path, 
     assert leftovers(logdir) == []
 
 
-def test_kill_during_a_save_leaves_leftovers_that_the_next_run_removes(trained, synthetic,
-                                                                       tmp_path):
+def test_kill_during_a_save_leaves_leftovers_that_the_next_run_removes(
+    trained, synthetic, tmp_path
+):
     logdir = copy_run(trained, tmp_path)
     (logdir / '.tmp.abc.model.weights.h5').write_bytes(b'half')
     for folder in ('best', 'validation_logs'):  # a best-weights export, an event-file trim
@@ -162,14 +183,18 @@ def test_read_only_logdir_is_one_line_and_evaluate_writes_elsewhere(trained, syn
 
     with tmpfs(tmp_path / 'ro', '64m', read_only_after=fill) as disk:
         logdir = disk / 'log'
-        with pytest.raises(utils.UserError, match=f'^--logdir={logdir}: cannot write there '
-                                                  r'\(Read-only file system\)$'):
+        with pytest.raises(
+            utils.UserError,
+            match=f'^--logdir={logdir}: cannot write there '
+            r'\(Read-only file system\)$',
+        ):
             train_here(logdir, synthetic['training'], max_iters=210)
         evaluate = ['evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}']
         result = run_here(*evaluate)
         assert result.returncode == 2
         assert last_line(result.stderr) == (
-            f'error: --output_dir={logdir}: cannot write there (Read-only file system)')
+            f'error: --output_dir={logdir}: cannot write there (Read-only file system)'
+        )
         assert 'confuse mat' not in result.stdout  # refused before any work
         result = run_here(*evaluate, f'--output_dir={tmp_path / "eval"}')
         assert result.returncode == 0, result.stderr[-2000:]
@@ -177,23 +202,33 @@ def test_read_only_logdir_is_one_line_and_evaluate_writes_elsewhere(trained, syn
         assert {'metrics.json', 'metrics.csv'} <= set(written)
         images = os.path.join(os.path.dirname(synthetic['test']), 'test', 'images')
         result = run_here('evaluate.py', f'--logdir={logdir}', f'--predict={images}')
-        assert last_line(result.stderr) == (f'error: --predict_dir={logdir}/predictions: cannot '
-                                            'write there (Read-only file system)')
+        assert last_line(result.stderr) == (
+            f'error: --predict_dir={logdir}/predictions: cannot write there (Read-only file system)'
+        )
 
 
 def test_the_logdir_lock_is_held_by_the_os_for_the_life_of_the_process(tmp_path, synthetic):
     logdir = tmp_path / 'log'
     logdir.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, '-c', 'import fcntl, sys, time; f = open(sys.argv[1], "a+"); '
-         'fcntl.flock(f, fcntl.LOCK_EX); f.write("host h, pid 1"); f.flush(); print(1, flush=True);'
-         ' time.sleep(600)', str(logdir / 'train.lock')], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            '-c',
+            'import fcntl, sys, time; f = open(sys.argv[1], "a+"); '
+            'fcntl.flock(f, fcntl.LOCK_EX); f.write("host h, pid 1"); f.flush(); print(1, flush=True);'
+            ' time.sleep(600)',
+            str(logdir / 'train.lock'),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         holder.stdout.readline()
         with pytest.raises(utils.UserError) as error:
             train_here(logdir, synthetic['training'], max_iters=2)
         assert str(error.value) == (
-            f'--logdir={logdir}: another train.py (host h, pid 1) is writing it')
+            f'--logdir={logdir}: another train.py (host h, pid 1) is writing it'
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -202,8 +237,9 @@ def test_the_logdir_lock_is_held_by_the_os_for_the_life_of_the_process(tmp_path,
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def test_resume_after_a_finished_run_rewrites_weights_from_the_checkpoint(trained, synthetic,
-                                                                          tmp_path, logs):
+def test_resume_after_a_finished_run_rewrites_weights_from_the_checkpoint(
+    trained, synthetic, tmp_path, logs
+):
     logdir = tmp_path / 'log'
     shutil.copytree(trained, logdir)
     weights = logdir / 'model.weights.h5'
@@ -219,7 +255,8 @@ def same_weights(a, b):
     """Whether two .weights.h5 files hold the same arrays under the same names."""
     first, second = read_weights(a), read_weights(b)
     return first.keys() == second.keys() and all(
-        np.array_equal(array, second[name]) for name, array in first.items())
+        np.array_equal(array, second[name]) for name, array in first.items()
+    )
 
 
 def test_a_save_that_fails_midway_is_one_line_and_leaves_no_partial_file(tmp_path):
@@ -241,12 +278,16 @@ with open(os.path.join(logdir, 'filler'), 'wb') as stream:  # leaves 6.5 MiB fre
 train.save(manager, unet, logdir, True, 7)
 '''
     with tmpfs(tmp_path / 'small', '16m') as disk:
-        result = subprocess.run([sys.executable, '-c', script, str(disk), ROOT],
-                                capture_output=True, text=True, env={**os.environ,
-                                                                     'CUDA_VISIBLE_DEVICES': ''})
+        result = subprocess.run(
+            [sys.executable, '-c', script, str(disk), ROOT],
+            capture_output=True,
+            text=True,
+            env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''},
+        )
         assert result.returncode == 2, result.stderr[-2000:]
         assert 'Traceback' not in result.stderr and 'h5py' not in result.stderr
         assert last_line(result.stderr) == (
             f'error: --logdir={disk}: could not save step 7 (no space left on device); the last '
-            f'good checkpoint is {disk}/checkpoints/ckpt-7')
+            f'good checkpoint is {disk}/checkpoints/ckpt-7'
+        )
         assert leftovers(disk) == [] and not (disk / 'model.weights.h5').exists()

@@ -1,4 +1,5 @@
 """Scale: a model predicts each image at the FOV diameter it learned, and datasets mix at one scale."""
+
 import json
 import os
 
@@ -26,7 +27,9 @@ def test_fov_diameter_and_scale_factor():
     assert scale.disc_factor(mask, 150, 'x.png') == pytest.approx(150 / fov.diameter(mask))
     assert scale.disc_factor(mask, 310, 'x.png') == 1.0  # within 5%: as it is
     assert scale.disc_factor(mask, None, 'x.png') == 1.0  # a model with no recorded scale
-    with pytest.raises(utils.UserError, match=r'^x.png: the field of view is only 2\d.\d px across'):
+    with pytest.raises(
+        utils.UserError, match=r'^x.png: the field of view is only 2\d.\d px across'
+    ):
         scale.disc_factor(disc_mask(400, 21), 538, 'x.png')
     with pytest.raises(utils.UserError, match=r'^x.png: the FOV shows no disc boundary'):
         scale.disc_factor(np.ones((400, 400), np.uint8), 538, 'x.png')
@@ -41,8 +44,10 @@ def test_predict_at_scale_predicts_at_the_model_scale_and_answers_at_native_size
     def predict(image):
         seen.append(image.shape)
         return image[..., -1]  # the ramp itself (or its gray image), in [0, 1]
-    probability, decision = scale.predict_at_scale(predict, rgb, mask, False,
-                                                   scale.ModelScale(150), 'x.png')
+
+    probability, decision = scale.predict_at_scale(
+        predict, rgb, mask, False, scale.ModelScale(150), 'x.png'
+    )
     factor = 150 / fov.diameter(mask)
     assert decision.factor == pytest.approx(factor) and 'circle fit' in decision.rule
     assert seen == [(round(400 * factor), round(360 * factor), 3)]
@@ -72,18 +77,30 @@ def test_mixed_label_files_weigh_each_image_equally(tmp_path):
         for folder in ('images', 'labels', 'masks'):
             os.makedirs(tmp_path / name / folder)
         for index in range(count):
-            utils.write_png(str(tmp_path / name / 'images' / f'{index}.png'),
-                            np.full((64, 64, 3), value, np.uint8))
-            utils.write_png(str(tmp_path / name / 'labels' / f'{index}.png'), np.zeros((64, 64), np.uint8))
-            utils.write_png(str(tmp_path / name / 'masks' / f'{index}.png'), np.full((64, 64), 255, np.uint8))
+            utils.write_png(
+                str(tmp_path / name / 'images' / f'{index}.png'),
+                np.full((64, 64, 3), value, np.uint8),
+            )
+            utils.write_png(
+                str(tmp_path / name / 'labels' / f'{index}.png'), np.zeros((64, 64), np.uint8)
+            )
+            utils.write_png(
+                str(tmp_path / name / 'masks' / f'{index}.png'), np.full((64, 64), 255, np.uint8)
+            )
         files.append(tmp_path / name / 'list.txt')
-        files[-1].write_text('images,labels,masks\n' + ''.join(f'{i}.png,{i}.png,{i}.png\n' for i in range(count)))
+        files[-1].write_text(
+            'images,labels,masks\n' + ''.join(f'{i}.png,{i}.png,{i}.png\n' for i in range(count))
+        )
     examples = dataset.load_label_files(f'{files[0]},{files[1]}')
     assert len(examples) == 4
     stream = dataset.training_dataset(examples, batch_size=4, patch_size=16, seed=3)
-    brightest = np.concatenate([images.numpy().max(axis=(1, 2, 3)) for images, _, _ in stream.take(10)])
+    brightest = np.concatenate(
+        [images.numpy().max(axis=(1, 2, 3)) for images, _, _ in stream.take(10)]
+    )
     assert np.sum(brightest > 0.5) == 30 and np.sum(brightest < 0.5) == 10
-    with pytest.raises(utils.UserError, match=f'^--label_file_path={tmp_path}/nope.txt: file not found$'):
+    with pytest.raises(
+        utils.UserError, match=f'^--label_file_path={tmp_path}/nope.txt: file not found$'
+    ):
         dataset.load_label_files(f'{files[0]},{tmp_path}/nope.txt')
 
 
@@ -94,7 +111,9 @@ def test_training_records_the_scale_it_learned(trained, synthetic):
     recorded = model.load_scale(trained)
     assert recorded.fov_diameter == pytest.approx(expected, rel=0.01)
     # The main vessels the model predicts are about as wide as the labels' main vessels.
-    labelled = np.median([scale.main_calibre(utils.read_binary(s.label)) or np.nan for s in samples])
+    labelled = np.median(
+        [scale.main_calibre(utils.read_binary(s.label)) or np.nan for s in samples]
+    )
     assert recorded.vessel_calibre == pytest.approx(labelled, rel=0.5)
 
 
@@ -110,14 +129,24 @@ def test_predict_brings_a_2x_photo_to_the_model_scale(trained, synthetic, tmp_pa
     photos = tmp_path / 'photos'
     photos.mkdir()
     utils.write_png(str(photos / 'small.png'), image)
-    utils.write_png(str(photos / 'large.png'), cv2.resize(image, None, fx=2, fy=2,
-                                                          interpolation=cv2.INTER_CUBIC))
+    utils.write_png(
+        str(photos / 'large.png'),
+        cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC),
+    )
     shares = {}
     for how in ('rescale', 'norescale', 'tiles'):
-        flags = {'rescale': [], 'norescale': ['--norescale'],
-                 'tiles': ['--tile_size=32', '--tile_overlap=128']}[how]
-        result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={photos}',
-                          f'--predict_dir={tmp_path / how}', *flags)
+        flags = {
+            'rescale': [],
+            'norescale': ['--norescale'],
+            'tiles': ['--tile_size=32', '--tile_overlap=128'],
+        }[how]
+        result = run_here(
+            'evaluate.py',
+            f'--logdir={trained}',
+            f'--predict={photos}',
+            f'--predict_dir={tmp_path / how}',
+            *flags,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         shares[how] = {name: vessel_share(tmp_path / how, name) for name in ('small', 'large')}
     small, large = shares['rescale']['small'], shares['rescale']['large']
@@ -141,8 +170,13 @@ def test_a_run_without_scale_json_predicts_images_as_they_are(trained, tmp_path)
     outputs = {}
     for logdir, flags in ((old, []), (trained, ['--norescale'])):
         out = tmp_path / f'out{len(outputs)}'
-        result = run_here('evaluate.py', f'--logdir={logdir}', f'--predict={photo}',
-                          f'--predict_dir={out}', *flags)
+        result = run_here(
+            'evaluate.py',
+            f'--logdir={logdir}',
+            f'--predict={photo}',
+            f'--predict_dir={out}',
+            *flags,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert (f'{logdir}: no readable scale.json' in result.stderr) == (logdir == old)
         outputs[len(outputs)] = utils.read_image(str(out / 'eye_prob.png'), gray=True)
@@ -158,15 +192,23 @@ def test_a_tiny_field_of_view_is_named_and_the_other_photos_are_written(trained,
     fine = np.zeros((120, 120, 3), np.uint8)
     cv2.circle(fine, (60, 60), 55, (200, 100, 50), -1)
     utils.write_png(str(photos / 'fine.png'), fine)
-    result = run_here('evaluate.py', f'--logdir={trained}', f'--predict={photos}',
-                      f'--predict_dir={tmp_path / "out"}')
+    result = run_here(
+        'evaluate.py',
+        f'--logdir={trained}',
+        f'--predict={photos}',
+        f'--predict_dir={tmp_path / "out"}',
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
     assert lines[0].startswith(f'error: {photos / "speck.png"}: the field of view is only 1')
     assert last_line(result.stderr) == 'error: 1 of 2 images could not be predicted (named above)'
-    assert sorted(os.listdir(tmp_path / 'out')) == ['features.csv', 'fine_mask.png',
-                                                   'fine_overlay.png', 'fine_prob.png',
-                                                   'report.html']
+    assert sorted(os.listdir(tmp_path / 'out')) == [
+        'features.csv',
+        'fine_mask.png',
+        'fine_overlay.png',
+        'fine_prob.png',
+        'report.html',
+    ]
 
 
 def test_a_corrupt_scale_file_is_named(trained, tmp_path):
@@ -177,15 +219,20 @@ def test_a_corrupt_scale_file_is_named(trained, tmp_path):
     (broken / model.SCALE_FILE).write_text(json.dumps({'fov_diameter': -3}))
     result = run_here('evaluate.py', f'--logdir={broken}', f'--predict={tmp_path}/none*')
     assert result.returncode == 2
-    assert last_line(result.stderr) == (f'error: {broken / model.SCALE_FILE}: "fov_diameter" must be '
-                                        'a FOV diameter from 32 to 10000 pixels, found -3')
+    assert last_line(result.stderr) == (
+        f'error: {broken / model.SCALE_FILE}: "fov_diameter" must be '
+        'a FOV diameter from 32 to 10000 pixels, found -3'
+    )
 
 
 def test_a_tiny_spot_in_a_huge_frame_is_refused_before_any_allocation():
     mask = np.zeros((3000, 4000), np.uint8)
     cv2.circle(mask, (2000, 1500), 22, 1, -1)  # a 44 px FOV: the model's 919 px is 21x that
-    with pytest.raises(utils.UserError, match=r"spot.png: bringing it to the model's scale "
-                       r"\(x2\d.\d\d\) would make a \d+x\d+ image \(over 100 megapixels\)"):
+    with pytest.raises(
+        utils.UserError,
+        match=r"spot.png: bringing it to the model's scale "
+        r"\(x2\d.\d\d\) would make a \d+x\d+ image \(over 100 megapixels\)",
+    ):
         scale.disc_factor(mask, 919, 'spot.png')
     assert scale.disc_factor(mask, 44, 'spot.png') == 1.0
 
@@ -193,10 +240,13 @@ def test_a_tiny_spot_in_a_huge_frame_is_refused_before_any_allocation():
 @pytest.fixture(scope='module')
 def drive_chase_predict():
     import evaluate
+
     unet, architecture, _, _ = evaluate.load_model(os.path.join(ROOT, 'models', 'drive_chase'))
     traced = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
-    return (lambda image: evaluate.predict_image(traced, image),
-            model.load_scale(os.path.join(ROOT, 'models', 'drive_chase')))
+    return (
+        lambda image: evaluate.predict_image(traced, image),
+        model.load_scale(os.path.join(ROOT, 'models', 'drive_chase')),
+    )
 
 
 def test_a_crop_without_its_disc_takes_its_scale_from_the_vessels(drive_chase_predict):
@@ -210,14 +260,15 @@ def test_a_crop_without_its_disc_takes_its_scale_from_the_vessels(drive_chase_pr
     assert 'circle fit' in by_disc.rule
     height, width = round(0.7 * rgb.shape[0]), round(0.7 * rgb.shape[1])
     top, left = (rgb.shape[0] - height) // 2, (rgb.shape[1] - width) // 2
-    box = np.s_[top:top + height, left:left + width]
+    box = np.s_[top : top + height, left : left + width]
     reference = (whole[box] >= 0.5).mean()
     for zoom in (1.0, 1.5):
         crop = utils.resize(rgb[box], utils.scaled_size((height, width), zoom))
         inside = fov.derive(crop)
         assert fov.sides_touched(inside) == fov.SIDES and fov.diameter(inside) is None
-        probability, decision = scale.predict_at_scale(predict, crop, inside, True, model_scale,
-                                                       path)
+        probability, decision = scale.predict_at_scale(
+            predict, crop, inside, True, model_scale, path
+        )
         assert 'calibre' in decision.rule
         assert decision.factor * zoom == pytest.approx(by_disc.factor, rel=0.2), zoom
         share = (utils.resize(probability, (height, width)) >= 0.5).mean()

@@ -2,6 +2,7 @@
 extension that never raises the learning rate, validation during training with the best
 checkpoint kept, and evaluations of any checkpoint side by side. Training runs in process:
 train.train(strategy, config) reads no flags."""
+
 import dataclasses
 import json
 import logging
@@ -27,8 +28,9 @@ from conftest import (
 
 
 def config(tmp_path, synthetic, **changes):
-    return train.TrainConfig(logdir=str(tmp_path / 'log'),
-                             label_file_path=synthetic['training'], **{**TINY, **changes})
+    return train.TrainConfig(
+        logdir=str(tmp_path / 'log'), label_file_path=synthetic['training'], **{**TINY, **changes}
+    )
 
 
 def run(settings):
@@ -52,7 +54,8 @@ def test_every_setting_is_saved_and_a_contradicting_resume_is_refused(tmp_path, 
     assert str(error.value) == (
         f'--logdir={settings.logdir} was trained with other settings: --patch_size=48 (saved: '
         '32), --initial_lr=0.001 (saved: 0.003); only logdir, max_iters, save_interval, '
-        'log_interval, validation_interval may change on resume (or train into a new --logdir)')
+        'log_interval, validation_interval may change on resume (or train into a new --logdir)'
+    )
     with pytest.raises(utils.UserError, match='ended at step 6 with learning rate 0'):
         run(dataclasses.replace(settings, max_iters=9))  # nothing left to learn with
 
@@ -66,7 +69,8 @@ def test_a_resume_with_only_the_logdir_takes_the_saved_settings(tmp_path, synthe
     result = run_here('train.py', f'--logdir={logdir}', '--base_channels=16')
     assert result.returncode == 2
     assert last_line(result.stderr).startswith(
-        f'error: --logdir={logdir} was trained with other settings: --base_channels=16 (saved: 8)')
+        f'error: --logdir={logdir} was trained with other settings: --base_channels=16 (saved: 8)'
+    )
     (logdir / 'config.json').write_text('{"settings": ')
     before = sorted(os.listdir(logdir))
     result = run_here('train.py', f'--logdir={logdir}')
@@ -91,12 +95,21 @@ def test_extending_an_interrupted_run_never_raises_the_learning_rate(tmp_path, s
         assert rates[step] == pytest.approx(at_stop * (30 - (step - 1)) / 20, rel=1e-5)
     assert max(rates[step] for step in range(11, 31)) <= rates[10]
     assert json.load(open(tmp_path / 'log' / 'config.json'))['learning_rate_knots'] == [
-        [0, 3e-3], [10, pytest.approx(at_stop)], [30, 0.0]]
+        [0, 3e-3],
+        [10, pytest.approx(at_stop)],
+        [30, 0.0],
+    ]
 
 
 def test_validation_is_scored_like_evaluate_and_keeps_the_best_checkpoint(tmp_path, synthetic):
-    settings = config(tmp_path, synthetic, max_iters=20, save_interval=10,
-                      validation_label_file=synthetic['test'], validation_interval=5)
+    settings = config(
+        tmp_path,
+        synthetic,
+        max_iters=20,
+        save_interval=10,
+        validation_label_file=synthetic['test'],
+        validation_interval=5,
+    )
     run(settings)
     logdir = tmp_path / 'log'
     tags = ('validation/loss', 'validation/F1', 'validation/AUC_ROC')
@@ -108,8 +121,13 @@ def test_validation_is_scored_like_evaluate_and_keeps_the_best_checkpoint(tmp_pa
     assert f1[best['step']] == pytest.approx(best['value'], rel=1e-6)
     assert os.path.exists(logdir / 'best' / 'model.weights.h5')
     # evaluate.py on the best checkpoint, at 0.5, reproduces the validation scores of its step.
-    result = run_here('evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
-                        '--checkpoint=best', '--nofeatures')
+    result = run_here(
+        'evaluate.py',
+        f'--logdir={logdir}',
+        f'--label_file_path={synthetic["test"]}',
+        '--checkpoint=best',
+        '--nofeatures',
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     name = f'SYNTH-test_best-step{best["step"]}_threshold0.5'
     metrics = json.load(open(os.path.join(evaluation_dir(logdir, name), 'metrics.json')))
@@ -121,30 +139,42 @@ def test_evaluations_of_several_checkpoints_sit_side_by_side(tmp_path, synthetic
     settings = config(tmp_path, synthetic, max_iters=20, save_interval=10)
     run(settings)
     logdir = tmp_path / 'log'
-    evaluate = ['evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}',
-                '--nofeatures']
+    evaluate = [
+        'evaluate.py',
+        f'--logdir={logdir}',
+        f'--label_file_path={synthetic["test"]}',
+        '--nofeatures',
+    ]
     assert run_here(*evaluate).returncode == 0
     assert run_here(*evaluate, '--checkpoint=10', '--threshold=0.3').returncode == 0
     import evaluate as evaluate_module
+
     with pytest.raises(utils.UserError) as error:
         evaluate_module.load_model(str(logdir), 'best')
-    assert str(error.value) == (f'--checkpoint=best: {logdir} has no best checkpoint (train with '
-                                '--validation_label_file to keep one)')
+    assert str(error.value) == (
+        f'--checkpoint=best: {logdir} has no best checkpoint (train with '
+        '--validation_label_file to keep one)'
+    )
     with pytest.raises(utils.UserError) as error:
         evaluate_module.load_model(str(logdir), '7')
-    assert str(error.value) == (f'--checkpoint=7: no such checkpoint in {logdir}/checkpoints '
-                                '(kept: 10, 20)')
+    assert str(error.value) == (
+        f'--checkpoint=7: no such checkpoint in {logdir}/checkpoints (kept: 10, 20)'
+    )
     names = sorted(os.listdir(logdir / 'evaluations'))
     assert names == ['SYNTH-test_step10_threshold0.3', 'SYNTH-test_step20_threshold0.5']
-    scores = [json.load(open(logdir / 'evaluations' / name / 'metrics.json'))['scores']['AUC_ROC']
-              for name in names]
+    scores = [
+        json.load(open(logdir / 'evaluations' / name / 'metrics.json'))['scores']['AUC_ROC']
+        for name in names
+    ]
     assert scores[0] != scores[1]  # other weights, not a copy
     events = read_events(logdir, os.path.join('evaluations', names[0]))
     assert steps_of(events, 'eval/F1') == [10]
 
 
 def test_validation_label_file_errors_are_one_line(tmp_path, synthetic):
-    with pytest.raises(utils.UserError, match='^--validation_label_file=.*none.txt: file not found'):
+    with pytest.raises(
+        utils.UserError, match='^--validation_label_file=.*none.txt: file not found'
+    ):
         run(config(tmp_path, synthetic, validation_label_file=str(tmp_path / 'none.txt')))
     header_only = tmp_path / 'empty.txt'
     header_only.write_text('test/images,test/labels,test/masks\n')
@@ -162,9 +192,11 @@ def test_flag_defaults_are_the_settings_defaults():
 def test_tensorflow_start_up_noise_is_hidden_unless_asked_for(tmp_path):
     command = ['evaluate.py', f'--logdir={tmp_path}', '--label_file_path=x']
     quiet = run_script(*command)
-    assert quiet.stderr.strip().splitlines() == [f'error: --logdir={tmp_path}: no trained model '
-                                                 '(architecture.json, model.weights.h5 and '
-                                                 'scale.json are written by train.py)']
+    assert quiet.stderr.strip().splitlines() == [
+        f'error: --logdir={tmp_path}: no trained model '
+        '(architecture.json, model.weights.h5 and '
+        'scale.json are written by train.py)'
+    ]
     loud = run_script(*command, env={'RETINA_UNET_TF_LOGS': '1'})
     assert 'oneDNN' in loud.stderr or 'cuda' in loud.stderr.lower()
 
@@ -178,8 +210,10 @@ def test_a_run_that_failed_before_its_first_checkpoint_binds_no_setting(tmp_path
     with pytest.raises(utils.UserError, match='the loss became nan'):
         run(config(tmp_path, synthetic, initial_lr=1e30, max_iters=6, save_interval=100))
     assert os.path.exists(tmp_path / 'log' / 'config.json')  # written before the first step
-    settings = config(tmp_path, synthetic, initial_lr=3e-3, base_channels=4, max_iters=2,
-                      save_interval=2)
+    settings = config(
+        tmp_path, synthetic, initial_lr=3e-3, base_channels=4, max_iters=2, save_interval=2
+    )
     run(settings)  # the corrected rerun trains: nothing was trained with the old settings
     assert json.load(open(tmp_path / 'log' / 'config.json'))['settings'] == dataclasses.asdict(
-        settings)
+        settings
+    )

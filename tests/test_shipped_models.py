@@ -1,5 +1,6 @@
 """The pretrained models in models/: they load as run folders, reproduce their model cards on the
 real data, and segment a photo of any size offline."""
+
 import glob
 import json
 import os
@@ -13,8 +14,9 @@ import utils
 from conftest import ROOT, SHARED_DATA, require_shared, run_here
 
 CARDS = sorted(glob.glob(os.path.join(ROOT, 'models', '*', 'card.json')))
-ROWS = [(path, index) for path in CARDS
-        for index in range(len(json.load(open(path))['evaluations']))]
+ROWS = [
+    (path, index) for path in CARDS for index in range(len(json.load(open(path))['evaluations']))
+]
 
 
 def test_four_models_ship_with_cards_and_small_weights():
@@ -22,7 +24,7 @@ def test_four_models_ship_with_cards_and_small_weights():
     assert names == {'drive', 'chase', 'drive_chase', 'all'}
     for path in CARDS:
         folder = os.path.dirname(path)
-        assert os.path.getsize(os.path.join(folder, 'model.weights.h5')) < 8 * 2 ** 20
+        assert os.path.getsize(os.path.join(folder, 'model.weights.h5')) < 8 * 2**20
         assert os.path.exists(os.path.join(folder, 'MODEL.md'))
 
 
@@ -38,14 +40,19 @@ def real_data(tmp_path_factory):
     return root / 'data'
 
 
-@pytest.mark.parametrize('card_path, index', ROWS,
-                         ids=[f'{os.path.basename(os.path.dirname(p))}-{i}' for p, i in ROWS])
+@pytest.mark.parametrize(
+    'card_path, index', ROWS, ids=[f'{os.path.basename(os.path.dirname(p))}-{i}' for p, i in ROWS]
+)
 def test_a_shipped_model_reproduces_its_model_card(card_path, index, real_data, tmp_path):
     row = json.load(open(card_path))['evaluations'][index]
-    result = run_here('evaluate.py', f'--logdir={os.path.dirname(card_path)}',
-                      f'--label_file_path={real_data / (row["data"] + ".txt")}',
-                      f'--threshold={row["threshold"]!r}', f'--output_dir={tmp_path}',
-                      '--nofeatures')
+    result = run_here(
+        'evaluate.py',
+        f'--logdir={os.path.dirname(card_path)}',
+        f'--label_file_path={real_data / (row["data"] + ".txt")}',
+        f'--threshold={row["threshold"]!r}',
+        f'--output_dir={tmp_path}',
+        '--nofeatures',
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [written] = glob.glob(str(tmp_path / 'evaluations' / '*' / 'metrics.json'))
     scores = json.load(open(written))['scores']
@@ -61,8 +68,12 @@ def test_a_shipped_model_segments_a_large_generated_photo(name, tmp_path):
     rng = np.random.default_rng(5)
     image, label, mask = preprocess.synthetic_retina(1024, rng)
     utils.write_png(str(tmp_path / 'eye.png'), image)
-    result = run_here('evaluate.py', f'--logdir={os.path.join(ROOT, "models", name)}',
-                      f'--predict={tmp_path / "eye.png"}', f'--predict_dir={tmp_path / "out"}')
+    result = run_here(
+        'evaluate.py',
+        f'--logdir={os.path.join(ROOT, "models", name)}',
+        f'--predict={tmp_path / "eye.png"}',
+        f'--predict_dir={tmp_path / "out"}',
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     found = utils.read_binary(str(tmp_path / 'out' / 'eye_mask.png'))
     scores = metrics.scores_from_confusion(metrics.confusion_matrix(label, found, mask))
@@ -71,6 +82,7 @@ def test_a_shipped_model_segments_a_large_generated_photo(name, tmp_path):
 
 def test_the_readme_results_table_is_written_from_the_cards():
     from bench import report
+
     readme = open(os.path.join(ROOT, 'README.md')).read()
     table = '\n'.join([report.README_BEGIN, *report.readme_table(), report.README_END])
     assert table in readme  # after a card changes: python bench/report.py

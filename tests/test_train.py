@@ -1,5 +1,6 @@
 """train.py and train_distribute.py as users run them: learning, TensorBoard, resume, signals,
 non-finite losses, the logdir lock, bad flags, two CPU replicas and two worker processes."""
+
 import glob
 import json
 import os
@@ -50,23 +51,41 @@ def test_loss_falls_and_summaries_are_complete(trained):
     rates = [float(value) for _, value in events['train/learning_rate']]
     assert rates[0] == pytest.approx(3e-3) and rates[100] == pytest.approx(3e-3 * 100 / 200)
     assert {'architecture.json', 'checkpoints', 'model.weights.h5', 'train_logs'} <= set(
-        os.listdir(trained))
+        os.listdir(trained)
+    )
     assert json.load(open(os.path.join(trained, 'architecture.json'))) == {
-        'base_channels': 8, 'num_classes': 2, 'preprocess': True, 'transpose_conv': False}
+        'base_channels': 8,
+        'num_classes': 2,
+        'preprocess': True,
+        'transpose_conv': False,
+    }
 
 
 def test_tensorboard_serves_the_scalars(trained):
     port = free_port()
-    server = subprocess.Popen([sys.executable, '-m', 'tensorboard.main', '--logdir',
-                               os.path.join(trained, 'train_logs'), '--host', '127.0.0.1',
-                               '--port', str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            '-m',
+            'tensorboard.main',
+            '--logdir',
+            os.path.join(trained, 'train_logs'),
+            '--host',
+            '127.0.0.1',
+            '--port',
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import urllib.request
+
         for _ in range(120):
             try:
                 with urllib.request.urlopen(
-                        f'http://127.0.0.1:{port}/data/plugin/scalars/tags') as response:
+                    f'http://127.0.0.1:{port}/data/plugin/scalars/tags'
+                ) as response:
                     tags = json.load(response)
                 if tags:
                     break
@@ -92,15 +111,19 @@ def test_resume_continues_the_step_counter(tmp_path, synthetic, logs):
     assert steps_of(read_events(logdir), 'train/loss') == list(range(1, 17))
     train_here(logdir, synthetic['training'], max_iters=16, save_interval=5)
     assert 'already trained to --max_iters=16' in logs()
-    with pytest.raises(utils.UserError, match='was trained with other settings: '
-                                              r'--transpose_conv=True \(saved: False\)'):
+    with pytest.raises(
+        utils.UserError,
+        match='was trained with other settings: '
+        r'--transpose_conv=True \(saved: False\)',
+    ):
         train_here(logdir, synthetic['training'], max_iters=20, transpose_conv=True)
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, synthetic):
     logdir = str(tmp_path / 'log')
-    process = start_training(logdir, synthetic['training'], '--max_iters=100000',
-                             '--save_interval=100000')
+    process = start_training(
+        logdir, synthetic['training'], '--max_iters=100000', '--save_interval=100000'
+    )
     stderr = tmp_path / 'stderr.txt'
     wait_for(lambda: 'step 10/' in stderr.read_text())
     process.send_signal(signal.SIGTERM)
@@ -127,24 +150,30 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synt
     with pytest.raises(utils.UserError) as error:
         train_here(logdir, synthetic['training'], initial_lr=1e30, max_iters=50, save_interval=1)
     message = str(error.value)
-    match = re.fullmatch(r'the loss became (nan|inf) at step (\d+); stopped without saving '
-                         r'\(the last good checkpoint is .*ckpt-(\d+)\); try a lower --initial_lr',
-                         message)
+    match = re.fullmatch(
+        r'the loss became (nan|inf) at step (\d+); stopped without saving '
+        r'\(the last good checkpoint is .*ckpt-(\d+)\); try a lower --initial_lr',
+        message,
+    )
     assert match, message
     assert int(match.group(3)) == int(match.group(2)) - 1 == checkpoint_step(logdir)
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--batch_size=0'], 'flag --batch_size=0: 0 is not a positive integer'),
-    (['--max_iters=-5'], 'flag --max_iters=-5'),
-    (['--image_size=100', '--patch_size=0'], '--image_size must be a positive multiple of 16'),
-    (['--patch_size=20'], '--patch_size must be 0 or a multiple of 16'),
-    (['--best_metric=IoU'], "flag --best_metric=IoU: value should be one of <F1|AUC_ROC|loss>"),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--batch_size=0'], 'flag --batch_size=0: 0 is not a positive integer'),
+        (['--max_iters=-5'], 'flag --max_iters=-5'),
+        (['--image_size=100', '--patch_size=0'], '--image_size must be a positive multiple of 16'),
+        (['--patch_size=20'], '--patch_size must be 0 or a multiple of 16'),
+        (['--best_metric=IoU'], "flag --best_metric=IoU: value should be one of <F1|AUC_ROC|loss>"),
+    ],
+)
 def test_bad_flags_are_refused_by_the_parser(args, message):
     """In process, on the script's own flag definitions (the parser's one-line message is what
     absl prints); tests/test_reliability.py runs a script with a bad flag end to end."""
     import train as train_module
+
     try:
         with pytest.raises(flags.Error) as error:
             train_module.FLAGS(['train.py', *args])
@@ -154,25 +183,42 @@ def test_bad_flags_are_refused_by_the_parser(args, message):
 
 
 def test_a_patch_larger_than_the_images_is_refused(tmp_path, synthetic):
-    result = run_here('train.py', f'--logdir={tmp_path / "log"}',
-                      f'--label_file_path={synthetic["training"]}', *TINY_TRAINING, '--patch_size=112')
+    result = run_here(
+        'train.py',
+        f'--logdir={tmp_path / "log"}',
+        f'--label_file_path={synthetic["training"]}',
+        *TINY_TRAINING,
+        '--patch_size=112',
+    )
     assert result.returncode == 2 and 'Traceback' not in result.stderr
-    assert last_line(result.stderr) == ('error: --patch_size=112 is larger than the smallest '
-                                        f'image side (96) in {synthetic["training"]}')
+    assert last_line(result.stderr) == (
+        'error: --patch_size=112 is larger than the smallest '
+        f'image side (96) in {synthetic["training"]}'
+    )
 
 
 def test_missing_inputs(tmp_path, synthetic):
     result = run_here('train.py', f'--label_file_path={synthetic["training"]}')
     assert result.returncode == 2 and last_line(result.stderr) == 'error: --logdir is required'
-    result = run_here('train.py', f'--logdir={tmp_path / "log"}', f'--label_file_path={tmp_path}/none.txt')
+    result = run_here(
+        'train.py', f'--logdir={tmp_path / "log"}', f'--label_file_path={tmp_path}/none.txt'
+    )
     assert result.returncode == 2
-    assert last_line(result.stderr) == f'error: --label_file_path={tmp_path}/none.txt: file not found'
+    assert (
+        last_line(result.stderr) == f'error: --label_file_path={tmp_path}/none.txt: file not found'
+    )
 
 
 def test_two_cpu_replicas_train_with_the_same_loop(tmp_path, synthetic):
     logdir = tmp_path / 'log'
-    result = train(logdir, synthetic['training'], '--max_iters=6', '--save_interval=3',
-                   '--cpu_replicas=2', script='train_distribute.py')
+    result = train(
+        logdir,
+        synthetic['training'],
+        '--max_iters=6',
+        '--save_interval=3',
+        '--cpu_replicas=2',
+        script='train_distribute.py',
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'global batch 8 = 2 replicas x 4' in result.stderr
     events = read_events(logdir)
@@ -180,9 +226,12 @@ def test_two_cpu_replicas_train_with_the_same_loop(tmp_path, synthetic):
     assert all(np.isfinite(float(value)) for _, value in events['train/loss'])
     assert len(glob.glob(str(logdir / 'train_logs' / '*'))) == 1
     import train as train_module
+
     examples = dataset.load_label_files(synthetic['training'], preprocess=True)
     odd = train_module.TrainConfig(logdir='x', label_file_path='y', batch_size=3)
-    with pytest.raises(utils.UserError, match='^--batch_size=3 is not divisible by the 2 replicas$'):
+    with pytest.raises(
+        utils.UserError, match='^--batch_size=3 is not divisible by the 2 replicas$'
+    ):
         train_module.check_settings(odd, examples, replicas=2)
 
 
@@ -192,26 +241,44 @@ def start_workers(logdir, label_file, *args):
     processes = []
     for index in range(2):
         config = {'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': index}}
-        command = [sys.executable, os.path.join(ROOT, 'train_distribute.py'), f'--logdir={logdir}',
-                   f'--label_file_path={label_file}', *TINY_TRAINING, *args]
-        processes.append(subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'TF_CONFIG': json.dumps(config)}))
+        command = [
+            sys.executable,
+            os.path.join(ROOT, 'train_distribute.py'),
+            f'--logdir={logdir}',
+            f'--label_file_path={label_file}',
+            *TINY_TRAINING,
+            *args,
+        ]
+        processes.append(
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'TF_CONFIG': json.dumps(config)},
+            )
+        )
     return workers, processes
 
 
 def test_two_workers_end_with_identical_weights(tmp_path, synthetic):
     logdir = tmp_path / 'log'
-    _, processes = start_workers(logdir, synthetic['training'], '--max_iters=8',
-                                 '--save_interval=4')
+    _, processes = start_workers(
+        logdir, synthetic['training'], '--max_iters=8', '--save_interval=4'
+    )
     outputs = [process.communicate(timeout=300)[1] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs[1][-3000:]
     checksums = [re.search(r'checksum (\S+)\)', output).group(1) for output in outputs]
     assert checksums[0] == checksums[1]
     assert 'global batch 8 = 2 replicas x 4' in outputs[0]
     assert sorted(os.listdir(logdir / 'checkpoints')) == [
-        'checkpoint', 'ckpt-4.data-00000-of-00001', 'ckpt-4.index',
-        'ckpt-8.data-00000-of-00001', 'ckpt-8.index']
+        'checkpoint',
+        'ckpt-4.data-00000-of-00001',
+        'ckpt-4.index',
+        'ckpt-8.data-00000-of-00001',
+        'ckpt-8.index',
+    ]
     assert len(os.listdir(logdir / 'train_logs')) == 1
     assert steps_of(read_events(logdir), 'train/loss') == list(range(1, 9))
 
@@ -227,6 +294,7 @@ def test_mixed_precision_trains_with_float32_weights(tmp_path, synthetic):
 
 def test_pixel_loss_on_a_hand_worked_example():
     import train as train_module
+
     labels = tf.constant([[[1, 0], [0, 0]]])
     masks = tf.constant([[[1.0, 1.0], [1.0, 0.0]]])  # the last pixel is outside the FOV
     logits = tf.constant([[[[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 9.0]]]])
@@ -234,12 +302,15 @@ def test_pixel_loss_on_a_hand_worked_example():
     # Soft Dice over the FOV: P = 0.5 three times, Y = 1 once: 1 - (2 * 0.5 + 1) / (1.5 + 1 + 1)
     dice = 1 - 2.0 / 3.5
     assert float(train_module.pixel_loss(labels, logits, masks, True)[0]) == pytest.approx(
-        cross_entropy, rel=1e-6)
+        cross_entropy, rel=1e-6
+    )
     assert float(train_module.pixel_loss(labels, logits, masks, True, 2.0)[0]) == pytest.approx(
-        cross_entropy + 2 * dice, rel=1e-6)
+        cross_entropy + 2 * dice, rel=1e-6
+    )
     everywhere = (3 * np.log(2) + np.log(1 + np.exp(9.0))) / 4  # the fourth pixel is labelled 0
     assert float(train_module.pixel_loss(labels, logits, masks, False)[0]) == pytest.approx(
-        everywhere, rel=1e-5)
+        everywhere, rel=1e-5
+    )
 
 
 def test_same_seed_same_weights(tmp_path, synthetic):
@@ -252,17 +323,25 @@ def test_same_seed_same_weights(tmp_path, synthetic):
     assert not all(np.array_equal(x, y) for x, y in zip(first, other, strict=True))
 
 
-@pytest.mark.parametrize('config, message', [
-    ('{"cluster": {"worker": ["a:1", "b:2"]}', 'TF_CONFIG is not valid JSON (Expecting'),
-    ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'TF_CONFIG names a cluster but no "task"'),
-    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
-     'TF_CONFIG: task worker 2 is not in the cluster (it has 2 worker tasks)'),
-    ('{"cluster": {"worker": ["a", "b:2"]}, "task": {"type": "worker", "index": 0}}',
-     'TF_CONFIG: "cluster" must map task types to lists of "host:port"'),
-])
+@pytest.mark.parametrize(
+    'config, message',
+    [
+        ('{"cluster": {"worker": ["a:1", "b:2"]}', 'TF_CONFIG is not valid JSON (Expecting'),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'TF_CONFIG names a cluster but no "task"'),
+        (
+            '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+            'TF_CONFIG: task worker 2 is not in the cluster (it has 2 worker tasks)',
+        ),
+        (
+            '{"cluster": {"worker": ["a", "b:2"]}, "task": {"type": "worker", "index": 0}}',
+            'TF_CONFIG: "cluster" must map task types to lists of "host:port"',
+        ),
+    ],
+)
 def test_bad_tf_config_is_one_line(monkeypatch, config, message):
     import train_distribute
     import utils
+
     monkeypatch.setenv('TF_CONFIG', config)
     with pytest.raises(utils.UserError) as error:
         train_distribute.read_tf_config()
@@ -272,18 +351,32 @@ def test_bad_tf_config_is_one_line(monkeypatch, config, message):
 def test_a_missing_peer_is_waited_for_with_progress_then_a_timeout(tmp_path, synthetic):
     workers = [f'127.0.0.1:{free_port()}' for _ in range(2)]
     config = json.dumps({'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': 0}})
-    result = train(tmp_path / 'log', synthetic['training'], '--cluster_timeout=1',
-                   script='train_distribute.py', env={'TF_CONFIG': config})
+    result = train(
+        tmp_path / 'log',
+        synthetic['training'],
+        '--cluster_timeout=1',
+        script='train_distribute.py',
+        env={'TF_CONFIG': config},
+    )
     assert result.returncode == 2
     assert f'waiting 0 s (of --cluster_timeout=1) for {workers[1]}' in result.stderr
-    assert last_line(result.stderr) == (f'error: TF_CONFIG: {workers[1]} did not start within '
-                                        '--cluster_timeout=1 s')
+    assert last_line(result.stderr) == (
+        f'error: TF_CONFIG: {workers[1]} did not start within --cluster_timeout=1 s'
+    )
     # Signals are honoured while waiting (TensorFlow's own wait ignores them).
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'train_distribute.py'), f'--logdir={tmp_path / "b"}',
-         f'--label_file_path={synthetic["training"]}', *TINY_TRAINING],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'TF_CONFIG': config})
+        [
+            sys.executable,
+            os.path.join(ROOT, 'train_distribute.py'),
+            f'--logdir={tmp_path / "b"}',
+            f'--label_file_path={synthetic["training"]}',
+            *TINY_TRAINING,
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'TF_CONFIG': config},
+    )
     for line in process.stderr:
         if 'waiting' in line:  # the first progress line, at once
             break
@@ -293,8 +386,9 @@ def test_a_missing_peer_is_waited_for_with_progress_then_a_timeout(tmp_path, syn
 
 def test_a_lost_worker_is_named_in_one_line(tmp_path, synthetic):
     logdir = tmp_path / 'log'
-    workers, processes = start_workers(logdir, synthetic['training'], '--max_iters=100000',
-                                       '--save_interval=4')
+    workers, processes = start_workers(
+        logdir, synthetic['training'], '--max_iters=100000', '--save_interval=4'
+    )
     try:
         wait_for(lambda: os.path.exists(logdir / 'checkpoints' / 'ckpt-8.index'), timeout=300)
         processes[1].kill()
@@ -304,7 +398,10 @@ def test_a_lost_worker_is_named_in_one_line(tmp_path, synthetic):
             process.kill()
     assert processes[0].returncode == 2, output[-3000:]
     line = last_line(output)
-    assert re.fullmatch(rf'error: worker 1 \({workers[1]}\) of the cluster stopped answering '
-                        rf'\(.*\); the last checkpoint is {logdir}/checkpoints/ckpt-\d+: restart '
-                        'every worker to resume from it', line), line
+    assert re.fullmatch(
+        rf'error: worker 1 \({workers[1]}\) of the cluster stopped answering '
+        rf'\(.*\); the last checkpoint is {logdir}/checkpoints/ckpt-\d+: restart '
+        'every worker to resume from it',
+        line,
+    ), line
     assert 'Traceback' not in output

@@ -1,5 +1,6 @@
 """Crafted run-folder files and label files: a one-line error naming file and field, nothing
 written outside the output folder, no input overwritten."""
+
 import json
 import os
 
@@ -17,7 +18,7 @@ def write_label_file(tmp_path, rows):
         for folder in ('images', 'labels', 'masks'):
             (tmp_path / folder / name).write_bytes(b'x')
     path = tmp_path / 'list.txt'
-    path.write_text('images,labels,masks\n' + ''.join(f'{a},{a},{a}\n' for a, in rows))
+    path.write_text('images,labels,masks\n' + ''.join(f'{a},{a},{a}\n' for (a,) in rows))
     return str(path)
 
 
@@ -44,11 +45,15 @@ def test_the_output_folder_may_not_hold_an_input(tmp_path):
     utils.refuse_input_folder(str(tmp_path / 'new'), [str(tmp_path / 'eye.png')], '--output_dir')
 
 
-@pytest.mark.parametrize('best, field', [
-    ({'step': '/../../../../tmp/ESCAPED', 'metric': 'F1', 'value': 0.5, 'scores': {}}, 'step'),
-    ({'step': 3.5, 'metric': 'F1', 'value': 0.5, 'scores': {}}, 'step'),
-    ({'metric': 'F1'}, 'step'),
-    ({'step': 3, 'metric': 'F2', 'value': 0.5, 'scores': {}}, 'metric')])
+@pytest.mark.parametrize(
+    'best, field',
+    [
+        ({'step': '/../../../../tmp/ESCAPED', 'metric': 'F1', 'value': 0.5, 'scores': {}}, 'step'),
+        ({'step': 3.5, 'metric': 'F1', 'value': 0.5, 'scores': {}}, 'step'),
+        ({'metric': 'F1'}, 'step'),
+        ({'step': 3, 'metric': 'F2', 'value': 0.5, 'scores': {}}, 'metric'),
+    ],
+)
 def test_a_crafted_best_json_names_the_field(tmp_path, best, field):
     (tmp_path / model.BEST_DIR).mkdir()
     (tmp_path / model.BEST_DIR / model.BEST_FILE).write_text(json.dumps(best))
@@ -60,8 +65,10 @@ def test_not_an_object_a_fifo_or_a_dangling_link_is_refused(tmp_path):
     (tmp_path / model.SCALE_FILE).write_text('[1, 2]')
     with pytest.raises(utils.UserError, match='expected a JSON object'):
         model.load_scale(str(tmp_path))
-    for text, message in (('{"fov_diameter": 1e5}', 'must be a FOV diameter'),
-                          ('{"fov_diameter": Infinity}', 'not valid JSON')):
+    for text, message in (
+        ('{"fov_diameter": 1e5}', 'must be a FOV diameter'),
+        ('{"fov_diameter": Infinity}', 'not valid JSON'),
+    ):
         (tmp_path / model.SCALE_FILE).write_text(text)
         with pytest.raises(utils.UserError, match=message):
             model.load_scale(str(tmp_path))
@@ -73,19 +80,26 @@ def test_not_an_object_a_fifo_or_a_dangling_link_is_refused(tmp_path):
     os.symlink(tmp_path / 'gone', tmp_path / model.SCALE_FILE)
     with pytest.raises(utils.UserError, match='a link to a file that does not exist'):
         model.load_scale(str(tmp_path))
-    (tmp_path / model.ARCHITECTURE_FILE).write_text(json.dumps(
-        {'num_classes': 2, 'base_channels': 4096, 'transpose_conv': False, 'preprocess': True}))
+    (tmp_path / model.ARCHITECTURE_FILE).write_text(
+        json.dumps(
+            {'num_classes': 2, 'base_channels': 4096, 'transpose_conv': False, 'preprocess': True}
+        )
+    )
     with pytest.raises(utils.UserError, match='"base_channels" must be an integer from 1 to 512'):
         model.load_architecture(str(tmp_path))
 
 
-@pytest.mark.parametrize('change, message', [
-    ({'patch_size': '32'}, '"settings.patch_size" must be an integer, found "32"'),
-    ({'save_interval': 0}, '"settings.save_interval" must be an integer'),
-    ({'batch_size': 4.0}, '"settings.batch_size" must be an integer'),
-    ({'augmentation': 'false'}, '"settings.augmentation" must be true or false'),
-    ({'seed': None}, '"settings.seed" must be an integer'),
-    ({'patch_size': None}, '"settings.patch_size" is missing')])
+@pytest.mark.parametrize(
+    'change, message',
+    [
+        ({'patch_size': '32'}, '"settings.patch_size" must be an integer, found "32"'),
+        ({'save_interval': 0}, '"settings.save_interval" must be an integer'),
+        ({'batch_size': 4.0}, '"settings.batch_size" must be an integer'),
+        ({'augmentation': 'false'}, '"settings.augmentation" must be true or false'),
+        ({'seed': None}, '"settings.seed" must be an integer'),
+        ({'patch_size': None}, '"settings.patch_size" is missing'),
+    ],
+)
 def test_config_json_settings_are_checked_as_their_flags(tmp_path, change, message):
     settings = json.loads(open(os.path.join('models', 'drive', 'config.json')).read())
     for key, value in change.items():
@@ -100,8 +114,9 @@ def test_config_json_settings_are_checked_as_their_flags(tmp_path, change, messa
 
 def test_the_shipped_config_reads_back():
     config, knots = train.load_saved(os.path.join('models', 'drive'))
-    assert config.patch_size == 64 and config.batch_size == 32 and knots == [[0, 0.001],
-                                                                             [4000, 0.0]]
+    assert (
+        config.patch_size == 64 and config.batch_size == 32 and knots == [[0, 0.001], [4000, 0.0]]
+    )
 
 
 def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
@@ -120,6 +135,12 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
 
 
 def test_a_gzipped_photo_is_named_by_its_stem():
-    stems = utils.output_stems(['s/im0001.ppm.gz', 's/im0002.ppm', 'eye.png', 'eye.jpg'], '--predict')
-    assert stems == {'s/im0001.ppm.gz': 'im0001', 's/im0002.ppm': 'im0002', 'eye.png': 'eye.png',
-                     'eye.jpg': 'eye.jpg'}
+    stems = utils.output_stems(
+        ['s/im0001.ppm.gz', 's/im0002.ppm', 'eye.png', 'eye.jpg'], '--predict'
+    )
+    assert stems == {
+        's/im0001.ppm.gz': 'im0001',
+        's/im0002.ppm': 'im0002',
+        'eye.png': 'eye.png',
+        'eye.jpg': 'eye.jpg',
+    }

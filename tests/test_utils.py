@@ -23,8 +23,9 @@ def test_read_binary_accepts_binary_palettes_and_rejects_grey(tmp_path):
         utils.read_binary(path)
 
 
-@pytest.mark.parametrize('content, message', [(b'', 'file is empty'),
-                                               (b'\x89PNG\r\n\x1a\n\x00\x00', 'not a readable')])
+@pytest.mark.parametrize(
+    'content, message', [(b'', 'file is empty'), (b'\x89PNG\r\n\x1a\n\x00\x00', 'not a readable')]
+)
 def test_read_image_errors_name_the_file(tmp_path, content, message):
     path = tmp_path / 'broken.png'
     path.write_bytes(content)
@@ -36,7 +37,7 @@ def test_truncated_png_is_an_error(tmp_path):
     path = str(tmp_path / 'full.png')
     utils.write_png(path, np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     data = open(path, 'rb').read()
-    (tmp_path / 'cut.png').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'cut.png').write_bytes(data[: len(data) // 2])
     with pytest.raises(utils.UserError, match='cut.png: not a readable image'):
         utils.read_image(str(tmp_path / 'cut.png'))
 
@@ -58,10 +59,12 @@ def test_write_atomic_leaves_no_temporary_and_keeps_old_file_on_failure(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ['out.txt']
 
 
-@pytest.mark.parametrize('orientation, corner', [(1, (0, 0)), (3, (-1, -1)), (6, (0, -1)),
-                                                 (8, (-1, 0))])
+@pytest.mark.parametrize(
+    'orientation, corner', [(1, (0, 0)), (3, (-1, -1)), (6, (0, -1)), (8, (-1, 0))]
+)
 def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path, orientation, corner):
     from PIL import Image
+
     photo = np.zeros((40, 60, 3), np.uint8)
     photo[:10, :10] = 255  # the top left corner, as stored
     exif = Image.Exif()
@@ -77,6 +80,7 @@ def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path, orientation, co
 def test_only_stale_temporaries_are_removed(tmp_path):
     import os
     import time
+
     for name in ('.tmp.old.png', '.tmp.fresh.png', 'keep.png'):
         (tmp_path / name).write_bytes(b'x')
     (tmp_path / '.tmp.folder').mkdir()
@@ -92,14 +96,21 @@ def test_only_stale_temporaries_are_removed(tmp_path):
 
 def test_a_fifo_or_a_link_loop_in_place_of_an_image_is_named_not_read(tmp_path):
     import os
+
     os.mkfifo(tmp_path / 'fifo.png')  # reading it would block forever
     with pytest.raises(utils.UserError, match=r'fifo.png: not a regular file$'):
         utils.read_image(str(tmp_path / 'fifo.png'))
     os.symlink(tmp_path / 'loop.png', tmp_path / 'loop.png')
-    with pytest.raises(utils.UserError, match=r'loop.png: cannot be read \(Too many levels of '
-                       r'symbolic links\)$'):
+    with pytest.raises(
+        utils.UserError,
+        match=r'loop.png: cannot be read \(Too many levels of '
+        r'symbolic links\)$',
+    ):
         utils.read_image(str(tmp_path / 'loop.png'))
     os.symlink(tmp_path / 'gone.png', tmp_path / 'dangling.png')
-    with pytest.raises(utils.UserError, match=r'dangling.png: a link to a file that does not '
-                       'exist$'):
+    with pytest.raises(
+        utils.UserError,
+        match=r'dangling.png: a link to a file that does not '
+        'exist$',
+    ):
         utils.read_image(str(tmp_path / 'dangling.png'))
