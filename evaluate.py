@@ -872,7 +872,7 @@ class EvalConfig:
         )
 
 
-def run(config):
+def run(config: EvalConfig) -> dict | list[dict]:
     """Evaluates config.label_file_path (returns what metrics.json holds, with 'per_image' and
     'out_dir') or, with config.predict, predicts those photos (returns their report rows)."""
     unet, architecture, checkpoint, step = load_model(

@@ -38,7 +38,7 @@ class Circle:
     radius: float
 
 
-def read(image, image_path, mask_path=None):
+def read(image: np.ndarray, image_path: str, mask_path: str | None = None) -> np.ndarray:
     """The FOV mask (uint8 {0, 1}) of an image: read from mask_path (checked to be the image's
     size) or, without one, derived from the image. An empty mask is an error naming the file."""
     if mask_path:
@@ -52,7 +52,7 @@ def read(image, image_path, mask_path=None):
     return mask
 
 
-def derive(image):
+def derive(image: np.ndarray) -> np.ndarray:
     """The FOV mask (uint8 {0, 1}, the image's size) of a fundus image (HxWx3 or HxW uint8)."""
     small = _reduced(image)
     mask = _mask_of(_brightness(small))
@@ -79,7 +79,7 @@ def _brightness(image):
     return cv2.medianBlur(np.ascontiguousarray(brightest, np.uint8), 5)
 
 
-def threshold(brightness):
+def threshold(brightness: np.ndarray) -> float:
     """The grey level above which a pixel is FOV: THRESHOLD_SHARE of the way from the
     background's level (the median of the pixels below Otsu's threshold) to that threshold;
     None where that darker half is too bright to be background (the FOV fills the frame)."""
@@ -124,7 +124,7 @@ def _largest_component(binary):
     return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
 
 
-def fit_circle(mask):
+def fit_circle(mask: np.ndarray) -> Circle | None:
     """The circle fitted to the mask's boundary away from the frame (an algebraic least-squares
     fit, refitted to the points within FIT_TOLERANCES of it, so straight cuts and tabs drop
     out); None where the points it keeps span less than MIN_ARC_DEGREES around its centre."""
@@ -177,7 +177,7 @@ def _arc_degrees(points, circle):
     return ARC_BIN_DEGREES * len(np.unique(angles // ARC_BIN_DEGREES))
 
 
-def diameter(mask):
+def diameter(mask: np.ndarray) -> float | None:
     """The diameter in pixels of the FOV's disc: twice the radius of the circle fitted to its
     curved boundary; None where the boundary does not show a disc (the FOV fills the frame)."""
     circle = fit_circle(mask)
@@ -185,7 +185,7 @@ def diameter(mask):
     return None if circle is None else 2 * circle.radius + 1
 
 
-def sides_touched(mask):
+def sides_touched(mask: np.ndarray) -> tuple[str, ...]:
     """The sides of the frame ('top', 'bottom', 'left', 'right') the FOV reaches (within
     FRAME_MARGIN)."""
     margin = FRAME_MARGIN
@@ -193,7 +193,7 @@ def sides_touched(mask):
     return tuple(side for side, edge in zip(SIDES, edges, strict=True) if np.any(edge))
 
 
-def diameter_or_area(mask):
+def diameter_or_area(mask: np.ndarray) -> float:
     """fov.diameter, or where the FOV shows no disc, the diameter of the disc of its area (the
     size features are normalised by)."""
     return diameter(mask) or float(np.sqrt(4 * np.count_nonzero(mask) / np.pi))

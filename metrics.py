@@ -17,7 +17,7 @@ BINS = 2**16
 LOGIT_LIMIT = 20.0  # probabilities within about 2e-9 of 0 or 1 share the end bins
 
 
-def confusion_matrix(labels, predictions, mask=None):
+def confusion_matrix(labels, predictions, mask=None) -> np.ndarray:
     """2x2 matrix [[TN, FP], [FN, TP]] (rows: label, columns: prediction) over pixels where
     `mask` is set (all pixels when mask is None)."""
     labels = np.asarray(labels).astype(bool).ravel()
@@ -35,7 +35,7 @@ def _ratio(numerator, denominator):
     return float(numerator) / float(denominator) if denominator else float('nan')
 
 
-def scores_from_confusion(matrix):
+def scores_from_confusion(matrix) -> dict[str, float]:
     """The field's threshold metrics from a 2x2 confusion matrix; vessel is the positive class.
     A ratio with nothing to count (F1, IoU, Se, Precision of an image with no vessel labelled or
     predicted) is NaN, reported as undefined (null in JSON); mIoU averages the defined IoUs."""
@@ -57,7 +57,7 @@ def scores_from_confusion(matrix):
 # ----------------------------------------------------------------------------- streaming counts
 
 
-def probability_bins(probabilities):
+def probability_bins(probabilities) -> np.ndarray:
     """The histogram bin of each probability in [0, 1]."""
     probabilities = np.asarray(probabilities, np.float64)
     with np.errstate(divide='ignore'):
@@ -66,7 +66,7 @@ def probability_bins(probabilities):
     return np.clip(bins, 0, BINS - 1).astype(np.int64)
 
 
-def bin_floor(index):
+def bin_floor(index: int) -> float:
     """The lowest probability in bin `index`: every probability of that bin and above is at or
     above it, every one below is under it."""
     if index == 0:
@@ -83,15 +83,15 @@ class PixelCounts:
     matrix: np.ndarray
     histogram: np.ndarray
 
-    def __add__(self, other):
+    def __add__(self, other: 'PixelCounts') -> 'PixelCounts':
         return PixelCounts(self.matrix + other.matrix, self.histogram + other.histogram)
 
 
-def no_pixels():
+def no_pixels() -> PixelCounts:
     return PixelCounts(np.zeros((2, 2), np.int64), np.zeros((2, BINS), np.int64))
 
 
-def count_pixels(labels, probabilities, mask=None, threshold=0.5):
+def count_pixels(labels, probabilities, mask=None, threshold: float = 0.5) -> PixelCounts:
     """The PixelCounts of the pixels where `mask` is set (all when it is None); a probability at
     or above `threshold` is vessel."""
     labels = np.asarray(labels).astype(bool)
@@ -105,7 +105,7 @@ def count_pixels(labels, probabilities, mask=None, threshold=0.5):
     return PixelCounts(matrix, histogram.reshape(2, BINS))
 
 
-def scores(counts):
+def scores(counts: PixelCounts) -> dict[str, float]:
     """Every metric the field reports, from PixelCounts."""
     return {
         **scores_from_confusion(counts.matrix),
@@ -121,7 +121,7 @@ def _ranked(histogram):
     return (occupied, np.cumsum(histogram[1, occupied]), np.cumsum(histogram[0, occupied]))
 
 
-def roc_auc(histogram):
+def roc_auc(histogram: np.ndarray) -> float:
     """Area under the ROC curve; pixels of one bin tie (they count half)."""
     _, tp, fp = _ranked(histogram)
     if tp.size == 0 or tp[-1] == 0 or fp[-1] == 0:
@@ -129,7 +129,7 @@ def roc_auc(histogram):
     return float(np.trapezoid(np.r_[0.0, tp / tp[-1]], np.r_[0.0, fp / fp[-1]]))
 
 
-def pr_auc(histogram):
+def pr_auc(histogram: np.ndarray) -> float:
     """Area under the precision-recall curve as average precision (step-wise, no interpolation)."""
     _, tp, fp = _ranked(histogram)
     if tp.size == 0 or tp[-1] == 0:
@@ -137,7 +137,7 @@ def pr_auc(histogram):
     return float(np.sum(np.diff(np.r_[0.0, tp / tp[-1]]) * tp / (tp + fp)))
 
 
-def best_f1_threshold(histogram):
+def best_f1_threshold(histogram: np.ndarray) -> tuple[float, float]:
     """The threshold (inclusive) at which F1 is highest, and that F1; it never splits a bin."""
     bins, tp, fp = _ranked(histogram)
     f1 = 2 * tp / (tp + fp + tp[-1])
@@ -145,7 +145,7 @@ def best_f1_threshold(histogram):
     return bin_floor(bins[best]), float(f1[best])
 
 
-def curves(histogram, points=512):
+def curves(histogram: np.ndarray, points: int = 512) -> dict[str, np.ndarray]:
     """ROC (fpr, tpr) and precision-recall (recall, precision) curves, thinned for plotting."""
     _, tp, fp = _ranked(histogram)
     keep = np.unique(np.linspace(0, tp.size - 1, min(points, tp.size)).astype(int))

@@ -50,7 +50,7 @@ class Decision:
 NATIVE = Decision(1.0, 'native size')
 
 
-def factor_for(diameter, target, shape, path):
+def factor_for(diameter: float, target: float, shape: tuple, path: str) -> float:
     """The factor that brings a FOV diameter to `target`: 1 within RESCALE_TOLERANCE. A FOV too
     small to rescale, or a result over MAX_SCALED_PIXELS, is an error naming the file."""
     if diameter < MIN_FOV_DIAMETER:
@@ -75,7 +75,7 @@ def _check_size(shape, factor, path):
         )
 
 
-def disc_diameter(mask, path):
+def disc_diameter(mask: np.ndarray, path: str) -> float:
     """fov.diameter of a FOV that must show its disc (training and labelled evaluation); an
     error naming the file where it does not."""
     diameter = fov.diameter(mask)
@@ -87,12 +87,17 @@ def disc_diameter(mask, path):
     return diameter
 
 
-def disc_factor(mask, target, path):
+def disc_factor(mask: np.ndarray, target: float | None, path: str) -> float:
     """The factor that brings the FOV disc of `mask` to `target` (None: 1)."""
     return factor_for(disc_diameter(mask, path), target, mask.shape, path) if target else 1.0
 
 
-def decide(mask, model_scale, path, given_diameter=None):
+def decide(
+    mask: np.ndarray,
+    model_scale: ModelScale | None,
+    path: str,
+    given_diameter: float | None = None,
+) -> Decision | None:
     """The Decision for a photo from its FOV alone (the given diameter, then its disc); None
     where neither tells the scale."""
     if model_scale is None:
@@ -112,7 +117,7 @@ def decide(mask, model_scale, path, given_diameter=None):
     )
 
 
-def main_calibre(vessels):
+def main_calibre(vessels: np.ndarray) -> float | None:
     """The main vessels' calibre in pixels of a binary map: the CALIBRE_PERCENTILE-th percentile
     of twice the distance to the background along its skeleton; None for too few vessels."""
     vessels = morphology.remove_small_objects(np.asarray(vessels, bool), max_size=30)
@@ -123,7 +128,7 @@ def main_calibre(vessels):
     return float(np.percentile(widths, CALIBRE_PERCENTILE))
 
 
-def at_model_scale(rgb, factor, preprocess):
+def at_model_scale(rgb: np.ndarray, factor: float, preprocess: bool) -> np.ndarray:
     """What the model sees of an RGB image resized by `factor`: the image resized, then
     preprocessed (CLAHE's tiles are relative to the image); float HxWxC in [0, 1]."""
     if factor != 1:
@@ -131,7 +136,7 @@ def at_model_scale(rgb, factor, preprocess):
     return utils.model_input(rgb, preprocess).astype(np.float32) / 255.0
 
 
-def to_native(probability, shape):
+def to_native(probability: np.ndarray, shape: tuple) -> np.ndarray:
     """Probabilities predicted at the model's scale, resized back to the image's (height, width)."""
     return (
         probability if probability.shape[:2] == tuple(shape) else utils.resize(probability, shape)

@@ -759,7 +759,7 @@ def prepare_logdir(config, chief):
     return lock
 
 
-def train(strategy, config):
+def train(strategy: tf.distribute.Strategy, config: TrainConfig) -> None:
     """Trains under `strategy` with the settings `config` until config.max_iters, resuming from
     the logdir's newest readable checkpoint. Reads no flags: scripts, benchmarks and tests call
     it alike."""
