@@ -31,17 +31,7 @@ import report  # noqa: E402
 import utils  # noqa: E402
 from bench.common import RESULTS, ROOT, SHARED, WORK, run  # noqa: E402
 
-COMPARED = (
-    'vessel_density',
-    'length_density',
-    'fractal_dimension',
-    'calibre_mean_px',
-    'calibre_median_px',
-    'tortuosity_distance',
-    'segments',
-    'branch_points',
-    'end_points',
-)
+COMPARED = features.COLUMNS[features.COLUMNS.index('vessel_density') :]  # every measured one
 
 
 def label_files():

@@ -168,8 +168,11 @@ def loop_rates(examples):
 
 
 def call_rates(batch, setting, rounds=3):
-    """[(steps/s at one step per call, steps/s at LOOP per call)] for each round."""
-    unet = model.build_unet(base_channels=setting['base'])
+    """[(steps/s at one step per call, steps/s at LOOP per call)] for each round, on `batch`
+    held in memory."""
+    unet = model.build_unet(
+        base_channels=setting['base'], transpose_conv=setting.get('transpose_conv', False)
+    )
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(unet.trainable_variables)
     steps = train.make_train_loop(
@@ -177,10 +180,11 @@ def call_rates(batch, setting, rounds=3):
     )
     in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
     one, loop = tf.constant(1), tf.constant(LOOP)
+    calls = max(1, setting['steps'] // LOOP)
     return [
         (
             timed_steps(lambda: steps(in_memory, one)[0].numpy(), setting['steps']),
-            LOOP * timed_steps(lambda: steps(in_memory, loop)[0].numpy(), setting['steps'] // LOOP),
+            LOOP * timed_steps(lambda: steps(in_memory, loop)[0].numpy(), calls),
         )
         for _ in range(rounds)
     ]
@@ -196,19 +200,7 @@ def in_memory_rates(examples, setting):
         examples, setting['batch'], setting['patch_size'], setting['image_size'], augmentation=True
     )
     batch = next(iter(stream))
-    unet = model.build_unet(
-        base_channels=setting['base'], transpose_conv=setting.get('transpose_conv', False)
-    )
-    optimizer = keras.optimizers.Adam(1e-3)
-    optimizer.build(unet.trainable_variables)
-    strategy = tf.distribute.get_strategy()
-    steps = train.make_train_loop(strategy, unet, optimizer, setting['batch'], fov_loss=True)
-    in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
-    one, loop = tf.constant(1), tf.constant(LOOP)
-    per_step = timed_steps(lambda: steps(in_memory, one)[0].numpy(), setting['steps'])
-    pure = LOOP * timed_steps(
-        lambda: steps(in_memory, loop)[0].numpy(), max(1, setting['steps'] // LOOP)
-    )
+    [(per_step, pure)] = call_rates(batch, setting, rounds=1)
     rates = {
         'pure_compute': pure,
         'pure_compute_per_step_calls': per_step,
