@@ -1,6 +1,6 @@
 """Label file -> decoded images in memory -> tf.data for training (whole images or FOV patches).
 
-Label files are read by utils.parse_label_file.
+Label files are read by label_files.parse_label_file.
 
 Training batches are a pure function of (seed, step): sample i of the stream is drawn from the
 images decoded once with random numbers hashed from (seed, i). So a run is reproducible, parallel
@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import fov
+import label_files
 import scale
 import utils
 
@@ -49,7 +50,9 @@ def iter_examples(samples, preprocess=False, fov_diameter=None):
 def label_file_samples(paths, flag='--label_file_path'):
     """The samples of one label file or of a comma-separated list of them, in order."""
     return [
-        sample for path in label_file_paths(paths) for sample in utils.parse_label_file(path, flag)
+        sample
+        for path in label_file_paths(paths)
+        for sample in label_files.parse_label_file(path, flag)
     ]
 
 

@@ -15,9 +15,12 @@ images; each evaluation writes its own folder under {logdir}/evaluations/, named
 checkpoint and threshold.
 """
 
+import cli
+import fileio
+import label_files
 import utils
 
-utils.quiet_tensorflow()
+cli.quiet_tensorflow()
 
 import concurrent.futures  # noqa: E402
 import csv  # noqa: E402
@@ -43,10 +46,11 @@ import fov  # noqa: E402
 import metrics  # noqa: E402
 import model  # noqa: E402
 import report  # noqa: E402
+import run_folder  # noqa: E402
 import scale  # noqa: E402
 
 FLAGS = flags.FLAGS
-utils.define_flags(
+cli.define_flags(
     'logdir',
     'label_file_path',
     'batch_size',
@@ -188,13 +192,13 @@ def load_model(logdir, checkpoint='last', given=None):
     Returns the model, the architecture, the checkpoint's name for outputs ('step4000',
     'best-step3500', 'last') and its step."""
     if not logdir:
-        raise utils.UserError('--logdir is required')
-    architecture = model.load_architecture(logdir)
-    weights = os.path.join(logdir, model.WEIGHTS_FILE)
+        raise cli.UserError('--logdir is required')
+    architecture = run_folder.load_architecture(logdir)
+    weights = os.path.join(logdir, run_folder.WEIGHTS_FILE)
     if architecture is None or not os.path.exists(weights):
-        raise utils.UserError(
-            f'--logdir={logdir}: no trained model ({model.ARCHITECTURE_FILE}, '
-            f'{model.WEIGHTS_FILE} and {model.SCALE_FILE} are written by '
+        raise cli.UserError(
+            f'--logdir={logdir}: no trained model ({run_folder.ARCHITECTURE_FILE}, '
+            f'{run_folder.WEIGHTS_FILE} and {run_folder.SCALE_FILE} are written by '
             'train.py)'
         )
     model.check_architecture(architecture, given or {}, f'--logdir={logdir}')
@@ -205,14 +209,14 @@ def load_model(logdir, checkpoint='last', given=None):
         restore_step(unet, logdir, step)
         return unet, architecture, f'step{step}', step
     if checkpoint == 'best':
-        best = model.read_best(logdir)
+        best = run_folder.read_best(logdir)
         if best is None:
-            raise utils.UserError(
+            raise cli.UserError(
                 f'--checkpoint=best: {logdir} has no best checkpoint (train '
                 'with --validation_label_file to keep one)'
             )
         step = best['step']
-        load_weights(unet, os.path.join(logdir, model.BEST_DIR, model.WEIGHTS_FILE))
+        load_weights(unet, os.path.join(logdir, run_folder.BEST_DIR, run_folder.WEIGHTS_FILE))
         return unet, architecture, f'best-step{step}', step
     step = restore_newest(unet, logdir)
     if step is None:  # a run folder without checkpoints, as the shipped models
@@ -224,12 +228,12 @@ def restore_newest(unet, logdir):
     """Restores the newest checkpoint that reads back (one being written while training goes on
     may not yet), so that the step in the outputs' names is the step of the weights loaded;
     returns that step, or None where the run folder keeps no checkpoint."""
-    steps = model.checkpoint_steps(os.path.join(logdir, model.CHECKPOINT_DIR))
+    steps = run_folder.checkpoint_steps(os.path.join(logdir, run_folder.CHECKPOINT_DIR))
     for step in steps:
         try:
             restore_step(unet, logdir, step)
             return step
-        except utils.UserError as error:
+        except cli.UserError as error:
             if step == steps[-1]:
                 raise
             logging.warning('%s; using the checkpoint before it', error)
@@ -252,10 +256,10 @@ def check_weights_width(weights, architecture):
     except OSError:
         return  # not HDF5: load_weights names the file
     if widest != base:
-        raise utils.UserError(
-            f'{weights}: does not fit the architecture in {model.ARCHITECTURE_FILE} (its widest '
-            f'layer has {widest} channels; base_channels={architecture["base_channels"]} has '
-            f'{base})'
+        raise cli.UserError(
+            f'{weights}: does not fit the architecture in {run_folder.ARCHITECTURE_FILE} '
+            f'(its widest layer has {widest} channels; '
+            f'base_channels={architecture["base_channels"]} has {base})'
         )
 
 
@@ -265,23 +269,23 @@ def load_weights(unet, weights):
             warnings.simplefilter('ignore')
             unet.load_weights(weights)
     except OSError as error:
-        raise utils.UserError(
+        raise cli.UserError(
             f'{weights}: not a readable weights file, truncated or corrupt '
-            f'({utils.first_line(error)})'
+            f'({cli.first_line(error)})'
         ) from None
     except ValueError as error:
-        raise utils.UserError(
+        raise cli.UserError(
             f'{weights}: does not fit the architecture in '
-            f'{model.ARCHITECTURE_FILE} ({utils.first_line(error)})'
+            f'{run_folder.ARCHITECTURE_FILE} ({cli.first_line(error)})'
         ) from None
 
 
 def restore_step(unet, logdir, step):
     """Loads the model's weights from the kept checkpoint of `step`."""
-    directory = os.path.join(logdir, model.CHECKPOINT_DIR)
-    kept = model.checkpoint_steps(directory)
+    directory = os.path.join(logdir, run_folder.CHECKPOINT_DIR)
+    kept = run_folder.checkpoint_steps(directory)
     if step not in kept:
-        raise utils.UserError(
+        raise cli.UserError(
             f'--checkpoint={step}: no such checkpoint in {directory} (kept: '
             f'{", ".join(map(str, sorted(kept))) or "none"})'
         )
@@ -290,7 +294,7 @@ def restore_step(unet, logdir, step):
         status = tf.train.Checkpoint(model=unet).read(prefix).expect_partial()
         status.assert_existing_objects_matched()
     except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
-        raise utils.UserError(f'{prefix}: cannot be read ({utils.first_line(error)})') from None
+        raise cli.UserError(f'{prefix}: cannot be read ({cli.first_line(error)})') from None
 
 
 def make_predictor(unet, channels):
@@ -336,10 +340,12 @@ def calibrate_threshold(predict, label_file, evaluated=None):
     label file: that would tune the threshold on the test set."""
     samples = dataset.label_file_samples(label_file, '--calibrate_on')
     if evaluated:
-        tested = {os.path.realpath(sample.image) for sample in utils.parse_label_file(evaluated)}
+        tested = {
+            os.path.realpath(sample.image) for sample in label_files.parse_label_file(evaluated)
+        }
         for sample in samples:
             if os.path.realpath(sample.image) in tested:
-                raise utils.UserError(
+                raise cli.UserError(
                     f'--calibrate_on={label_file}: lists {sample.image}, an image of the '
                     f'evaluated {evaluated}; calibrate on other images (the training set)'
                 )
@@ -450,7 +456,7 @@ def evaluate(predict, samples, threshold, overlay_dir, config):
             counts += image_counts
             scores = metrics.scores(image_counts)
             rows.append({'image': example.name, **scores})
-            second_path = utils.second_observer_path(sample)
+            second_path = label_files.second_observer_path(sample)
             if second_path:
                 second.append(
                     metrics.confusion_matrix(example.label, utils.read_binary(second_path), inside)
@@ -535,7 +541,7 @@ def print_result(result):
 
 def write_results(out_dir, rows, result, step):
     """metrics.json, metrics.csv and the TensorBoard scalars of one evaluation."""
-    utils.write_json(os.path.join(out_dir, METRICS_JSON), {**result, 'per_image': rows})
+    fileio.write_json(os.path.join(out_dir, METRICS_JSON), {**result, 'per_image': rows})
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=['image', *REPORTED], extrasaction='ignore')
     writer.writeheader()
@@ -546,16 +552,16 @@ def write_results(out_dir, rows, result, step):
                 for key, value in row.items()
             }
         )
-    utils.write_atomic(os.path.join(out_dir, METRICS_CSV), text.getvalue())
+    fileio.write_atomic(os.path.join(out_dir, METRICS_CSV), text.getvalue())
     try:
         with tf.summary.create_file_writer(out_dir).as_default():
             for key in REPORTED:
                 if not np.isnan(result['scores'][key]):
                     tf.summary.scalar(f'eval/{key}', result['scores'][key], step=step)
     except (tf.errors.OpError, OSError) as error:
-        raise utils.UserError(
+        raise cli.UserError(
             f'{out_dir}: could not write the TensorBoard scalars (is the disk '
-            f'full? {utils.first_line(error)})'
+            f'full? {cli.first_line(error)})'
         ) from None
 
 
@@ -589,8 +595,8 @@ def write_overlay(directory, name, rgb, label, probability, inside, threshold):
     {name}_prob.png: the vessel probability as a gray image."""
     prediction = (probability >= threshold) & inside
     coloured = utils.overlay(rgb, label, prediction)
-    utils.write_png(os.path.join(directory, f'{name}.png'), np.concatenate([rgb, coloured]))
-    utils.write_png(
+    fileio.write_png(os.path.join(directory, f'{name}.png'), np.concatenate([rgb, coloured]))
+    fileio.write_png(
         os.path.join(directory, f'{name}_prob.png'),
         np.rint(255 * probability * inside).astype(np.uint8),
     )
@@ -599,7 +605,7 @@ def write_overlay(directory, name, rgb, label, probability, inside, threshold):
 def write_curves(directory, histogram, scores, second_observer):
     """ROC and precision-recall curves (from metrics.PixelCounts' histogram), with the second
     observer as a point where known."""
-    plt = utils.pyplot()
+    plt = fileio.pyplot()
     points = metrics.curves(histogram)
     panels = {
         'roc.png': (
@@ -629,7 +635,7 @@ def write_curves(directory, histogram, scores, second_observer):
         axis.set(xlabel=x_label, ylabel=y_label, xlim=(0, 1), ylim=(0, 1.01))
         axis.legend(loc='lower right' if filename == 'roc.png' else 'lower left')
         axis.grid(alpha=0.3)
-        utils.save_figure(fig, os.path.join(directory, filename))
+        fileio.save_figure(fig, os.path.join(directory, filename))
 
 
 # ----------------------------------------------------------------------------- new images
@@ -648,7 +654,7 @@ def find_images(pattern):
     else:
         paths = sorted(glob.glob(pattern))
     if not paths:
-        raise utils.UserError(f'--predict={pattern}: matches no files')
+        raise cli.UserError(f'--predict={pattern}: matches no files')
     return paths
 
 
@@ -658,17 +664,19 @@ def predict_files(predict, pattern, out_dir, threshold, config):
     predicted. A file that cannot be read or predicted is reported and skipped; the run then
     ends with an error."""
     paths = find_images(pattern)
-    utils.refuse_input_folder(out_dir, paths, '--predict_dir')
-    utils.remove_temporaries(out_dir, STALE_SECONDS)
+    fileio.refuse_input_folder(out_dir, paths, '--predict_dir')
+    fileio.remove_temporaries(out_dir, STALE_SECONDS)
     rows, pending = [], None  # pending: (index, path, the report row or its Future)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
-        for index, (path, name) in enumerate(utils.output_stems(paths, '--predict').items(), 1):
+        for index, (path, name) in enumerate(
+            label_files.output_stems(paths, '--predict').items(), 1
+        ):
             try:
                 photo = predict_photo(predict, path, threshold)
                 outcome = writer.submit(write_photo, photo, out_dir, name, config)
-            except utils.UserError as error:
+            except cli.UserError as error:
                 print(f'error: {error}', file=sys.stderr)
-                outcome = report.unreadable(os.path.basename(path), utils.first_line(error))
+                outcome = report.unreadable(os.path.basename(path), cli.first_line(error))
             if pending:
                 rows.append(finished(*pending, len(paths)))
             pending = (index, path, outcome)
@@ -678,9 +686,7 @@ def predict_files(predict, pattern, out_dir, threshold, config):
     if config.features:
         write_report(out_dir, rows, f'Vessel maps of {pattern}')
     if failed:
-        raise utils.UserError(
-            f'{failed} of {len(paths)} images could not be predicted (named above)'
-        )
+        raise cli.UserError(f'{failed} of {len(paths)} images could not be predicted (named above)')
     return rows
 
 
@@ -738,7 +744,7 @@ def write_photo(photo, out_dir, name, config):
     written = [os.path.join(out_dir, f'{name}_{suffix}.png') for suffix in PREDICTION_FILES]
     try:
         for target, suffix in zip(written, PREDICTION_FILES, strict=True):
-            utils.write_png(target, images[suffix]())
+            fileio.write_png(target, images[suffix]())
     except BaseException:
         for target in written:
             if os.path.exists(target):
@@ -802,16 +808,16 @@ def evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, m
             (config.tile_size, config.tile_overlap) if config.tile_size else None,
         ),
     )
-    samples = utils.parse_label_file(label_file)
+    samples = label_files.parse_label_file(label_file)
     overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if config.visulize else None
     for folder in (out_dir, overlay_dir):
-        utils.refuse_input_folder(
+        fileio.refuse_input_folder(
             folder,
             [path for sample in samples for path in (sample.image, sample.label, sample.mask)],
             '--output_dir',
         )
         if folder and os.path.isdir(folder):
-            utils.remove_temporaries(folder, STALE_SECONDS)
+            fileio.remove_temporaries(folder, STALE_SECONDS)
     started = time.time()
     rows, result, measured = evaluate(predict, samples, threshold, overlay_dir, config)
     seconds = time.time() - started
@@ -862,7 +868,7 @@ class EvalConfig:
     @classmethod
     def from_flags(cls):
         if FLAGS.calibrate_on and FLAGS['threshold'].present:
-            raise utils.UserError('give --threshold or --calibrate_on, not both')
+            raise cli.UserError('give --threshold or --calibrate_on, not both')
         names = [field.name for field in dataclasses.fields(cls) if field.name != 'architecture']
         return cls(
             **{name: FLAGS[name].value for name in names},
@@ -881,13 +887,13 @@ def run(config: EvalConfig) -> dict | list[dict]:
     out_dir = check_outputs(config)
     channels = model.in_channels(architecture['preprocess'])
     traced = make_predictor(unet, channels)
-    model_scale = model.load_scale(config.logdir) if config.rescale else None
+    model_scale = run_folder.load_scale(config.logdir) if config.rescale else None
     if config.rescale and model_scale is None:
         logging.warning(
             "%s: no readable %s (train.py writes it): images are predicted at their "
             "own size, not brought to the model's scale",
             config.logdir,
-            model.SCALE_FILE,
+            run_folder.SCALE_FILE,
         )
     if config.export_dir:
         export(unet, channels, config.export_dir, model_scale and model_scale.fov_diameter)
@@ -924,15 +930,15 @@ def check_outputs(config):
     """Checks the settings and that the output folder is writable before any work; returns it."""
     if config.export_dir:
         if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
-            raise utils.UserError(f'--export_dir={config.export_dir}: a file, not a folder')
-        utils.writable_dir(os.path.dirname(os.path.abspath(config.export_dir)), '--export_dir')
+            raise cli.UserError(f'--export_dir={config.export_dir}: a file, not a folder')
+        fileio.writable_dir(os.path.dirname(os.path.abspath(config.export_dir)), '--export_dir')
     if config.predict:
-        return utils.writable_dir(
+        return fileio.writable_dir(
             config.predict_dir or os.path.join(config.logdir, 'predictions'), '--predict_dir'
         )
     if not config.label_file_path:
-        raise utils.UserError('--label_file_path is required (or --predict for unlabelled images)')
-    return utils.writable_dir(config.output_dir or config.logdir, '--output_dir')
+        raise cli.UserError('--label_file_path is required (or --predict for unlabelled images)')
+    return fileio.writable_dir(config.output_dir or config.logdir, '--output_dir')
 
 
 def main(argv):
@@ -941,4 +947,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(utils.run_main(main))
+    app.run(cli.run_main(main))

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+import cli
 import utils
 
 REDUCED_SIDE = 640  # px; the longer side of the copy a FOV is found on
@@ -44,11 +45,11 @@ def read(image: np.ndarray, image_path: str, mask_path: str | None = None) -> np
     if mask_path:
         mask = utils.read_binary_for(mask_path, image, image_path)
         if not mask.any():
-            raise utils.UserError(f'{mask_path}: the FOV mask is empty (all zero)')
+            raise cli.UserError(f'{mask_path}: the FOV mask is empty (all zero)')
     else:
         mask = derive(image)
         if not mask.any():
-            raise utils.UserError(f'{image_path}: no field of view found (the image is black)')
+            raise cli.UserError(f'{image_path}: no field of view found (the image is black)')
     return mask
 
 

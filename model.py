@@ -8,54 +8,17 @@ statistics after a few hundred steps, not thousands) and is synchronised across 
 every replica and worker normalises with the global batch and ends with the same weights.
 """
 
-import math
-import os
-import re
-
 import keras
 import tensorflow as tf
 from keras import layers
 
-import scale
-import utils
+import cli
 
 DEPTH = 4
 MULTIPLE = 2**DEPTH  # input sides must be multiples of this
-ARCHITECTURE_FILE = 'architecture.json'
-SCALE_FILE = 'scale.json'  # the FOV diameter of the training images, which evaluate.py matches
-WEIGHTS_FILE = 'model.weights.h5'
-CHECKPOINT_DIR = 'checkpoints'
-BEST_DIR, BEST_FILE = 'best', 'best.json'  # the best validation step's weights and scores
 ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preprocess')
 BEST_METRICS = ('F1', 'AUC_ROC', 'loss')  # the best has the highest value, but the lowest loss
 MAX_BASE_CHANNELS = 512  # 16x the original's width; more is no U-Net a machine here can hold
-ARCHITECTURE_FIELDS = {
-    'num_classes': (utils.is_integer(2, 256), 'an integer from 2 to 256'),
-    'base_channels': (
-        utils.is_integer(1, MAX_BASE_CHANNELS),
-        f'an integer from 1 to {MAX_BASE_CHANNELS}',
-    ),
-    'transpose_conv': (utils.is_bool, 'true or false'),
-    'preprocess': (utils.is_bool, 'true or false'),
-}
-SCALE_FIELDS = {
-    'fov_diameter': (
-        utils.is_number(scale.MIN_FOV_DIAMETER, scale.MAX_FOV_DIAMETER),
-        f'a FOV diameter from {scale.MIN_FOV_DIAMETER} to {scale.MAX_FOV_DIAMETER} pixels',
-    )
-}
-CALIBRE_FIELDS = {
-    'vessel_calibre': (utils.is_number(0.5, 1000), 'a calibre from 0.5 to 1000 pixels')
-}
-BEST_FIELDS = {
-    'step': (utils.is_integer(1), 'a step number (an integer >= 1)'),
-    'metric': (
-        lambda value: value in BEST_METRICS,
-        ' or '.join(f'"{name}"' for name in BEST_METRICS),
-    ),
-    'value': (utils.is_number(-math.inf), 'a finite number'),
-    'scores': (utils.is_object, 'an object of scores'),
-}
 
 
 def _conv_block(x, channels, name):
@@ -124,62 +87,6 @@ def make_predictor(model, channels):
     return tf.function(lambda images: predict_probabilities(model, images), input_signature=[spec])
 
 
-# ----------------------------------------------------------------------------- what a run remembers
-
-
-def save_architecture(logdir, architecture):
-    utils.write_json(
-        os.path.join(logdir, ARCHITECTURE_FILE),
-        {key: architecture[key] for key in ARCHITECTURE_KEYS},
-    )
-
-
-def load_architecture(logdir):
-    """The architecture saved by train.py in `logdir`, or None where there is none."""
-    saved = utils.read_json(
-        os.path.join(logdir, ARCHITECTURE_FILE), ARCHITECTURE_FIELDS, missing_ok=True
-    )
-    return saved and {key: saved[key] for key in ARCHITECTURE_KEYS}
-
-
-def save_scale(logdir, model_scale):
-    """Writes scale.json: a scale.ModelScale."""
-    value = {'fov_diameter': round(model_scale.fov_diameter, 2)}
-    if model_scale.vessel_calibre is not None:
-        value['vessel_calibre'] = round(model_scale.vessel_calibre, 2)
-    utils.write_json(os.path.join(logdir, SCALE_FILE), value)
-
-
-def load_scale(logdir):
-    """The scale.ModelScale the run's model learned vessels at: its training images' median FOV
-    diameter (after any train.py --fov_diameter resizing) and, where recorded, the main-vessel
-    calibre it predicts there. None for runs from before scale.json."""
-    saved = utils.read_json(os.path.join(logdir, SCALE_FILE), SCALE_FIELDS, missing_ok=True)
-    if not saved:
-        return None
-    calibre = saved.get('vessel_calibre')
-    if calibre is not None:
-        utils.check_fields(os.path.join(logdir, SCALE_FILE), saved, CALIBRE_FIELDS)
-    return scale.ModelScale(float(saved['fov_diameter']), calibre and float(calibre))
-
-
-def checkpoint_steps(directory):
-    """The steps of the checkpoints in `directory` whose index file exists, newest first."""
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted(
-        (int(match.group(1)) for match in map(_CHECKPOINT_INDEX.fullmatch, names) if match),
-        reverse=True,
-    )
-
-
-_CHECKPOINT_INDEX = re.compile(r'ckpt-(\d+)\.index')
-
-
-def read_best(logdir):
-    """{step, metric, value, scores} of the run's best validation step, or None."""
-    return utils.read_json(os.path.join(logdir, BEST_DIR, BEST_FILE), BEST_FIELDS, missing_ok=True)
-
-
 def check_architecture(saved, requested, where):
     """Raises a one-line error naming every flag that contradicts the saved architecture; flags
     left unset (None) take the saved value. Returns the merged architecture."""
@@ -189,7 +96,7 @@ def check_architecture(saved, requested, where):
         if requested.get(key) is not None and requested[key] != saved[key]
     ]
     if conflicts:
-        raise utils.UserError(
+        raise cli.UserError(
             f'{where} holds a model of another architecture: ' + ', '.join(conflicts)
         )
     return dict(saved)

@@ -18,7 +18,10 @@ import cv2
 import numpy as np
 from absl import app, flags
 
+import cli
+import fileio
 import fov
+import label_files
 import utils
 
 FLAGS = flags.FLAGS
@@ -42,7 +45,7 @@ flags.DEFINE_string(
     'Where --visualize writes the preprocessing-steps and '
     'dataset-sample figures of the first image.',
 )
-utils.define_flags('seed', 'visulize', 'output_dir')
+cli.define_flags('seed', 'visulize', 'output_dir')
 DEFAULT_OUTPUT_DIR = 'data'
 
 SPLITS = ('training', 'test')
@@ -97,12 +100,12 @@ def find_drive_layout(split_dir):
     mask/NN_split_mask.*, 2nd_manual/NN_manual2.*."""
     samples = []
     for image in _files(os.path.join(split_dir, 'images'), '*'):
-        stem = utils.file_stem(image)
-        utils.check_listable(stem, image)
+        stem = label_files.file_stem(image)
+        label_files.check_listable(stem, image)
         number = glob.escape(stem.split('_')[0])
         label = _first_match(os.path.join(split_dir, '1st_manual'), f'{number}_manual1.*')
         if label is None:
-            raise utils.UserError(
+            raise cli.UserError(
                 f'{image}: no label {number}_manual1.* in {os.path.join(split_dir, "1st_manual")}'
             )
         mask = _first_match(os.path.join(split_dir, 'mask'), f'{glob.escape(stem)}_mask.*')
@@ -116,13 +119,13 @@ def find_chase(chase_dir):
     Images 01-10 are the standard training split, 11-14 the test split."""
     splits = {split: [] for split in SPLITS}
     for image in _files(chase_dir, 'Image_*.jpg'):
-        stem = utils.file_stem(image)
+        stem = label_files.file_stem(image)
         match = re.fullmatch(r'Image_(\d+)[LR]', stem)
         if not match:
             continue
         label = os.path.join(chase_dir, f'{stem}_1stHO.png')
         if not os.path.exists(label):
-            raise utils.UserError(f'{image}: no label {os.path.basename(label)} beside it')
+            raise cli.UserError(f'{image}: no label {os.path.basename(label)} beside it')
         second = os.path.join(chase_dir, f'{stem}_2ndHO.png')
         split = 'training' if int(match.group(1)) <= 10 else 'test'
         splits[split].append(
@@ -136,11 +139,11 @@ def find_stare(stare_dir):
     ground truth), labels-vk/imNNNN.vk.ppm (the second observer), each possibly gzipped."""
     splits = {split: [] for split in SPLITS}
     for image in _files(os.path.join(stare_dir, 'stare-images'), 'im*.ppm*'):
-        stem = utils.file_stem(image)
-        utils.check_listable(stem, image)
+        stem = label_files.file_stem(image)
+        label_files.check_listable(stem, image)
         label = _first_match(os.path.join(stare_dir, 'labels-ah'), f'{stem}.ah.ppm*')
         if label is None:
-            raise utils.UserError(
+            raise cli.UserError(
                 f'{image}: no label {stem}.ah.ppm in {os.path.join(stare_dir, "labels-ah")}'
             )
         second = _first_match(os.path.join(stare_dir, 'labels-vk'), f'{stem}.vk.ppm*')
@@ -154,7 +157,7 @@ def find_hrf(hrf_dir):
     mask/<name>_mask.tif."""
     splits = {split: [] for split in SPLITS}
     for image in _files(os.path.join(hrf_dir, 'images'), '*'):
-        stem = utils.file_stem(image)
+        stem = label_files.file_stem(image)
         match = re.fullmatch(r'(\d+)_(h|g|dr)', stem)
         if not match:
             continue
@@ -164,9 +167,7 @@ def find_hrf(hrf_dir):
         }
         for folder, path in found.items():
             if path is None:
-                raise utils.UserError(
-                    f'{image}: no {folder} file in {os.path.join(hrf_dir, folder)}'
-                )
+                raise cli.UserError(f'{image}: no {folder} file in {os.path.join(hrf_dir, folder)}')
         split = 'training' if int(match.group(1)) in HRF_TRAINING else 'test'
         splits[split].append(RawSample(stem, image, found['manual1'], found['mask']))
     return splits
@@ -205,12 +206,12 @@ def load_sample(sample):
     mask = fov.read(image, sample.image, sample.mask)
     arrays = {
         'images': image,
-        'images' + utils.PREPROCESSED_SUFFIX: utils.preprocess_image(image)['gamma'],
+        'images' + label_files.PREPROCESSED_SUFFIX: utils.preprocess_image(image)['gamma'],
         'labels': label * 255,
         'masks': mask * 255,
     }
     if sample.second_label:
-        arrays['labels' + utils.SECOND_OBSERVER_SUFFIX] = binary(sample.second_label) * 255
+        arrays['labels' + label_files.SECOND_OBSERVER_SUFFIX] = binary(sample.second_label) * 255
     return arrays
 
 
@@ -219,11 +220,11 @@ def write_split(split_dir, loaded):
     that is not there yet)."""
     split = os.path.basename(split_dir)
     folders = [f'{split}/images', f'{split}/labels', f'{split}/masks']
-    text = utils.label_file_text(folders, [[f'{name}.png'] * 3 for name, _ in loaded])
+    text = label_files.label_file_text(folders, [[f'{name}.png'] * 3 for name, _ in loaded])
     for name, arrays in loaded:
         for kind, array in arrays.items():
-            utils.write_png(os.path.join(split_dir, kind, f'{name}.png'), array)
-    utils.write_atomic(f'{split_dir}.txt', text)
+            fileio.write_png(os.path.join(split_dir, kind, f'{name}.png'), array)
+    fileio.write_atomic(f'{split_dir}.txt', text)
 
 
 def refuse_overlap(data_dir, output_dir, datasets):
@@ -234,7 +235,7 @@ def refuse_overlap(data_dir, output_dir, datasets):
         written = os.path.realpath(os.path.join(output_dir, name))
         for folder in inputs:
             if os.path.commonpath([written, folder]) in (written, folder):
-                raise utils.UserError(
+                raise cli.UserError(
                     f'--output_dir={output_dir}: would write {written} into '
                     f'the downloads of --data_dir={data_dir}; choose another '
                     'folder'
@@ -245,10 +246,10 @@ def process(data_dir, output_dir):
     """Reads and checks everything found under `data_dir` first, then writes: bad input leaves
     nothing written. Returns {dataset: {split: count}}."""
     if not os.path.isdir(data_dir):
-        raise utils.UserError(f'--data_dir={data_dir}: no such folder')
+        raise cli.UserError(f'--data_dir={data_dir}: no such folder')
     datasets = find_datasets(data_dir)
     if not datasets:
-        raise utils.UserError(
+        raise cli.UserError(
             f'--data_dir={data_dir}: found no images in DRIVE/, CHASEDB1/, '
             'STARE/, HRF/ or SYNTH/ (unpack the downloads there, or pass '
             '--synthetic)'
@@ -370,11 +371,11 @@ def generate_synthetic(root, num_train, num_test, size, seed):
         for number in split_numbers:
             image, label, mask = synthetic_retina(size, rng)
             stem = f'{number:02d}_{split}'
-            utils.write_png(os.path.join(root, split, 'images', f'{stem}.png'), image)
-            utils.write_png(
+            fileio.write_png(os.path.join(root, split, 'images', f'{stem}.png'), image)
+            fileio.write_png(
                 os.path.join(root, split, '1st_manual', f'{number:02d}_manual1.png'), label * 255
             )
-            utils.write_png(os.path.join(root, split, 'mask', f'{stem}_mask.png'), mask * 255)
+            fileio.write_png(os.path.join(root, split, 'mask', f'{stem}_mask.png'), mask * 255)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -382,7 +383,7 @@ def generate_synthetic(root, num_train, num_test, size, seed):
 
 def draw_figures(sample, figure_dir):
     """The four preprocessing steps side by side, and an image / label / mask sample figure."""
-    plt = utils.pyplot()
+    plt = fileio.pyplot()
     image = utils.read_image(sample.image)
     stages = utils.preprocess_image(image)
     label = utils.read_binary(sample.label)
@@ -410,7 +411,7 @@ def draw_figures(sample, figure_dir):
             axis.axis('off')
         fig.suptitle(os.path.basename(sample.image))
         path = os.path.join(figure_dir, filename)
-        utils.save_figure(fig, path)
+        fileio.save_figure(fig, path)
         print(f'wrote {path}')
 
 
@@ -444,4 +445,4 @@ def main(argv):
 
 if __name__ == '__main__':
     flags.mark_flag_as_required('data_dir')
-    app.run(utils.run_main(main))
+    app.run(cli.run_main(main))

@@ -13,9 +13,9 @@ import os
 import numpy as np
 
 import features
+import fileio
 import fov
 import scale
-import utils
 
 FEATURES_CSV, REPORT_HTML = 'features.csv', 'report.html'
 FEW_VESSELS = 0.03  # a vessel density below this (DRIVE's maps: 0.08-0.14) is flagged
@@ -75,8 +75,8 @@ def write(out_dir, rows, title):
     for row in rows:
         writer.writerow([cell(row.get(name)) for name in names])
     paths = os.path.join(out_dir, FEATURES_CSV), os.path.join(out_dir, REPORT_HTML)
-    utils.write_atomic(paths[0], text.getvalue())
-    utils.write_atomic(paths[1], page(rows, names, title))
+    fileio.write_atomic(paths[0], text.getvalue())
+    fileio.write_atomic(paths[1], page(rows, names, title))
     return paths
 
 

@@ -8,9 +8,9 @@ MirroredStrategy over every visible GPU (or --cpu_replicas logical CPU devices w
 none); MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several tasks.
 """
 
-import utils
+import cli
 
-utils.quiet_tensorflow()
+cli.quiet_tensorflow()
 
 import json  # noqa: E402
 import os  # noqa: E402
@@ -22,8 +22,9 @@ import time  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-import model  # noqa: E402
+import run_folder  # noqa: E402
 import train  # noqa: E402
+import train_config  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer(
@@ -56,24 +57,24 @@ def read_tf_config():
     try:
         config = json.loads(os.environ.get('TF_CONFIG') or '{}')
     except ValueError as error:
-        raise utils.UserError(f'TF_CONFIG is not valid JSON ({error})') from None
+        raise cli.UserError(f'TF_CONFIG is not valid JSON ({error})') from None
     cluster = config.get('cluster', {}) if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not all(
         isinstance(tasks, list) and all(isinstance(a, str) and ':' in a for a in tasks)
         for tasks in cluster.values()
     ):
-        raise utils.UserError('TF_CONFIG: "cluster" must map task types to lists of "host:port"')
+        raise cli.UserError('TF_CONFIG: "cluster" must map task types to lists of "host:port"')
     if sum(len(tasks) for tasks in cluster.values()) <= 1:
         return {}, None
     task = config.get('task')
     if not isinstance(task, dict) or 'type' not in task or 'index' not in task:
-        raise utils.UserError(
+        raise cli.UserError(
             'TF_CONFIG names a cluster but no "task" of this process, e.g. '
             '"task": {"type": "worker", "index": 0}'
         )
     tasks = cluster.get(task['type'], [])
     if type(task['index']) is not int or not 0 <= task['index'] < len(tasks):
-        raise utils.UserError(
+        raise cli.UserError(
             f'TF_CONFIG: task {task["type"]} {task["index"]} is not in the '
             f'cluster (it has {len(tasks)} {task["type"]} tasks)'
         )
@@ -93,7 +94,7 @@ def wait_for_peers(cluster, own_address, timeout, interval=10):
         try:
             listener.bind(('', port))
         except OSError as error:
-            raise utils.UserError(
+            raise cli.UserError(
                 f'TF_CONFIG: cannot listen on port {port} of this task ({error.strerror})'
             ) from None
         listener.listen()
@@ -102,7 +103,7 @@ def wait_for_peers(cluster, own_address, timeout, interval=10):
         while missing := [peer for peer in peers if not _accepts(peer)]:
             waited = time.time() - started
             if waited > timeout:
-                raise utils.UserError(
+                raise cli.UserError(
                     f'TF_CONFIG: {", ".join(missing)} did not start within '
                     f'--cluster_timeout={timeout:g} s'
                 )
@@ -153,14 +154,15 @@ def choose_strategy():
 
 def main(argv):
     del argv
-    config = train.config_from_flags()
+    config = train_config.config_from_flags()
     strategy = choose_strategy()
     try:
-        train.train(strategy, config)
+        result = train.train(strategy, config)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
         if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
-        raise utils.UserError(lost_worker(error, config.logdir)) from None
+        raise cli.UserError(lost_worker(error, config.logdir)) from None
+    train.exit_on_signal(result)
 
 
 def lost_worker(error, logdir):
@@ -171,14 +173,14 @@ def lost_worker(error, logdir):
     who = 'a worker'
     if task and task.group(1) in cluster and int(task.group(2)) < len(cluster[task.group(1)]):
         who = f'{task.group(1)} {task.group(2)} ({cluster[task.group(1)][int(task.group(2))]})'
-    directory = os.path.join(logdir, model.CHECKPOINT_DIR)
-    steps = model.checkpoint_steps(directory)
+    directory = os.path.join(logdir, run_folder.CHECKPOINT_DIR)
+    steps = run_folder.checkpoint_steps(directory)
     last = os.path.join(directory, f'ckpt-{steps[0]}') if steps else 'none yet'
     return (
-        f'{who} of the cluster stopped answering ({utils.first_line(error, 120)}); the last '
+        f'{who} of the cluster stopped answering ({cli.first_line(error, 120)}); the last '
         f'checkpoint is {last}: restart every worker to resume from it'
     )
 
 
 if __name__ == '__main__':
-    app.run(utils.run_main(main))
+    app.run(cli.run_main(main))

@@ -22,9 +22,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import utils  # noqa: E402
+import cli  # noqa: E402
+import fileio  # noqa: E402
+import label_files  # noqa: E402
 
-utils.quiet_tensorflow()
+cli.quiet_tensorflow()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -59,7 +61,7 @@ REFERENCES = {
 def train_config(logdir, training, steps, flags):
     """The run's settings from the recipe's flags, parsed by train.py's own flag definitions."""
     try:
-        train.FLAGS(
+        train_config.FLAGS(
             [
                 'train.py',
                 f'--logdir={logdir}',
@@ -68,9 +70,9 @@ def train_config(logdir, training, steps, flags):
                 *flags,
             ]
         )
-        return train.config_from_flags()
+        return train_config.config_from_flags()
     finally:
-        train.FLAGS.unparse_flags()
+        train_config.FLAGS.unparse_flags()
 
 
 def trained_steps_and_seconds(logdir):
@@ -127,9 +129,9 @@ def evaluation_folder(test, steps, training, evaluation):
 
 def write_label_file(path, folder, names):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    utils.write_atomic(
+    fileio.write_atomic(
         path,
-        utils.label_file_text(
+        label_files.label_file_text(
             [f'{folder}/images', f'{folder}/labels', f'{folder}/masks'],
             [[f'{n}.png'] * 3 for n in names],
         ),

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import features  # noqa: E402
+import fileio  # noqa: E402
 import fov  # noqa: E402
 import report  # noqa: E402
 import utils  # noqa: E402
@@ -68,7 +69,7 @@ def label_files():
     rows = []
     for path in sorted(glob.glob(os.path.join(stare, 'stare-images', '*.ppm'))):
         stem = os.path.basename(path)[: -len('.ppm')]
-        utils.write_png(
+        fileio.write_png(
             os.path.join(masks, f'{stem}.png'), 255 * fov.derive(utils.read_image(path))
         )
         rows.append((f'{stem}.ppm', f'{stem}.ah.ppm', f'{stem}.png'))
@@ -87,7 +88,7 @@ def label_files():
 def write_label_file(folder, name, folders, rows):
     path = os.path.join(folder, name)
     with open(path, 'w') as stream:
-        stream.write(utils.label_file_text(folders, rows))
+        stream.write(label_files.label_file_text(folders, rows))
     return path
 
 
@@ -125,8 +126,8 @@ def second_observer(label_file):
     """{source: [features]} of the first ('manual') and the second observer's maps of every
     image, or None where the set has no second observer."""
     rows = {'second': [], 'manual': []}
-    for sample in utils.parse_label_file(label_file):
-        second = utils.second_observer_path(sample) or stare_second(sample.label)
+    for sample in label_files.parse_label_file(label_file):
+        second = label_files.second_observer_path(sample) or stare_second(sample.label)
         if not second or not os.path.exists(second):
             return None
         fov = utils.read_binary(sample.mask)

@@ -12,26 +12,27 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import utils  # noqa: E402
+import cli  # noqa: E402
 
-utils.quiet_tensorflow()
+cli.quiet_tensorflow()
 
 import dataset  # noqa: E402
 import evaluate  # noqa: E402
-import model  # noqa: E402
+import run_folder  # noqa: E402
 import train  # noqa: E402
+import train_config  # noqa: E402
 
 
 def add_calibre(folder):
-    config, _ = train.load_saved(folder)
+    config, _ = train_config.load_saved(folder)
     unet = evaluate.load_model(folder)[0]
     examples = dataset.load_label_files(
         config.label_file_path, config.preprocess, config.fov_diameter or None
     )
     train.record_calibre(
-        unet, dataclasses.replace(config, logdir=folder), examples, model.load_scale(folder)
+        unet, dataclasses.replace(config, logdir=folder), examples, run_folder.load_scale(folder)
     )
-    print(f'{folder}: {model.load_scale(folder)}')
+    print(f'{folder}: {run_folder.load_scale(folder)}')
 
 
 if __name__ == '__main__':

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+import fileio  # noqa: E402
 import fov  # noqa: E402
 import preprocess  # noqa: E402
 import utils  # noqa: E402
@@ -54,7 +55,7 @@ def training_curve():
     scalars = read_scalars(DRIVE_RUN, ['train/loss', 'train/learning_rate'])
     steps, loss = scalars['train/loss']
     smooth = np.convolve(loss, np.ones(50) / 50, mode='valid')
-    fig, (left, right) = utils.pyplot().subplots(1, 2, figsize=(10, 3.4))
+    fig, (left, right) = fileio.pyplot().subplots(1, 2, figsize=(10, 3.4))
     left.plot(steps, loss, color='tab:blue', alpha=0.25, label='train/loss')
     left.plot(steps[49:], smooth, color='tab:blue', label='mean of 50 steps')
     left.set(xlabel='step', ylabel='cross-entropy (FOV pixels)', yscale='log')
@@ -64,7 +65,7 @@ def training_curve():
     for axis in (left, right):
         axis.grid(alpha=0.3)
     fig.suptitle('DRIVE, CPU recipe (64px patches, batch 32, base 16)')
-    utils.save_figure(fig, os.path.join(IMAGES, 'training_curve.png'), dpi=90)
+    fileio.save_figure(fig, os.path.join(IMAGES, 'training_curve.png'), dpi=90)
 
 
 def calibrated_overlays(run):
@@ -97,7 +98,7 @@ def scale_figure(model='drive', photo='Image_01L.jpg', zoom=1.5):
     with tempfile.TemporaryDirectory() as scratch:
         rgb = utils.read_image(source)
         large = utils.resize(rgb, utils.scaled_size(rgb.shape, zoom))
-        utils.write_png(os.path.join(scratch, 'photo.png'), large)
+        fileio.write_png(os.path.join(scratch, 'photo.png'), large)
         maps = {}
         for how in ('--rescale', '--norescale'):
             out = os.path.join(scratch, how.strip('-'))
@@ -111,7 +112,7 @@ def scale_figure(model='drive', photo='Image_01L.jpg', zoom=1.5):
             maps[how] = utils.read_image(os.path.join(out, 'photo_prob.png'))
     top, left, side = int(0.25 * large.shape[0]), int(0.45 * large.shape[1]), 560
     crop = (slice(top, top + side), slice(left, left + side))
-    fig, axes = utils.pyplot().subplots(1, 3, figsize=(13, 4.6))
+    fig, axes = fileio.pyplot().subplots(1, 3, figsize=(13, 4.6))
     panels = [
         (large, f'photo ({large.shape[1]}x{large.shape[0]}, FOV 2.6x DRIVE), crop'),
         (maps['--norescale'], 'DRIVE model, as it is: hollow, missed'),
@@ -121,7 +122,7 @@ def scale_figure(model='drive', photo='Image_01L.jpg', zoom=1.5):
         axis.imshow(image[crop])
         axis.set_title(title, fontsize=10)
         axis.axis('off')
-    utils.save_figure(fig, os.path.join(IMAGES, 'scale.png'), dpi=80)
+    fileio.save_figure(fig, os.path.join(IMAGES, 'scale.png'), dpi=80)
 
 
 def fov_figure():
@@ -129,7 +130,7 @@ def fov_figure():
     found = preprocess.find_datasets(SHARED).get('STARE')
     if not found:
         return
-    fig, axes = utils.pyplot().subplots(2, 5, figsize=(15, 6.6))
+    fig, axes = fileio.pyplot().subplots(2, 5, figsize=(15, 6.6))
     for axis, sample in zip(axes.ravel(), found['training'], strict=False):
         rgb = utils.read_image(sample.image)
         mask = fov.derive(rgb)
@@ -151,7 +152,7 @@ def fov_figure():
         )
         axis.axis('off')
     fig.suptitle('fov.derive on STARE (film scans): outline green, fitted circle red')
-    utils.save_figure(fig, os.path.join(IMAGES, 'fov_stare.png'), dpi=70)
+    fileio.save_figure(fig, os.path.join(IMAGES, 'fov_stare.png'), dpi=70)
 
 
 def main():

@@ -24,9 +24,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import utils  # noqa: E402
+import cli  # noqa: E402
 
-utils.quiet_tensorflow()
+cli.quiet_tensorflow()
 
 import preprocess  # noqa: E402
 from bench.common import RESULTS, ROOT  # noqa: E402

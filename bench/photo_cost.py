@@ -93,13 +93,14 @@ def model_seconds(path):
     import evaluate
     import fov
     import model
+    import run_folder
     import scale
     import utils
 
     unet, architecture, _, _ = evaluate.load_model(MODEL)
     predict = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
     rgb = utils.read_image(path)
-    decision = scale.decide(fov.derive(rgb), model.load_scale(MODEL), path)
+    decision = scale.decide(fov.derive(rgb), run_folder.load_scale(MODEL), path)
     image = scale.at_model_scale(rgb, decision.factor, architecture['preprocess'])
     times = []
     for _ in range(4):

@@ -19,15 +19,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import utils  # noqa: E402
+import cli  # noqa: E402
+import run_folder  # noqa: E402
 
-utils.quiet_tensorflow()
+cli.quiet_tensorflow()
 
-import model  # noqa: E402
 from bench.accuracy import trained_steps_and_seconds  # noqa: E402
 from bench.common import ROOT, WORK, evaluation_metrics  # noqa: E402
 
-SHIPPED = (model.ARCHITECTURE_FILE, model.SCALE_FILE, 'config.json', model.WEIGHTS_FILE)
+SHIPPED = (
+    run_folder.ARCHITECTURE_FILE,
+    run_folder.SCALE_FILE,
+    run_folder.CONFIG_FILE,
+    run_folder.WEIGHTS_FILE,
+)
 CARD_JSON, CARD = 'card.json', 'MODEL.md'
 METRICS = ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')
 
@@ -77,7 +82,7 @@ def main():
                     'scores': metrics['scores'],
                 }
             )
-    with open(os.path.join(folder, 'config.json')) as stream:
+    with open(os.path.join(folder, run_folder.CONFIG_FILE)) as stream:
         versions = json.load(stream)['versions']
     card = {
         'name': args.name,
@@ -88,7 +93,7 @@ def main():
         'training_loop_seconds': round(seconds),
         'machine': f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})',
         'versions': versions,
-        'fov_diameter': model.load_scale(folder).fov_diameter,
+        'fov_diameter': run_folder.load_scale(folder).fov_diameter,
         'calibrated_threshold': calibrated,
         'evaluations': evaluations,
         'notes': args.notes,
@@ -109,7 +114,7 @@ def render(card):
         + ' |'
         for e in card['evaluations']
     ]
-    weights = os.path.join('models', card['name'], model.WEIGHTS_FILE)
+    weights = os.path.join('models', card['name'], run_folder.WEIGHTS_FILE)
     return '\n'.join(
         [
             f"# Model card: {card['name']}",

@@ -35,9 +35,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import utils  # noqa: E402
+import cli  # noqa: E402
 
-utils.quiet_tensorflow()
+cli.quiet_tensorflow()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -46,6 +46,7 @@ import tensorflow as tf  # noqa: E402
 import dataset  # noqa: E402
 import evaluate  # noqa: E402
 import model  # noqa: E402
+import run_folder  # noqa: E402
 import train  # noqa: E402
 from bench import photo_cost  # noqa: E402
 from bench.common import RESULTS, ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
@@ -278,9 +279,9 @@ def evaluation_seconds(drive, base):
         'transpose_conv': False,
         'preprocess': True,
     }
-    model.save_architecture(logdir, architecture)
+    run_folder.save_architecture(logdir, architecture)
     model.build_from_architecture(architecture).save_weights(
-        os.path.join(logdir, model.WEIGHTS_FILE)
+        os.path.join(logdir, run_folder.WEIGHTS_FILE)
     )
     label_file = f'{drive}/test.txt'
     run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={label_file}')
@@ -293,7 +294,8 @@ PEAK_MEMORY_SCRIPT = '''
 import os, sys
 sys.path.insert(0, sys.argv[1])
 import utils
-utils.quiet_tensorflow()
+import cli
+cli.quiet_tensorflow()
 import numpy as np, model, evaluate
 
 def high_water_mib():  # VmHWM starts afresh at exec, unlike ru_maxrss (inherited from the parent)

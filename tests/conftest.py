@@ -59,7 +59,7 @@ def run_here(script, *args):
     from absl import flags
     from absl import logging as absl_logging
 
-    import utils
+    import cli
 
     module = importlib.import_module(script.removesuffix('.py'))
     argv = [script, *map(str, args)]
@@ -73,7 +73,7 @@ def run_here(script, *args):
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 remaining = flags.FLAGS(argv)
-                utils.run_main(module.main)(remaining)
+                cli.run_main(module.main)(remaining)
             except flags.Error as error:
                 print(f'FATAL Flags parsing error: {error}', file=sys.stderr)
                 code = 1
@@ -134,17 +134,17 @@ def train(logdir, label_file, *args, script='train.py', env=None):
 
 def train_here(logdir, label_file, **changes):
     """train.train in this process with the tiny settings (as `train` runs the script); returns
-    the settings. The loop reads no flags, so most tests need no TensorFlow start-up of their
+    its TrainResult. The loop reads no flags, so most tests need no TensorFlow start-up of their
     own."""
     import tensorflow as tf
 
     import train as train_module
+    import train_config
 
-    config = train_module.TrainConfig(
+    config = train_config.TrainConfig(
         logdir=str(logdir), label_file_path=str(label_file), **{**TINY, **changes}
     )
-    train_module.train(tf.distribute.get_strategy(), config)
-    return config
+    return train_module.train(tf.distribute.get_strategy(), config)
 
 
 @contextlib.contextmanager

@@ -9,15 +9,17 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cli
 import dataset
-import utils
+import fileio
+import label_files
 
 
 def write_label_file(root, text, files=('a b.png', 'c.png')):
     for folder in ('imgs', 'labs', 'msks'):
         os.makedirs(root / folder, exist_ok=True)
         for name in files:
-            utils.write_png(str(root / folder / name), np.zeros((8, 8), np.uint8))
+            fileio.write_png(str(root / folder / name), np.zeros((8, 8), np.uint8))
     path = root / 'list.txt'
     path.write_bytes(text.encode())
     return str(path)
@@ -27,9 +29,9 @@ def test_parses_header_lines_crlf_blank_lines_and_spaces(tmp_path):
     path = write_label_file(
         tmp_path, 'imgs,labs,msks\r\n\r\na b.png, c.png ,c.png\r\n\nc.png,c.png,c.png'
     )
-    samples = utils.parse_label_file(path)
+    samples = label_files.parse_label_file(path)
     assert [s.name for s in samples] == ['a b', 'c']
-    assert samples[0] == utils.Sample(
+    assert samples[0] == label_files.Sample(
         'a b',
         str(tmp_path / 'imgs/a b.png'),
         str(tmp_path / 'labs/c.png'),
@@ -55,13 +57,13 @@ def test_parses_header_lines_crlf_blank_lines_and_spaces(tmp_path):
     ],
 )
 def test_bad_label_files_name_file_and_line(tmp_path, text, message):
-    with pytest.raises(utils.UserError, match=message):
-        utils.parse_label_file(write_label_file(tmp_path, text))
+    with pytest.raises(cli.UserError, match=message):
+        label_files.parse_label_file(write_label_file(tmp_path, text))
 
 
 def test_missing_label_file(tmp_path):
-    with pytest.raises(utils.UserError, match=r'--label_file_path=.*nope.txt: file not found'):
-        utils.parse_label_file(str(tmp_path / 'nope.txt'))
+    with pytest.raises(cli.UserError, match=r'--label_file_path=.*nope.txt: file not found'):
+        label_files.parse_label_file(str(tmp_path / 'nope.txt'))
 
 
 @settings(
@@ -71,8 +73,8 @@ def test_missing_label_file(tmp_path):
 def test_parser_fuzz_parses_or_raises_its_own_error(tmp_path, text):
     path = write_label_file(tmp_path, text)
     try:
-        samples = utils.parse_label_file(path)
-    except utils.UserError as error:
+        samples = label_files.parse_label_file(path)
+    except cli.UserError as error:
         assert '\n' not in str(error).strip() or 'found' in str(error)
     else:
         assert samples and all(os.path.isfile(s.image) for s in samples)
@@ -212,6 +214,6 @@ def test_pipelines_split_the_global_batch():
 
 def test_load_examples_checks_sizes(tmp_path):
     path = write_label_file(tmp_path, 'imgs,labs,msks\nc.png,c.png,c.png')
-    utils.write_png(str(tmp_path / 'labs/c.png'), np.zeros((8, 9), np.uint8))
-    with pytest.raises(utils.UserError, match=r'labs/c.png: size 9x8 differs from its image'):
+    fileio.write_png(str(tmp_path / 'labs/c.png'), np.zeros((8, 9), np.uint8))
+    with pytest.raises(cli.UserError, match=r'labs/c.png: size 9x8 differs from its image'):
         dataset.load_label_files(path)

@@ -16,12 +16,16 @@ import keras
 import numpy as np
 import pytest
 
+import cli
 import dataset
 import evaluate
 import features
+import fileio
 import fov
+import label_files
 import metrics
 import model
+import run_folder
 import utils
 from conftest import SHARED_DATA, evaluation_dir, last_line, run_here, run_script, tmpfs
 
@@ -147,8 +151,8 @@ def test_threshold_calibrated_on_training_images_with_flips(trained, synthetic, 
     assert written['calibrated_on'] == synthetic['training'] and written['tta'] is True
     # Recomputed here: flip-averaged probabilities of the saved model, the F1 of every threshold
     # on a 0.005 grid over the training images, and the test confusion matrix.
-    unet = model.build_from_architecture(model.load_architecture(str(logdir)))
-    unet.load_weights(str(logdir / model.WEIGHTS_FILE))
+    unet = model.build_from_architecture(run_folder.load_architecture(str(logdir)))
+    unet.load_weights(str(logdir / run_folder.WEIGHTS_FILE))
 
     def pixels(label_file):
         examples = dataset.load_label_files(label_file, preprocess=True)
@@ -342,7 +346,7 @@ def test_exported_savedmodel_matches_keras_in_a_fresh_process(trained, tmp_path,
     assert served.shape == (1, 584, 565)
     np.testing.assert_allclose(served, expected, atol=1e-5)
     # At scale: DRIVE's 538 px FOV brought to the synthetic model's, predicted, and sized back.
-    factor = model.load_scale(trained).fov_diameter / diameter
+    factor = run_folder.load_scale(trained).fov_diameter / diameter
     small = cv2.resize(
         image, (round(565 * factor), round(584 * factor)), interpolation=cv2.INTER_AREA
     )
@@ -354,9 +358,9 @@ def test_exported_savedmodel_matches_keras_in_a_fresh_process(trained, tmp_path,
 
 
 def load_trained(logdir):
-    architecture = model.load_architecture(logdir)
+    architecture = run_folder.load_architecture(logdir)
     unet = model.build_from_architecture(architecture)
-    unet.load_weights(os.path.join(logdir, model.WEIGHTS_FILE))
+    unet.load_weights(os.path.join(logdir, run_folder.WEIGHTS_FILE))
     return unet, architecture
 
 
@@ -461,8 +465,8 @@ def test_corrupt_weights_and_a_mistyped_architecture_say_what_is_wrong(
         ('preprocess', 'yes', 'true or false, found "yes"'),
     ):
         (logdir / 'architecture.json').write_text(json.dumps({**architecture, key: value}))
-        with pytest.raises(utils.UserError, match=f'architecture.json: "{key}" must be {expected}'):
-            model.load_architecture(str(logdir))
+        with pytest.raises(cli.UserError, match=f'architecture.json: "{key}" must be {expected}'):
+            run_folder.load_architecture(str(logdir))
 
 
 def test_labels_without_vessels_report_undefined_not_nan(trained, synthetic, tmp_path):
@@ -498,7 +502,7 @@ def test_calibrating_on_the_evaluated_images_is_refused(trained, synthetic, tmp_
         f'--output_dir={tmp_path / "out"}',
     )
     assert result.returncode == 2
-    first = utils.parse_label_file(synthetic['test'])[0].image
+    first = label_files.parse_label_file(synthetic['test'])[0].image
     assert last_line(result.stderr) == (
         f'error: --calibrate_on={synthetic["training"]},{synthetic["test"]}: lists {first}, an '
         f'image of the evaluated {synthetic["test"]}; calibrate on other images (the training '
@@ -510,8 +514,8 @@ def test_calibrating_on_the_evaluated_images_is_refused(trained, synthetic, tmp_
 def test_the_last_checkpoint_is_what_an_evaluation_loads_and_names(trained, synthetic, tmp_path):
     logdir = tmp_path / 'log'
     shutil.copytree(trained, logdir)
-    stale = model.build_from_architecture(model.load_architecture(str(logdir)))
-    stale.save_weights(str(logdir / model.WEIGHTS_FILE))  # as if killed before the export
+    stale = model.build_from_architecture(run_folder.load_architecture(str(logdir)))
+    stale.save_weights(str(logdir / run_folder.WEIGHTS_FILE))  # as if killed before the export
     scores = {}
     for checkpoint in ('last', '200'):
         result = run_here(
@@ -571,7 +575,7 @@ def test_a_full_disk_stops_predicting_with_one_line_and_no_half_written_photo(tr
     for index in range(8):  # noise compresses badly: each photo's outputs take about 300 KB
         image = rng.integers(0, 255, (300, 300, 3)).astype(np.uint8)
         cv2.circle(image, (150, 150), 60, (0, 0, 0), -1)
-        utils.write_png(str(photos / f'{index}.png'), image)
+        fileio.write_png(str(photos / f'{index}.png'), image)
     with tmpfs(tmp_path / 'small', '1m') as disk:
         result = run_here(
             'evaluate.py', f'--logdir={trained}', f'--predict={photos}', f'--predict_dir={disk}'

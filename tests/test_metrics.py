@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import fileio
+import label_files
 import metrics
-import utils
 from conftest import ROOT
 
 # 2x4 example; the last pixel (a false alarm) lies outside the mask.
@@ -84,7 +85,7 @@ def test_nothing_to_count_is_undefined_and_written_as_null(tmp_path):
     assert scores['F1'] == 0 and scores['Precision'] == 0 and np.isnan(scores['Se'])
     path = tmp_path / 'metrics.json'
     no_vessel = counted([0, 0], [0.1, 0.2]).histogram
-    utils.write_json(path, {'scores': scores, 'auc': metrics.roc_auc(no_vessel)})
+    fileio.write_json(path, {'scores': scores, 'auc': metrics.roc_auc(no_vessel)})
     assert json.loads(path.read_text(), parse_constant=pytest.fail) == {
         'scores': {**scores, 'Se': None},
         'auc': None,
@@ -176,7 +177,7 @@ def drive_predictions(drive):
 
     unet, architecture, _, _ = evaluate.load_model(f'{ROOT}/models/drive')
     predict = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
-    samples = utils.parse_label_file(drive['test'])[:4]
+    samples = label_files.parse_label_file(drive['test'])[:4]
     pairs = []
     for example in dataset.iter_examples(samples, architecture['preprocess']):
         probability = evaluate.predict_image(predict, example.image.astype(np.float32) / 255)

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+import cli
 import model
-import utils
+import run_folder
 
 
 def expected_parameters(base, in_channels, classes, transpose_conv):
@@ -73,15 +74,15 @@ def utils_softmax(logits):
 
 def test_architecture_round_trip_and_conflicts(tmp_path):
     saved = {'num_classes': 2, 'base_channels': 16, 'transpose_conv': True, 'preprocess': True}
-    model.save_architecture(str(tmp_path), saved)
-    assert model.load_architecture(str(tmp_path)) == saved
+    run_folder.save_architecture(str(tmp_path), saved)
+    assert run_folder.load_architecture(str(tmp_path)) == saved
     assert model.check_architecture(saved, {'base_channels': 16}, 'x') == saved
     with pytest.raises(
-        utils.UserError,
+        cli.UserError,
         match=r'x holds a model of another architecture: '
         r'--base_channels=32 \(trained with 16\), --transpose_conv=False \(trained with True\)',
     ):
         model.check_architecture(saved, {'transpose_conv': False, 'base_channels': 32}, 'x')
-    (tmp_path / model.ARCHITECTURE_FILE).write_text('{"num_classes": 2}')
-    with pytest.raises(utils.UserError, match='architecture.json: "base_channels" is missing'):
-        model.load_architecture(str(tmp_path))
+    (tmp_path / run_folder.ARCHITECTURE_FILE).write_text('{"num_classes": 2}')
+    with pytest.raises(cli.UserError, match='architecture.json: "base_channels" is missing'):
+        run_folder.load_architecture(str(tmp_path))

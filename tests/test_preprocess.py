@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import cli
+import fileio
 import preprocess
 import utils
 from conftest import SHARED_DATA, last_line, require_shared, run_script
@@ -139,11 +141,11 @@ def test_cli_synthetic_and_figures(tmp_path):
 
 
 def _break_label_size(raw):
-    utils.write_png(str(raw / '1st_manual/01_manual1.png'), np.zeros((10, 10), np.uint8))
+    fileio.write_png(str(raw / '1st_manual/01_manual1.png'), np.zeros((10, 10), np.uint8))
 
 
 def _grey_label(raw):
-    utils.write_png(str(raw / '1st_manual/01_manual1.png'), np.full((64, 64), 128, np.uint8))
+    fileio.write_png(str(raw / '1st_manual/01_manual1.png'), np.full((64, 64), 128, np.uint8))
 
 
 def _truncate_image(raw):
@@ -195,7 +197,7 @@ def test_an_output_folder_inside_the_downloads_is_refused(tmp_path, raw):
     files = sorted(glob.glob(str(tmp_path / 'raw/**/*.*'), recursive=True))
     for output in (tmp_path / 'raw', tmp_path / 'raw' / 'SYNTH' / 'training'):
         with pytest.raises(
-            utils.UserError,
+            cli.UserError,
             match=f'--output_dir={output}: would write .* into the downloads of --data_dir=',
         ):
             preprocess.process(str(tmp_path / 'raw'), str(output))

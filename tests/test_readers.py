@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+import label_files
 import preprocess
 import utils
 from conftest import last_line, require_shared, run_script
@@ -86,7 +87,7 @@ def test_stare_layout_gives_its_standard_split_and_both_observers(tmp_path, star
         np.testing.assert_array_equal(
             utils.read_image(str(out / split / 'images' / f'{name}.png')), image
         )  # PPM is lossless, gzipped or not
-        for folder in ('labels', 'labels' + utils.SECOND_OBSERVER_SUFFIX):
+        for folder in ('labels', 'labels' + label_files.SECOND_OBSERVER_SUFFIX):
             np.testing.assert_array_equal(
                 utils.read_binary(str(out / split / folder / f'{name}.png')), label
             )

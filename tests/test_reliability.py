@@ -11,7 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+import cli
 import dataset
+import fileio
+import label_files
 import preprocess
 import utils
 from conftest import ROOT, TINY_TRAINING, last_line, run_script
@@ -25,7 +28,7 @@ def test_truncated_files_of_every_format(tmp_path, extension):
     data = open(path, 'rb').read()
     cut = tmp_path / f'cut{extension}'
     cut.write_bytes(data[: len(data) // 4])
-    with pytest.raises(utils.UserError, match=f'cut{extension}: not a readable image'):
+    with pytest.raises(cli.UserError, match=f'cut{extension}: not a readable image'):
         utils.read_image(str(cut))
 
 
@@ -33,12 +36,14 @@ def test_colour_label_is_refused_but_rgb_stored_gray_is_fine(tmp_path):
     path = str(tmp_path / 'label.png')
     gray = np.zeros((8, 8), np.uint8)
     gray[2:4] = 255
-    utils.write_png(path, np.stack([gray] * 3, axis=-1))  # RGB with equal channels, as DRIVE's GIFs
+    fileio.write_png(
+        path, np.stack([gray] * 3, axis=-1)
+    )  # RGB with equal channels, as DRIVE's GIFs
     np.testing.assert_array_equal(utils.read_binary(path), gray // 255)
     coloured = np.stack([gray, gray, np.zeros_like(gray)], axis=-1)
-    utils.write_png(path, coloured)
+    fileio.write_png(path, coloured)
     with pytest.raises(
-        utils.UserError, match='label.png: a colour image where a gray one is expected'
+        cli.UserError, match='label.png: a colour image where a gray one is expected'
     ):
         utils.read_binary(path)
 
@@ -108,7 +113,7 @@ def test_contradictory_aliases_are_refused(tmp_path, args):
     assert last_line(result.stderr).endswith(
         'contradict each other (--visualize is another spelling of --visulize)'
     )
-    utils.check_aliases(['--visulize', '--visualize=true', '--seed=1'])  # agreeing: accepted
+    cli.check_aliases(['--visulize', '--visualize=true', '--seed=1'])  # agreeing: accepted
 
 
 @pytest.mark.parametrize('extension', ['.png', '.tif'])
@@ -129,7 +134,7 @@ def test_a_label_file_with_a_byte_order_mark_is_read(tmp_path, synthetic):
     path = os.path.join(os.path.dirname(synthetic['training']), 'bom.txt')
     with open(path, 'w', encoding='utf-8-sig') as stream:  # as Windows Notepad saves it
         stream.write(text)
-    assert utils.parse_label_file(path) == utils.parse_label_file(synthetic['training'])
+    assert label_files.parse_label_file(path) == label_files.parse_label_file(synthetic['training'])
 
 
 def synthetic_raw(tmp_path, folder='raw', count=2):
@@ -146,7 +151,7 @@ def test_a_comma_in_an_image_name_is_refused_before_anything_is_written(tmp_path
         raw / 'SYNTH' / 'training' / 'mask' / '01_training,v2_mask.png'
     )
     with pytest.raises(
-        utils.UserError,
+        cli.UserError,
         match=r'01_training,v2.png: a comma or line break in a '
         r'file name cannot be listed in a label file',
     ):
@@ -165,16 +170,18 @@ def test_empty_fov_masks_are_refused_where_they_come_in(tmp_path, synthetic):
     raw = synthetic_raw(tmp_path)
     mask = raw / 'SYNTH' / 'training' / 'mask' / '01_training_mask.png'
     cv2.imwrite(str(mask), np.zeros((64, 64), np.uint8))
-    with pytest.raises(utils.UserError, match=f'^{mask}: the FOV mask is empty \\(all zero\\)$'):
+    with pytest.raises(cli.UserError, match=f'^{mask}: the FOV mask is empty \\(all zero\\)$'):
         preprocess.process(str(raw), str(tmp_path / 'out'))
     black = tmp_path / 'black.png'
     cv2.imwrite(str(black), np.zeros((64, 64, 3), np.uint8))
     sample = preprocess.RawSample('black', str(black), str(black))
-    with pytest.raises(utils.UserError, match='black.png: no field of view found'):
+    with pytest.raises(cli.UserError, match='black.png: no field of view found'):
         preprocess.load_sample(sample)
     # An evaluation label file whose mask is empty: named, before any prediction.
-    samples = utils.parse_label_file(synthetic['test'])
+    samples = label_files.parse_label_file(synthetic['test'])
     empty = tmp_path / 'empty_mask.png'
     cv2.imwrite(str(empty), np.zeros((96, 96), np.uint8))
-    with pytest.raises(utils.UserError, match=f'^{empty}: the FOV mask is empty'):
-        dataset.load_examples([utils.Sample('x', samples[0].image, samples[0].label, str(empty))])
+    with pytest.raises(cli.UserError, match=f'^{empty}: the FOV mask is empty'):
+        dataset.load_examples(
+            [label_files.Sample('x', samples[0].image, samples[0].label, str(empty))]
+        )

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+import label_files
 import report
 import scale
 import utils
@@ -92,7 +93,7 @@ def evaluated(trained, synthetic, tmp_path_factory):
 
 
 def test_evaluation_measures_the_predicted_and_the_manual_map_of_every_image(evaluated, synthetic):
-    samples = utils.parse_label_file(synthetic['test'])
+    samples = label_files.parse_label_file(synthetic['test'])
     rows = list(csv.DictReader(open(os.path.join(evaluated, report.FEATURES_CSV))))
     assert [(row['image'], row['source']) for row in rows] == [
         (sample.name, source) for sample in samples for source in ('predicted', 'manual')

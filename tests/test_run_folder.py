@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-import utils
+import cli
 from conftest import (
     ROOT,
     checkpoint_step,
@@ -100,7 +100,7 @@ def test_no_readable_checkpoint_stops_and_changes_nothing(trained, synthetic, tm
     for data in (logdir / 'checkpoints').glob('*.data-*'):
         data.write_bytes(b'')
     before = tree_digest(logdir)
-    with pytest.raises(utils.UserError) as error:
+    with pytest.raises(cli.UserError) as error:
         train_here(logdir, synthetic['training'], max_iters=400)
     assert str(error.value).startswith(
         f'{logdir}/checkpoints: no checkpoint can be read (ckpt-200: '
@@ -113,7 +113,7 @@ def test_weights_without_checkpoints_are_never_overwritten(trained, synthetic, t
     logdir = copy_run(trained, tmp_path)
     shutil.rmtree(logdir / 'checkpoints')
     before = tree_digest(logdir)
-    with pytest.raises(utils.UserError) as error:
+    with pytest.raises(cli.UserError) as error:
         train_here(logdir, synthetic['training'], max_iters=400)
     assert str(error.value) == (
         f'--logdir={logdir} holds trained weights ({logdir}/model.weights.h5) but no '
@@ -165,7 +165,7 @@ def test_kill_during_a_save_leaves_leftovers_that_the_next_run_removes(
 def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, synthetic, logs):
     with tmpfs(tmp_path / 'small', '14m') as disk:
         logdir = disk / 'log'
-        with pytest.raises(utils.UserError) as error:
+        with pytest.raises(cli.UserError) as error:
             train_here(logdir, synthetic['training'], max_iters=8, save_interval=2)
         assert str(error.value).startswith(f'--logdir={logdir}: the disk is full (')
         assert str(error.value).endswith(f'the last good checkpoint is {logdir}/checkpoints/ckpt-2')
@@ -184,7 +184,7 @@ def test_read_only_logdir_is_one_line_and_evaluate_writes_elsewhere(trained, syn
     with tmpfs(tmp_path / 'ro', '64m', read_only_after=fill) as disk:
         logdir = disk / 'log'
         with pytest.raises(
-            utils.UserError,
+            cli.UserError,
             match=f'^--logdir={logdir}: cannot write there '
             r'\(Read-only file system\)$',
         ):
@@ -224,7 +224,7 @@ def test_the_logdir_lock_is_held_by_the_os_for_the_life_of_the_process(tmp_path,
     )
     try:
         holder.stdout.readline()
-        with pytest.raises(utils.UserError) as error:
+        with pytest.raises(cli.UserError) as error:
             train_here(logdir, synthetic['training'], max_iters=2)
         assert str(error.value) == (
             f'--logdir={logdir}: another train.py (host h, pid 1) is writing it'
@@ -261,12 +261,12 @@ def same_weights(a, b):
 
 def test_a_save_that_fails_midway_is_one_line_and_leaves_no_partial_file(tmp_path):
     """The disk filling during a save (another writer), which the free-space check cannot see:
-    train.save itself, on a disk with room for the checkpoint but not for the weights."""
+    run_folder.save itself (as a script's main runs it), on a disk with room for the checkpoint but not for the weights."""
     script = '''
 import os, shutil, sys
 sys.path.insert(0, sys.argv[2])
 import keras, tensorflow as tf
-import model, train
+import cli, model, run_folder
 logdir = sys.argv[1]
 unet = model.build_unet(base_channels=8, in_channels=1)
 optimizer = keras.optimizers.Adam()
@@ -275,7 +275,7 @@ manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=unet, optimizer=o
                                      os.path.join(logdir, 'checkpoints'), max_to_keep=3)
 with open(os.path.join(logdir, 'filler'), 'wb') as stream:  # leaves 6.5 MiB free
     stream.write(bytes(shutil.disk_usage(logdir).free - 13 * 2 ** 19))
-train.save(manager, unet, logdir, True, 7)
+cli.run_main(lambda argv: run_folder.save(manager, unet, logdir, True, 7))(['-c'])
 '''
     with tmpfs(tmp_path / 'small', '16m') as disk:
         result = subprocess.run(

@@ -7,9 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
+import cli
 import dataset
+import fileio
 import fov
+import label_files
 import model
+import run_folder
 import scale
 import utils
 from conftest import ROOT, last_line, require_shared, run_here
@@ -27,11 +31,9 @@ def test_fov_diameter_and_scale_factor():
     assert scale.disc_factor(mask, 150, 'x.png') == pytest.approx(150 / fov.diameter(mask))
     assert scale.disc_factor(mask, 310, 'x.png') == 1.0  # within 5%: as it is
     assert scale.disc_factor(mask, None, 'x.png') == 1.0  # a model with no recorded scale
-    with pytest.raises(
-        utils.UserError, match=r'^x.png: the field of view is only 2\d.\d px across'
-    ):
+    with pytest.raises(cli.UserError, match=r'^x.png: the field of view is only 2\d.\d px across'):
         scale.disc_factor(disc_mask(400, 21), 538, 'x.png')
-    with pytest.raises(utils.UserError, match=r'^x.png: the FOV shows no disc boundary'):
+    with pytest.raises(cli.UserError, match=r'^x.png: the FOV shows no disc boundary'):
         scale.disc_factor(np.ones((400, 400), np.uint8), 538, 'x.png')
 
 
@@ -59,7 +61,7 @@ def test_predict_at_scale_predicts_at_the_model_scale_and_answers_at_native_size
 
 
 def test_load_examples_brings_images_labels_and_masks_to_one_fov_diameter(synthetic):
-    samples = utils.parse_label_file(synthetic['training'])
+    samples = label_files.parse_label_file(synthetic['training'])
     native = dataset.load_examples(samples)
     target = 2 * fov.diameter(native[0].mask)
     examples = dataset.load_examples(samples, preprocess=True, fov_diameter=target)
@@ -77,14 +79,14 @@ def test_mixed_label_files_weigh_each_image_equally(tmp_path):
         for folder in ('images', 'labels', 'masks'):
             os.makedirs(tmp_path / name / folder)
         for index in range(count):
-            utils.write_png(
+            fileio.write_png(
                 str(tmp_path / name / 'images' / f'{index}.png'),
                 np.full((64, 64, 3), value, np.uint8),
             )
-            utils.write_png(
+            fileio.write_png(
                 str(tmp_path / name / 'labels' / f'{index}.png'), np.zeros((64, 64), np.uint8)
             )
-            utils.write_png(
+            fileio.write_png(
                 str(tmp_path / name / 'masks' / f'{index}.png'), np.full((64, 64), 255, np.uint8)
             )
         files.append(tmp_path / name / 'list.txt')
@@ -99,16 +101,16 @@ def test_mixed_label_files_weigh_each_image_equally(tmp_path):
     )
     assert np.sum(brightest > 0.5) == 30 and np.sum(brightest < 0.5) == 10
     with pytest.raises(
-        utils.UserError, match=f'^--label_file_path={tmp_path}/nope.txt: file not found$'
+        cli.UserError, match=f'^--label_file_path={tmp_path}/nope.txt: file not found$'
     ):
         dataset.load_label_files(f'{files[0]},{tmp_path}/nope.txt')
 
 
 def test_training_records_the_scale_it_learned(trained, synthetic):
-    samples = utils.parse_label_file(synthetic['training'])
+    samples = label_files.parse_label_file(synthetic['training'])
     masks = [utils.read_binary(sample.mask) for sample in samples]
     expected = np.median([np.sqrt(4 * mask.sum() / np.pi) for mask in masks])  # whole discs
-    recorded = model.load_scale(trained)
+    recorded = run_folder.load_scale(trained)
     assert recorded.fov_diameter == pytest.approx(expected, rel=0.01)
     # The main vessels the model predicts are about as wide as the labels' main vessels.
     labelled = np.median(
@@ -125,11 +127,11 @@ def vessel_share(directory, name):
 def test_predict_brings_a_2x_photo_to_the_model_scale(trained, synthetic, tmp_path):
     """The same retina photographed at twice the resolution gets the same vessel map (at its own
     size); predicted as it is, the net, which knows only thin vessels, misses most of it."""
-    image = utils.read_image(utils.parse_label_file(synthetic['test'])[0].image)
+    image = utils.read_image(label_files.parse_label_file(synthetic['test'])[0].image)
     photos = tmp_path / 'photos'
     photos.mkdir()
-    utils.write_png(str(photos / 'small.png'), image)
-    utils.write_png(
+    fileio.write_png(str(photos / 'small.png'), image)
+    fileio.write_png(
         str(photos / 'large.png'),
         cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC),
     )
@@ -160,13 +162,13 @@ def test_predict_brings_a_2x_photo_to_the_model_scale(trained, synthetic, tmp_pa
 def test_a_run_without_scale_json_predicts_images_as_they_are(trained, tmp_path):
     old = tmp_path / 'old'
     os.makedirs(old)
-    for name in (model.ARCHITECTURE_FILE, model.WEIGHTS_FILE):
+    for name in (run_folder.ARCHITECTURE_FILE, run_folder.WEIGHTS_FILE):
         os.link(os.path.join(trained, name), old / name)
     photo = tmp_path / 'eye.png'
     image = np.zeros((192, 192, 3), np.uint8)
     cv2.circle(image, (96, 96), 90, (150, 60, 30), -1)
     cv2.line(image, (20, 96), (170, 90), (60, 20, 10), 9)
-    utils.write_png(str(photo), image)
+    fileio.write_png(str(photo), image)
     outputs = {}
     for logdir, flags in ((old, []), (trained, ['--norescale'])):
         out = tmp_path / f'out{len(outputs)}'
@@ -188,10 +190,10 @@ def test_a_tiny_field_of_view_is_named_and_the_other_photos_are_written(trained,
     photos.mkdir()
     speck = np.zeros((300, 300, 3), np.uint8)
     cv2.circle(speck, (150, 150), 8, (200, 100, 50), -1)
-    utils.write_png(str(photos / 'speck.png'), speck)
+    fileio.write_png(str(photos / 'speck.png'), speck)
     fine = np.zeros((120, 120, 3), np.uint8)
     cv2.circle(fine, (60, 60), 55, (200, 100, 50), -1)
-    utils.write_png(str(photos / 'fine.png'), fine)
+    fileio.write_png(str(photos / 'fine.png'), fine)
     result = run_here(
         'evaluate.py',
         f'--logdir={trained}',
@@ -214,13 +216,13 @@ def test_a_tiny_field_of_view_is_named_and_the_other_photos_are_written(trained,
 def test_a_corrupt_scale_file_is_named(trained, tmp_path):
     broken = tmp_path / 'broken'
     os.makedirs(broken)
-    for name in (model.ARCHITECTURE_FILE, model.WEIGHTS_FILE):
+    for name in (run_folder.ARCHITECTURE_FILE, run_folder.WEIGHTS_FILE):
         os.link(os.path.join(trained, name), broken / name)
-    (broken / model.SCALE_FILE).write_text(json.dumps({'fov_diameter': -3}))
+    (broken / run_folder.SCALE_FILE).write_text(json.dumps({'fov_diameter': -3}))
     result = run_here('evaluate.py', f'--logdir={broken}', f'--predict={tmp_path}/none*')
     assert result.returncode == 2
     assert last_line(result.stderr) == (
-        f'error: {broken / model.SCALE_FILE}: "fov_diameter" must be '
+        f'error: {broken / run_folder.SCALE_FILE}: "fov_diameter" must be '
         'a FOV diameter from 32 to 10000 pixels, found -3'
     )
 
@@ -229,7 +231,7 @@ def test_a_tiny_spot_in_a_huge_frame_is_refused_before_any_allocation():
     mask = np.zeros((3000, 4000), np.uint8)
     cv2.circle(mask, (2000, 1500), 22, 1, -1)  # a 44 px FOV: the model's 919 px is 21x that
     with pytest.raises(
-        utils.UserError,
+        cli.UserError,
         match=r"spot.png: bringing it to the model's scale "
         r"\(x2\d.\d\d\) would make a \d+x\d+ image \(over 100 megapixels\)",
     ):
@@ -245,7 +247,7 @@ def drive_chase_predict():
     traced = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
     return (
         lambda image: evaluate.predict_image(traced, image),
-        model.load_scale(os.path.join(ROOT, 'models', 'drive_chase')),
+        run_folder.load_scale(os.path.join(ROOT, 'models', 'drive_chase')),
     )
 
 

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+import fileio
 import metrics
 import preprocess
 import utils
@@ -67,7 +68,7 @@ def test_a_shipped_model_segments_a_large_generated_photo(name, tmp_path):
     scale, into a vessel map that finds most of the drawn vessels and little else."""
     rng = np.random.default_rng(5)
     image, label, mask = preprocess.synthetic_retina(1024, rng)
-    utils.write_png(str(tmp_path / 'eye.png'), image)
+    fileio.write_png(str(tmp_path / 'eye.png'), image)
     result = run_here(
         'evaluate.py',
         f'--logdir={os.path.join(ROOT, "models", name)}',

@@ -6,9 +6,11 @@ import os
 
 import pytest
 
-import model
-import train
-import utils
+import cli
+import fileio
+import label_files
+import run_folder
+import train_config
 
 
 def write_label_file(tmp_path, rows):
@@ -28,21 +30,21 @@ def test_an_absolute_or_dotted_image_name_names_outputs_by_its_stem_only(tmp_pat
     precious.write_bytes(b'x')
     path = tmp_path / 'list.txt'
     path.write_text(f'images,labels,masks\n{precious},{precious},{precious}\n')
-    [sample] = utils.parse_label_file(str(path))
+    [sample] = label_files.parse_label_file(str(path))
     assert sample.name == 'precious' and sample.image == str(precious)
 
 
 def test_an_image_listed_twice_is_refused(tmp_path):
     path = write_label_file(tmp_path, [('a.png',), ('a.png',)])
-    with pytest.raises(utils.UserError, match='would write the same outputs'):
-        utils.parse_label_file(path)
+    with pytest.raises(cli.UserError, match='would write the same outputs'):
+        label_files.parse_label_file(path)
 
 
 def test_the_output_folder_may_not_hold_an_input(tmp_path):
     (tmp_path / 'eye.png').write_bytes(b'x')
-    with pytest.raises(utils.UserError, match=r'the folder of the input images \('):
-        utils.refuse_input_folder(str(tmp_path), [str(tmp_path / 'eye.png')], '--output_dir')
-    utils.refuse_input_folder(str(tmp_path / 'new'), [str(tmp_path / 'eye.png')], '--output_dir')
+    with pytest.raises(cli.UserError, match=r'the folder of the input images \('):
+        fileio.refuse_input_folder(str(tmp_path), [str(tmp_path / 'eye.png')], '--output_dir')
+    fileio.refuse_input_folder(str(tmp_path / 'new'), [str(tmp_path / 'eye.png')], '--output_dir')
 
 
 @pytest.mark.parametrize(
@@ -55,38 +57,38 @@ def test_the_output_folder_may_not_hold_an_input(tmp_path):
     ],
 )
 def test_a_crafted_best_json_names_the_field(tmp_path, best, field):
-    (tmp_path / model.BEST_DIR).mkdir()
-    (tmp_path / model.BEST_DIR / model.BEST_FILE).write_text(json.dumps(best))
-    with pytest.raises(utils.UserError, match=f'best.json: "{field}" (must be|is missing)'):
-        model.read_best(str(tmp_path))
+    (tmp_path / run_folder.BEST_DIR).mkdir()
+    (tmp_path / run_folder.BEST_DIR / run_folder.BEST_FILE).write_text(json.dumps(best))
+    with pytest.raises(cli.UserError, match=f'best.json: "{field}" (must be|is missing)'):
+        run_folder.read_best(str(tmp_path))
 
 
 def test_not_an_object_a_fifo_or_a_dangling_link_is_refused(tmp_path):
-    (tmp_path / model.SCALE_FILE).write_text('[1, 2]')
-    with pytest.raises(utils.UserError, match='expected a JSON object'):
-        model.load_scale(str(tmp_path))
+    (tmp_path / run_folder.SCALE_FILE).write_text('[1, 2]')
+    with pytest.raises(cli.UserError, match='expected a JSON object'):
+        run_folder.load_scale(str(tmp_path))
     for text, message in (
         ('{"fov_diameter": 1e5}', 'must be a FOV diameter'),
         ('{"fov_diameter": Infinity}', 'not valid JSON'),
     ):
-        (tmp_path / model.SCALE_FILE).write_text(text)
-        with pytest.raises(utils.UserError, match=message):
-            model.load_scale(str(tmp_path))
-    os.remove(tmp_path / model.SCALE_FILE)
-    os.mkfifo(tmp_path / model.SCALE_FILE)
-    with pytest.raises(utils.UserError, match='not a regular file'):
-        model.load_scale(str(tmp_path))  # would block forever if opened
-    os.remove(tmp_path / model.SCALE_FILE)
-    os.symlink(tmp_path / 'gone', tmp_path / model.SCALE_FILE)
-    with pytest.raises(utils.UserError, match='a link to a file that does not exist'):
-        model.load_scale(str(tmp_path))
-    (tmp_path / model.ARCHITECTURE_FILE).write_text(
+        (tmp_path / run_folder.SCALE_FILE).write_text(text)
+        with pytest.raises(cli.UserError, match=message):
+            run_folder.load_scale(str(tmp_path))
+    os.remove(tmp_path / run_folder.SCALE_FILE)
+    os.mkfifo(tmp_path / run_folder.SCALE_FILE)
+    with pytest.raises(cli.UserError, match='not a regular file'):
+        run_folder.load_scale(str(tmp_path))  # would block forever if opened
+    os.remove(tmp_path / run_folder.SCALE_FILE)
+    os.symlink(tmp_path / 'gone', tmp_path / run_folder.SCALE_FILE)
+    with pytest.raises(cli.UserError, match='a link to a file that does not exist'):
+        run_folder.load_scale(str(tmp_path))
+    (tmp_path / run_folder.ARCHITECTURE_FILE).write_text(
         json.dumps(
             {'num_classes': 2, 'base_channels': 4096, 'transpose_conv': False, 'preprocess': True}
         )
     )
-    with pytest.raises(utils.UserError, match='"base_channels" must be an integer from 1 to 512'):
-        model.load_architecture(str(tmp_path))
+    with pytest.raises(cli.UserError, match='"base_channels" must be an integer from 1 to 512'):
+        run_folder.load_architecture(str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -107,13 +109,13 @@ def test_config_json_settings_are_checked_as_their_flags(tmp_path, change, messa
             del settings['settings'][key]
         else:
             settings['settings'][key] = value
-    (tmp_path / train.CONFIG_FILE).write_text(json.dumps(settings))
-    with pytest.raises(utils.UserError, match=message.replace('.', r'\.')):
-        train.load_saved(str(tmp_path))
+    (tmp_path / run_folder.CONFIG_FILE).write_text(json.dumps(settings))
+    with pytest.raises(cli.UserError, match=message.replace('.', r'\.')):
+        train_config.load_saved(str(tmp_path))
 
 
 def test_the_shipped_config_reads_back():
-    config, knots = train.load_saved(os.path.join('models', 'drive'))
+    config, knots = train_config.load_saved(os.path.join('models', 'drive'))
     assert (
         config.patch_size == 64 and config.batch_size == 32 and knots == [[0, 0.001], [4000, 0.0]]
     )
@@ -124,18 +126,18 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
     notes.write_text('my notes\n')
     logdir = tmp_path / 'log'
     logdir.mkdir()
-    os.symlink(notes, logdir / train.LOCK_FILE)
-    with pytest.raises(utils.UserError, match='a symbolic link, not the lock'):
-        train.acquire_lock(str(logdir))
+    os.symlink(notes, logdir / run_folder.LOCK_FILE)
+    with pytest.raises(cli.UserError, match='a symbolic link, not the lock'):
+        run_folder.acquire_lock(str(logdir))
     assert notes.read_text() == 'my notes\n'
-    os.remove(logdir / train.LOCK_FILE)
-    os.mkfifo(logdir / train.LOCK_FILE)
-    with pytest.raises(utils.UserError, match='not a regular file'):
-        train.acquire_lock(str(logdir))
+    os.remove(logdir / run_folder.LOCK_FILE)
+    os.mkfifo(logdir / run_folder.LOCK_FILE)
+    with pytest.raises(cli.UserError, match='not a regular file'):
+        run_folder.acquire_lock(str(logdir))
 
 
 def test_a_gzipped_photo_is_named_by_its_stem():
-    stems = utils.output_stems(
+    stems = label_files.output_stems(
         ['s/im0001.ppm.gz', 's/im0002.ppm', 'eye.png', 'eye.jpg'], '--predict'
     )
     assert stems == {

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+import cli
+import fileio
 import utils
 
 
@@ -14,12 +16,12 @@ def test_overlay_colours():
 
 def test_read_binary_accepts_binary_palettes_and_rejects_grey(tmp_path):
     path = str(tmp_path / 'label.png')
-    utils.write_png(path, np.array([[0, 255], [255, 0]], np.uint8))
+    fileio.write_png(path, np.array([[0, 255], [255, 0]], np.uint8))
     np.testing.assert_array_equal(utils.read_binary(path), [[0, 1], [1, 0]])
-    utils.write_png(path, np.array([[2, 254], [252, 4]], np.uint8))  # DRIVE 2nd_manual style
+    fileio.write_png(path, np.array([[2, 254], [252, 4]], np.uint8))  # DRIVE 2nd_manual style
     np.testing.assert_array_equal(utils.read_binary(path), [[0, 1], [1, 0]])
-    utils.write_png(path, np.array([[0, 128], [255, 0]], np.uint8))
-    with pytest.raises(utils.UserError, match=r'label\.png: not a binary image \(values 0, 128'):
+    fileio.write_png(path, np.array([[0, 128], [255, 0]], np.uint8))
+    with pytest.raises(cli.UserError, match=r'label\.png: not a binary image \(values 0, 128'):
         utils.read_binary(path)
 
 
@@ -29,22 +31,22 @@ def test_read_binary_accepts_binary_palettes_and_rejects_grey(tmp_path):
 def test_read_image_errors_name_the_file(tmp_path, content, message):
     path = tmp_path / 'broken.png'
     path.write_bytes(content)
-    with pytest.raises(utils.UserError, match=f'broken.png: {message}'):
+    with pytest.raises(cli.UserError, match=f'broken.png: {message}'):
         utils.read_image(str(path))
 
 
 def test_truncated_png_is_an_error(tmp_path):
     path = str(tmp_path / 'full.png')
-    utils.write_png(path, np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    fileio.write_png(path, np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     data = open(path, 'rb').read()
     (tmp_path / 'cut.png').write_bytes(data[: len(data) // 2])
-    with pytest.raises(utils.UserError, match='cut.png: not a readable image'):
+    with pytest.raises(cli.UserError, match='cut.png: not a readable image'):
         utils.read_image(str(tmp_path / 'cut.png'))
 
 
 def test_write_atomic_leaves_no_temporary_and_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / 'out.txt'
-    utils.write_atomic(str(path), 'old')
+    fileio.write_atomic(str(path), 'old')
 
     class Boom(Exception):
         pass
@@ -54,7 +56,7 @@ def test_write_atomic_leaves_no_temporary_and_keeps_old_file_on_failure(tmp_path
             raise Boom()
 
     with pytest.raises(Boom):
-        utils.write_atomic(str(path), Exploding('new'))
+        fileio.write_atomic(str(path), Exploding('new'))
     assert path.read_text() == 'old'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['out.txt']
 
@@ -88,9 +90,9 @@ def test_only_stale_temporaries_are_removed(tmp_path):
     an_hour_ago = time.time() - 3600
     for name in ('.tmp.old.png', '.tmp.folder'):
         os.utime(tmp_path / name, (an_hour_ago, an_hour_ago))
-    utils.remove_temporaries(str(tmp_path), older_than=60)
+    fileio.remove_temporaries(str(tmp_path), older_than=60)
     assert sorted(os.listdir(tmp_path)) == ['.tmp.fresh.png', 'keep.png']
-    utils.remove_temporaries(str(tmp_path))
+    fileio.remove_temporaries(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ['keep.png']
 
 
@@ -98,18 +100,18 @@ def test_a_fifo_or_a_link_loop_in_place_of_an_image_is_named_not_read(tmp_path):
     import os
 
     os.mkfifo(tmp_path / 'fifo.png')  # reading it would block forever
-    with pytest.raises(utils.UserError, match=r'fifo.png: not a regular file$'):
+    with pytest.raises(cli.UserError, match=r'fifo.png: not a regular file$'):
         utils.read_image(str(tmp_path / 'fifo.png'))
     os.symlink(tmp_path / 'loop.png', tmp_path / 'loop.png')
     with pytest.raises(
-        utils.UserError,
+        cli.UserError,
         match=r'loop.png: cannot be read \(Too many levels of '
         r'symbolic links\)$',
     ):
         utils.read_image(str(tmp_path / 'loop.png'))
     os.symlink(tmp_path / 'gone.png', tmp_path / 'dangling.png')
     with pytest.raises(
-        utils.UserError,
+        cli.UserError,
         match=r'dangling.png: a link to a file that does not '
         'exist$',
     ):

@@ -1,0 +1,212 @@
+"""Files written whole or not at all (atomic replaces), and JSON read back with every field
+checked, so that a damaged or crafted file gives one line naming the file and the field."""
+
+import errno
+import glob
+import json
+import math
+import os
+import shutil
+import stat
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+import cli
+
+
+def writable_dir(path, flag):
+    """Creates folder `path` if needed and checks that a file can be written there; a UserError
+    names the flag otherwise. Returns the path."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise cli.UserError(f'{flag}={path}: cannot write there ({error.strerror})') from None
+    return path
+
+
+def refuse_input_folder(folder, inputs, flag):
+    """Refuses an output folder that holds one of the input files: outputs never replace input."""
+    if not folder or not os.path.isdir(folder):
+        return
+    for path in inputs:
+        if os.path.samefile(os.path.dirname(path) or '.', folder):
+            raise cli.UserError(
+                f'{flag}={folder}: the folder of the input images ({path}); choose another folder'
+            )
+
+
+def temporary_path(path):
+    """A fresh hidden name beside `path` that keeps its whole ending ('.weights.h5' stays)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix='.tmp.', suffix=f'.{name}', dir=directory)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
+    return temporary
+
+
+def remove_temporaries(folder, older_than=0.0):
+    """Removes the temporary files and folders (.tmp.*) that killed writers left in `folder`,
+    those last changed over `older_than` seconds ago (a live writer's are seconds old)."""
+    limit = time.time() - older_than
+    for path in glob.glob(os.path.join(glob.escape(folder), '.tmp.*')):
+        if os.lstat(path).st_mtime <= limit:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
+def write_atomic(path, data):
+    """Writes bytes or text to `path` through a temporary file and a rename: a killed process
+    leaves either the old file or the new one, never half of one."""
+    temporary = None
+    try:
+        temporary = temporary_path(path)
+        with open(temporary, 'wb') as stream:
+            stream.write(data.encode() if isinstance(data, str) else data)
+        os.replace(temporary, path)
+    except BaseException as error:
+        if temporary and os.path.exists(temporary):
+            os.remove(temporary)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise cli.DiskFullError(
+                f'{os.path.dirname(os.path.abspath(path))}: the disk is full '
+                f'(writing {os.path.basename(path)}); nothing of it was '
+                'kept'
+            ) from None
+        raise
+
+
+def write_png(path, image):
+    """Writes a uint8 HxW or HxWx3 RGB image as PNG, atomically."""
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = image[:, :, ::-1]  # RGB to OpenCV's BGR
+    ok, encoded = cv2.imencode('.png', image)
+    if not ok:
+        raise cli.UserError(f'{path}: could not encode image of shape {image.shape}')
+    write_atomic(path, encoded.tobytes())
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported on first use (it is slow)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path, dpi=100):
+    """Lays out a matplotlib figure, saves it as PNG atomically, and closes it."""
+    figure.tight_layout()
+    temporary = temporary_path(path)
+    figure.savefig(temporary, dpi=dpi, format='png')
+    pyplot().close(figure)
+    os.replace(temporary, path)
+
+
+def write_json(path, value):
+    """Writes strict JSON atomically: NaN (an undefined metric) becomes null."""
+    write_atomic(
+        path, json.dumps(_nan_to_none(value), indent=2, sort_keys=True, allow_nan=False) + '\n'
+    )
+
+
+def is_regular_file(path, missing_ok=False):
+    """True for a regular file (through links); False for a missing one where missing_ok; a
+    UserError naming the file for anything else: missing, a link to nothing, a link loop, a
+    FIFO, a folder or a device (reading those would fail or block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if missing_ok and not os.path.lexists(path):
+            return False
+        raise cli.UserError(
+            f'{path}: '
+            + (
+                'a link to a file that does not exist'
+                if os.path.lexists(path)
+                else 'file not found'
+            )
+        ) from None
+    except OSError as error:
+        raise cli.UserError(f'{path}: cannot be read ({error.strerror})') from None
+    if not stat.S_ISREG(mode):
+        raise cli.UserError(f'{path}: not a regular file')
+    return True
+
+
+def read_json(path, fields, missing_ok=False):
+    """The JSON object in the regular file `path`, each of `fields` ({name: (check, what it must
+    be)}) present and passing its check; a UserError names the file and the field. A missing
+    file gives None where missing_ok; a link to nothing, a FIFO or a folder is refused."""
+    if not is_regular_file(path, missing_ok):
+        return None
+    try:
+        with open(path, encoding='utf-8') as stream:
+            value = json.load(stream, parse_constant=_refuse_constant)
+    except (OSError, ValueError) as error:
+        raise cli.UserError(f'{path}: not valid JSON ({cli.first_line(error)})') from None
+    return check_fields(path, value, fields)
+
+
+def check_fields(path, value, fields, prefix=''):
+    """`value` if it is an object whose `fields` pass their checks, else a UserError naming the
+    file and the field (prefix: where a nested object stands, e.g. 'settings.')."""
+    if not is_object(value):
+        raise cli.UserError(
+            f'{path}: expected a JSON object{" at " + prefix[:-1] if prefix else ""}'
+            f', found {json.dumps(value)[:60]}'
+        )
+    for name, (check, expected) in fields.items():
+        if name not in value:
+            raise cli.UserError(f'{path}: "{prefix}{name}" is missing')
+        if not check(value[name]):
+            raise cli.UserError(
+                f'{path}: "{prefix}{name}" must be {expected}, found {json.dumps(value[name])[:60]}'
+            )
+    return value
+
+
+def _refuse_constant(name):
+    raise ValueError(f'{name} is not a number JSON allows')
+
+
+def is_integer(low, high=math.inf):
+    """A check for read_json: an integer (not a boolean, not 3.0) from low to high."""
+    return lambda value: type(value) is int and low <= value <= high
+
+
+def is_number(low, high=math.inf):
+    """A check for read_json: a finite number from low to high."""
+    return lambda value: (
+        type(value) in (int, float) and math.isfinite(value) and low <= value <= high
+    )
+
+
+def is_bool(value):
+    return type(value) is bool
+
+
+def is_object(value):
+    return isinstance(value, dict)
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
