@@ -171,6 +171,46 @@ def jitter(image, seed, samples):
     return tf.clip_by_value((image - mean) * factor + mean, 0.0, 1.0)
 
 
+def _patch_corners(fov, width, patch_size):
+    """(seed, samples, image_index) -> the top-left corners of patches centred on a random FOV
+    pixel of each sample's image (`fov`: each image's flat FOV indices on a canvas `width` wide)."""
+    pixels, starts, sizes = fov.values, fov.row_starts(), fov.row_lengths()
+
+    def corners(seed, samples, image_index):
+        size = tf.gather(sizes, image_index)
+        uniform = _uniform(seed, _POSITION_Y, samples)
+        pick = tf.minimum(tf.cast(uniform * tf.cast(size, tf.float32), tf.int64), size - 1)
+        centre = tf.gather(pixels, tf.gather(starts, image_index) + pick)
+        return centre // width - patch_size // 2, centre % width - patch_size // 2
+
+    return corners
+
+
+def _crop_corners(seed, samples, shape, side):
+    """The top-left corners of random side x side crops of a canvas of `shape`."""
+
+    def offset(purpose, room):
+        return tf.cast(_uniform(seed, purpose, samples) * (room + 1), tf.int64)
+
+    return offset(_POSITION_Y, shape[1] - side), offset(_POSITION_X, shape[2] - side)
+
+
+def _augmented_crops(canvas, image_index, top, left, side, augmentation, seed, samples):
+    """(image, label, mask) of the crops at (top, left): flipped, transposed and jittered, each
+    sample at random, where `augmentation` asks."""
+
+    def chosen(purpose):
+        return (_uniform(seed, purpose, samples) < 0.5) & augmentation
+
+    block = _crop(canvas, image_index, top, left, side, chosen(_FLIP_UD), chosen(_FLIP_LR))
+    if augmentation:
+        block = _transpose_where(block, chosen(_TRANSPOSE))
+    image = block[..., :-2] / 255.0
+    if augmentation:
+        image = jitter(image, seed, samples)
+    return image, tf.cast(block[..., -2], tf.int32), block[..., -1]
+
+
 def training_dataset(
     examples,
     batch_size,
@@ -194,41 +234,18 @@ def training_dataset(
     global_batch = batch_size * (input_context.num_replicas_in_sync if input_context else 1)
     count, side = len(examples), patch_size or image_size
     canvas, fov = _canvas(examples, patch_size // 2, image_size)
-    _, height, width, _ = canvas.shape
-    fov_pixels, fov_starts, fov_sizes = fov.values, fov.row_starts(), fov.row_lengths()
+    corners = _patch_corners(fov, canvas.shape[2], patch_size) if patch_size else None
 
     def make_batch(step):
         samples = (
             step * global_batch + pipeline_id + pipelines * tf.range(batch_size, dtype=tf.int64)
         )
         image_index = _epoch_order(seed, samples, count)
-        if patch_size:  # a random FOV pixel of the image is the patch's centre
-            sizes = tf.gather(fov_sizes, image_index)
-            pick = tf.minimum(
-                tf.cast(
-                    _uniform(seed, _POSITION_Y, samples) * tf.cast(sizes, tf.float32), tf.int64
-                ),
-                sizes - 1,
-            )
-            centre = tf.gather(fov_pixels, tf.gather(fov_starts, image_index) + pick)
-            top, left = centre // width - patch_size // 2, centre % width - patch_size // 2
-        else:  # a random image_size crop of the canvas
-
-            def offset(purpose, room):
-                return tf.cast(_uniform(seed, purpose, samples) * (room + 1), tf.int64)
-
-            top, left = offset(_POSITION_Y, height - side), offset(_POSITION_X, width - side)
-
-        def chosen(purpose):
-            return (_uniform(seed, purpose, samples) < 0.5) & augmentation
-
-        block = _crop(canvas, image_index, top, left, side, chosen(_FLIP_UD), chosen(_FLIP_LR))
-        if augmentation:
-            block = _transpose_where(block, chosen(_TRANSPOSE))
-        image = block[..., :-2] / 255.0
-        if augmentation:
-            image = jitter(image, seed, samples)
-        return image, tf.cast(block[..., -2], tf.int32), block[..., -1]
+        if corners:
+            top, left = corners(seed, samples, image_index)
+        else:
+            top, left = _crop_corners(seed, samples, canvas.shape, side)
+        return _augmented_crops(canvas, image_index, top, left, side, augmentation, seed, samples)
 
     dataset = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
     dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -474,18 +474,24 @@ def evaluate(predict, samples, threshold, overlay_dir, config):
                 figures_and_features, example, probability, decision, threshold, overlay_dir, config
             )
         measured += pending.result()
+    return rows, whole_set_result(counts, second, threshold, len(rows), overlay_dir), measured
+
+
+def whole_set_result(counts, second, threshold, images, overlay_dir):
+    """The set's scores from its summed counts (and the second observer's, where there is
+    one); with overlay_dir, its ROC and PR curves too."""
     scores = metrics.scores(counts)
     result = {
         'confusion_matrix': counts.matrix.tolist(),
         'scores': scores,
         'threshold': threshold,
-        'images': len(rows),
+        'images': images,
     }
     if second:
         result['second_observer'] = metrics.scores_from_confusion(sum(second))
     if overlay_dir:
         write_curves(overlay_dir, counts.histogram, scores, result.get('second_observer'))
-    return rows, result, measured
+    return result
 
 
 def figures_and_features(example, probability, decision, threshold, overlay_dir, config):
@@ -790,34 +796,36 @@ def write_report(out_dir, rows, title):
     print(f'features: {csv_path}; report: {html_path}')
 
 
+def evaluation_folders(config, out_dir, checkpoint, threshold, samples):
+    """This evaluation's folder under out_dir/evaluations and its overlay folder (None without
+    --visulize), checked to hold no input, with stale temporary files removed."""
+    tiles = (config.tile_size, config.tile_overlap) if config.tile_size else None
+    name = evaluation_name(
+        config.label_file_path,
+        checkpoint,
+        threshold,
+        config.calibrate_on,
+        config.tta,
+        config.rescale,
+        tiles,
+    )
+    out_dir = os.path.join(out_dir, EVALUATIONS_DIR, name)
+    overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if config.visulize else None
+    inputs = [path for sample in samples for path in (sample.image, sample.label, sample.mask)]
+    for folder in (out_dir, overlay_dir):
+        fileio.refuse_input_folder(folder, inputs, '--output_dir')
+        if folder and os.path.isdir(folder):
+            fileio.remove_temporaries(folder, STALE_SECONDS)
+    return out_dir, overlay_dir
+
+
 def evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, model_scale):
     """Evaluates the images config.label_file_path lists; prints the results and writes them to
     their own folder under out_dir/evaluations, named by label file, checkpoint and threshold.
     Returns the result metrics.json holds."""
     label_file = config.label_file_path
-    out_dir = os.path.join(
-        out_dir,
-        EVALUATIONS_DIR,
-        evaluation_name(
-            label_file,
-            checkpoint,
-            threshold,
-            config.calibrate_on,
-            config.tta,
-            config.rescale,
-            (config.tile_size, config.tile_overlap) if config.tile_size else None,
-        ),
-    )
     samples = label_files.parse_label_file(label_file)
-    overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if config.visulize else None
-    for folder in (out_dir, overlay_dir):
-        fileio.refuse_input_folder(
-            folder,
-            [path for sample in samples for path in (sample.image, sample.label, sample.mask)],
-            '--output_dir',
-        )
-        if folder and os.path.isdir(folder):
-            fileio.remove_temporaries(folder, STALE_SECONDS)
+    out_dir, overlay_dir = evaluation_folders(config, out_dir, checkpoint, threshold, samples)
     started = time.time()
     rows, result, measured = evaluate(predict, samples, threshold, overlay_dir, config)
     seconds = time.time() - started
@@ -897,25 +905,7 @@ def run(config: EvalConfig) -> dict | list[dict]:
         )
     if config.export_dir:
         export(unet, channels, config.export_dir, model_scale and model_scale.fov_diameter)
-
-    def at_model_scale(image):
-        def once(view):
-            return predict_image(traced, view, config.tile_size, config.tile_overlap)
-
-        return predict_flipped(once, image) if config.tta else once(image)
-
-    def predict(rgb, inside, path):
-        """(vessel probabilities of an RGB image at its own size, scale.Decision)."""
-        return scale.predict_at_scale(
-            at_model_scale,
-            rgb,
-            inside,
-            architecture['preprocess'],
-            model_scale,
-            path,
-            config.photo_fov_diameter,
-        )
-
+    predict = photo_predictor(traced, architecture['preprocess'], model_scale, config)
     threshold = config.threshold
     if config.calibrate_on:
         threshold = calibrate_threshold(
@@ -924,6 +914,25 @@ def run(config: EvalConfig) -> dict | list[dict]:
     if config.predict:
         return predict_files(predict, config.predict, out_dir, threshold, config)
     return evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, model_scale)
+
+
+def photo_predictor(traced, preprocess, model_scale, config):
+    """(rgb, FOV mask, path) -> (vessel probabilities at the photo's own size, scale.Decision):
+    the photo brought to the model's scale, predicted whole or in tiles, with flips where
+    config.tta asks."""
+
+    def at_model_scale(image):
+        def once(view):
+            return predict_image(traced, view, config.tile_size, config.tile_overlap)
+
+        return predict_flipped(once, image) if config.tta else once(image)
+
+    def predict(rgb, inside, path):
+        return scale.predict_at_scale(
+            at_model_scale, rgb, inside, preprocess, model_scale, path, config.photo_fov_diameter
+        )
+
+    return predict
 
 
 def check_outputs(config):

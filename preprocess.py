@@ -312,37 +312,9 @@ def synthetic_retina(size, rng):
     disc = centre + np.array([side * 0.55 * radius, rng.normal(0, 0.05) * radius])
     fovea = centre + np.array([-side * 0.1 * radius, rng.normal(0, 0.03) * radius])
     disc_radius = radius * rng.uniform(0.13, 0.16)
-
-    illumination = cv2.GaussianBlur(rng.normal(0, 1, (size, size)), (0, 0), size / 10)
-    illumination = 1 + 0.08 * illumination / (np.abs(illumination).max() + 1e-9)
-    vignette = (1 - 0.45 * distance**2) * illumination
-    base = np.array([205, 95, 45]) * rng.uniform(0.85, 1.1)
-    image = vignette[..., None] * base
-    fovea_shade = 1 - 0.3 * np.exp(
-        -((xx - fovea[0]) ** 2 + (yy - fovea[1]) ** 2) / (2 * (0.12 * radius) ** 2)
-    )
-    image *= fovea_shade[..., None]
-    disc_glow = np.exp(-((((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2) / disc_radius**2) ** 2))
-    image += disc_glow[..., None] * np.array([50, 110, 90])
-
-    segments = []
+    image = _fundus_background(rng, xx, yy, distance, radius, disc, fovea, disc_radius)
     max_width = max(3.0, 8.0 * size / 584)
-    for trunk_angle in (-1.1, -0.7, 0.7, 1.1):
-        start_angle = (np.pi if side > 0 else 0.0) + side * trunk_angle + rng.normal(0, 0.1)
-        _grow_vessel(
-            rng,
-            segments,
-            disc.copy(),
-            start_angle,
-            max_width * rng.uniform(0.8, 1),
-            0,
-            radius,
-            centre,
-        )
-    for _ in range(3):  # nasal vessels, pointing away from the fovea
-        start_angle = (0.0 if side > 0 else np.pi) + rng.uniform(-1.2, 1.2)
-        _grow_vessel(rng, segments, disc.copy(), start_angle, max_width * 0.6, 1, radius, centre)
-
+    segments = _vessel_segments(rng, disc, side, max_width, radius, centre)
     label = np.zeros((size, size), np.uint8)
     contrast = np.zeros((size, size), np.float32)
     for p0, p1, width in segments:
@@ -358,6 +330,44 @@ def synthetic_retina(size, rng):
     image[~fov] = rng.normal(0, 1.5, (int((~fov).sum()), 3)).clip(0)
     label &= fov.astype(np.uint8)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, fov.astype(np.uint8)
+
+
+def _fundus_background(rng, xx, yy, distance, radius, disc, fovea, disc_radius):
+    """The fundus without vessels (float RGB): uneven illumination, vignetting, the darker
+    fovea and the bright optic disc."""
+    illumination = cv2.GaussianBlur(rng.normal(0, 1, xx.shape), (0, 0), xx.shape[0] / 10)
+    illumination = 1 + 0.08 * illumination / (np.abs(illumination).max() + 1e-9)
+    vignette = (1 - 0.45 * distance**2) * illumination
+    base = np.array([205, 95, 45]) * rng.uniform(0.85, 1.1)
+    image = vignette[..., None] * base
+    fovea_shade = 1 - 0.3 * np.exp(
+        -((xx - fovea[0]) ** 2 + (yy - fovea[1]) ** 2) / (2 * (0.12 * radius) ** 2)
+    )
+    image *= fovea_shade[..., None]
+    disc_glow = np.exp(-((((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2) / disc_radius**2) ** 2))
+    return image + disc_glow[..., None] * np.array([50, 110, 90])
+
+
+def _vessel_segments(rng, disc, side, max_width, radius, centre):
+    """The vessel tree from the disc, as (start, end, width) segments: four temporal arcades and
+    three nasal vessels pointing away from the fovea."""
+    segments = []
+    for trunk_angle in (-1.1, -0.7, 0.7, 1.1):
+        start_angle = (np.pi if side > 0 else 0.0) + side * trunk_angle + rng.normal(0, 0.1)
+        _grow_vessel(
+            rng,
+            segments,
+            disc.copy(),
+            start_angle,
+            max_width * rng.uniform(0.8, 1),
+            0,
+            radius,
+            centre,
+        )
+    for _ in range(3):  # nasal vessels, pointing away from the fovea
+        start_angle = (0.0 if side > 0 else np.pi) + rng.uniform(-1.2, 1.2)
+        _grow_vessel(rng, segments, disc.copy(), start_angle, max_width * 0.6, 1, radius, centre)
+    return segments
 
 
 def generate_synthetic(root, num_train, num_test, size, seed):
