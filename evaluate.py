@@ -48,6 +48,7 @@ import model  # noqa: E402
 import report  # noqa: E402
 import run_folder  # noqa: E402
 import scale  # noqa: E402
+import scale_tf  # noqa: E402
 
 FLAGS = flags.FLAGS
 cli.define_flags(
@@ -378,7 +379,9 @@ def export(unet, channels, export_dir, model_diameter):
     if model_diameter:
         archive.add_endpoint(
             'serve_at_scale',
-            lambda batch, diameters: predict_batch_at_scale(unet, batch, diameters, model_diameter),
+            lambda batch, diameters: scale_tf.predict_at_scale(
+                unet, batch, diameters, model_diameter
+            ),
             input_signature=[images, tf.TensorSpec([None], tf.float32, name='fov_diameters')],
         )
     temporary = tempfile.mkdtemp(prefix='.tmp.', dir=os.path.dirname(os.path.abspath(export_dir)))
@@ -400,31 +403,6 @@ def replace_folder(new, old):
     os.rename(old, os.path.join(retired, 'old'))
     os.rename(new, old)
     shutil.rmtree(retired)
-
-
-def predict_batch_at_scale(unet, images, diameters, model_diameter):
-    """scale.predict_at_scale's FOV rule in TensorFlow, image by image: resize (area averaging
-    down, bilinear up) so the FOV diameter becomes `model_diameter`, predict, resize the
-    probabilities back."""
-
-    def resize(image, size):
-        shrinks = tf.reduce_prod(size) < tf.reduce_prod(tf.shape(image)[:2])
-        return tf.cond(
-            shrinks,
-            lambda: tf.image.resize(image, size, 'area'),
-            lambda: tf.image.resize(image, size, 'bilinear'),
-        )
-
-    def one(args):
-        image, diameter = args
-        factor = model_diameter / diameter
-        factor = tf.where(tf.abs(factor - 1) <= scale.RESCALE_TOLERANCE, 1.0, factor)
-        size = tf.shape(image)[:2]
-        scaled = tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32))
-        probability = model.predict_probabilities(unet, resize(image, scaled)[None])[0]
-        return resize(probability[..., 1:2], size)[..., 0]
-
-    return tf.map_fn(one, (images, diameters), fn_output_signature=tf.float32)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -275,3 +275,23 @@ def test_a_crop_without_its_disc_takes_its_scale_from_the_vessels(drive_chase_pr
         assert decision.factor * zoom == pytest.approx(by_disc.factor, rel=0.2), zoom
         share = (utils.resize(probability, (height, width)) >= 0.5).mean()
         assert share == pytest.approx(reference, rel=0.1), zoom
+
+
+def test_the_tensorflow_twin_computes_the_same_sizes_and_resizes():
+    """scale_tf (the SavedModel's serve_at_scale) against scale.py and utils.py on the same
+    inputs: the same sizes for every diameter, the same pixels (cv2's fixed-point weights aside)
+    shrinking and growing by whole and fractional factors."""
+    import tensorflow as tf
+
+    import scale_tf
+
+    shape, target = (584, 565), 919.0
+    for diameter in np.float32(np.linspace(300.0, 1500.0, 241)):
+        expected = utils.scaled_size(shape, scale.factor_for(float(diameter), target, shape, 'x'))
+        factor = scale_tf.factor(target, tf.constant(diameter))
+        assert tuple(scale_tf.scaled_size(tf.constant(shape), factor).numpy()) == expected
+    assert float(scale_tf.factor(target, tf.constant(np.float32(target * 1.04)))) == 1.0
+    image = np.random.default_rng(0).random((60, 70, 3)).astype(np.float32)
+    for size in ((30, 35), (20, 35), (47, 53), (90, 105), (83, 97), (121, 141)):
+        twin = scale_tf.resize(tf.constant(image), tf.constant(size)).numpy()
+        np.testing.assert_allclose(twin, utils.resize(image, size), atol=1e-5)
