@@ -4,9 +4,7 @@ PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DATA ?= downloads
 DATASET ?= DRIVE
 LOGDIR ?= log/$(DATASET)
-# The CPU recipe: 64px FOV patches, base width 16, Adam 1e-3 decayed linearly (see README).
-CPU_RECIPE = --preprocess=True --patch_size=64 --batch_size=32 --base_channels=16 \
-	--initial_lr=1e-3 --augmentation=True
+CPU_RECIPE = --flagfile=recipes/cpu.flags
 
 .PHONY: help install preprocess train train_distribute tensorboard evaluate demo test journey lint \
 	figures bench

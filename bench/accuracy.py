@@ -34,17 +34,11 @@ from absl import logging  # noqa: E402
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
-from bench.common import RESULTS, SHARED, WORK, read_scalars, run  # noqa: E402
+from bench.common import RESULTS, ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
 
-CPU_RECIPE = [
-    '--preprocess=True',
-    '--patch_size=64',
-    '--batch_size=32',
-    '--base_channels=16',
-    '--initial_lr=1e-3',
-    '--augmentation=True',
-    '--save_interval=500',
-]
+with open(os.path.join(ROOT, 'recipes', 'cpu.flags')) as _recipe:  # its flags, for the records
+    CPU_RECIPE = [line.strip() for line in _recipe if line.startswith('--')]
+CPU_RECIPE.append('--save_interval=500')
 EVALUATIONS = {  # each writes its own folder under {logdir}/evaluations
     'threshold 0.5': lambda training: [],
     'calibrated + flips': lambda training: [f'--calibrate_on={training}', '--tta'],

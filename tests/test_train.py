@@ -404,3 +404,26 @@ def test_a_lost_worker_is_named_in_one_line(tmp_path, synthetic):
         line,
     ), line
     assert 'Traceback' not in output
+
+
+def test_the_cpu_recipe_flag_file_sets_the_recipe(tmp_path):
+    """recipes/cpu.flags, which the Makefile, bench/accuracy.py and the docs use, read by
+    train.py's own flags; a flag given after it still wins."""
+    import train_config
+
+    try:
+        train_config.FLAGS(
+            [
+                'train.py',
+                f'--flagfile={ROOT}/recipes/cpu.flags',
+                f'--logdir={tmp_path}',
+                '--label_file_path=x',
+                '--batch_size=8',
+            ]
+        )
+        config = train_config.config_from_flags()
+    finally:
+        train_config.FLAGS.unparse_flags()
+    recipe = dict(preprocess=True, patch_size=64, base_channels=16, initial_lr=1e-3)
+    assert {key: getattr(config, key) for key in recipe} == recipe
+    assert (config.augmentation, config.batch_size) == (True, 8)
