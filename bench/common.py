@@ -1,7 +1,5 @@
 """What the benchmarks share: paths, running a project script, and reading event files."""
 
-import glob
-import json
 import os
 import shutil
 import subprocess
@@ -30,12 +28,19 @@ def run(script, *args):
 
 
 def evaluation_metrics(output_dir, *args):
-    """Runs evaluate.py with `args` into a fresh output_dir; returns the metrics.json it wrote."""
+    """evaluate.run in this process, its settings parsed from evaluate.py's flags `args`, into a
+    fresh output_dir; returns the whole-set result (what metrics.json holds)."""
+    from absl import flags
+
+    import evaluate
+
     shutil.rmtree(output_dir, ignore_errors=True)
-    run('evaluate.py', f'--output_dir={output_dir}', *args)
-    [path] = glob.glob(os.path.join(output_dir, 'evaluations', '*', 'metrics.json'))
-    with open(path) as stream:
-        return json.load(stream)
+    try:
+        flags.FLAGS(['evaluate.py', f'--output_dir={output_dir}', *args])
+        result = evaluate.run(evaluate.EvalConfig.from_flags())
+    finally:
+        flags.FLAGS.unparse_flags()
+    return {key: value for key, value in result.items() if key != 'out_dir'}
 
 
 def read_scalars(logdir, tags, folder='train_logs'):
