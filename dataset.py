@@ -186,13 +186,19 @@ def _patch_corners(fov, width, patch_size):
     return corners
 
 
-def _crop_corners(seed, samples, shape, side):
-    """The top-left corners of random side x side crops of a canvas of `shape`."""
+def _crop_corners(shape, side):
+    """(seed, samples, image_index) -> the top-left corners of random side x side crops of a
+    canvas of `shape`."""
 
-    def offset(purpose, room):
-        return tf.cast(_uniform(seed, purpose, samples) * (room + 1), tf.int64)
+    def corners(seed, samples, image_index):
+        del image_index  # every image lies on the same canvas
 
-    return offset(_POSITION_Y, shape[1] - side), offset(_POSITION_X, shape[2] - side)
+        def offset(purpose, room):
+            return tf.cast(_uniform(seed, purpose, samples) * (room + 1), tf.int64)
+
+        return offset(_POSITION_Y, shape[1] - side), offset(_POSITION_X, shape[2] - side)
+
+    return corners
 
 
 def _augmented_crops(canvas, image_index, top, left, side, augmentation, seed, samples):
@@ -234,17 +240,18 @@ def training_dataset(
     global_batch = batch_size * (input_context.num_replicas_in_sync if input_context else 1)
     count, side = len(examples), patch_size or image_size
     canvas, fov = _canvas(examples, patch_size // 2, image_size)
-    corners = _patch_corners(fov, canvas.shape[2], patch_size) if patch_size else None
+    corners = (
+        _patch_corners(fov, canvas.shape[2], patch_size)
+        if patch_size
+        else _crop_corners(canvas.shape, side)
+    )
 
     def make_batch(step):
         samples = (
             step * global_batch + pipeline_id + pipelines * tf.range(batch_size, dtype=tf.int64)
         )
         image_index = _epoch_order(seed, samples, count)
-        if corners:
-            top, left = corners(seed, samples, image_index)
-        else:
-            top, left = _crop_corners(seed, samples, canvas.shape, side)
+        top, left = corners(seed, samples, image_index)
         return _augmented_crops(canvas, image_index, top, left, side, augmentation, seed, samples)
 
     dataset = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)

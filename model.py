@@ -1,4 +1,4 @@
-"""The original's U-Net in Keras 3, the pad-to-16 helper, and the architecture a run remembers.
+"""The original's U-Net in Keras 3, the pad-to-16 helper, and the check of a saved architecture.
 
 Changes from Ronneberger et al. (2015), as in the original: half the channels (32-64-128-256,
 512 at the bottom), 'same' padding (no cropping at the skip connections), and a choice of

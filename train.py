@@ -6,7 +6,7 @@
 
 Every setting is saved with the run ({logdir}/config.json). A rerun with the same --logdir
 resumes from its last checkpoint with the saved settings (flags given again must agree, except
-those in RESUMABLE) and stops at --max_iters.
+those in train_config.RESUMABLE) and stops at --max_iters.
 """
 
 import os
