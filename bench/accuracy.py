@@ -34,6 +34,7 @@ from absl import logging  # noqa: E402
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
+import train_config  # noqa: E402
 from bench.common import RESULTS, ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
 
 with open(os.path.join(ROOT, 'recipes', 'cpu.flags')) as _recipe:  # its flags, for the records
@@ -52,7 +53,7 @@ REFERENCES = {
 }
 
 
-def train_config(logdir, training, steps, flags):
+def recipe_config(logdir, training, steps, flags):
     """The run's settings from the recipe's flags, parsed by train.py's own flag definitions."""
     try:
         train_config.FLAGS(
@@ -81,7 +82,7 @@ def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_onl
     logdir = os.path.join(WORK, f'log_{name}_seed{seed}')
     if not evaluate_only:
         shutil.rmtree(logdir, ignore_errors=True)
-        config = train_config(
+        config = recipe_config(
             logdir, training, steps, [*CPU_RECIPE, *extra_flags, f'--seed={seed}']
         )
         train.train(tf.distribute.get_strategy(), config)

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 import train  # noqa: E402
-from bench.accuracy import CPU_RECIPE, chase_fold_files, prepare_data, train_config  # noqa: E402
+from bench.accuracy import CPU_RECIPE, chase_fold_files, prepare_data, recipe_config  # noqa: E402
 from bench.common import RESULTS, ROOT, WORK, evaluation_metrics  # noqa: E402
 from bench.report import combined_folds_table, cross_dataset_table  # noqa: E402
 
@@ -78,7 +78,7 @@ def combined_folds(data, folds, chase_only_folds, evaluate_only):
         if not evaluate_only:
             shutil.rmtree(logdir, ignore_errors=True)
             training = f"{os.path.join(data, 'DRIVE', 'training.txt')},{chase_training}"
-            config = train_config(logdir, training, COMBINED_STEPS, [*CPU_RECIPE, *COMBINED_FLAGS])
+            config = recipe_config(logdir, training, COMBINED_STEPS, [*CPU_RECIPE, *COMBINED_FLAGS])
             train.train(tf.distribute.get_strategy(), config)
         chase_scores = chase_only[fold]['evaluations']['threshold 0.5']['scores']
         results.append(

@@ -427,3 +427,30 @@ def test_the_cpu_recipe_flag_file_sets_the_recipe(tmp_path):
     recipe = dict(preprocess=True, patch_size=64, base_channels=16, initial_lr=1e-3)
     assert {key: getattr(config, key) for key in recipe} == recipe
     assert (config.augmentation, config.batch_size) == (True, 8)
+
+
+def test_the_benchmarks_train_at_the_cpu_recipe(tmp_path):
+    """bench/accuracy.py's runs (and so bench/cross_dataset.py's) are the recipe's: its
+    settings, parsed in process, equal train.py's with recipes/cpu.flags and the same flags."""
+    import train_config
+    from bench.accuracy import CPU_RECIPE, recipe_config
+
+    flags = [*CPU_RECIPE, '--fov_diameter=919']
+    config = recipe_config(str(tmp_path), 'a.txt,b.txt', 300, flags)
+    assert config.label_file_path == 'a.txt,b.txt' and config.max_iters == 300
+    assert (config.patch_size, config.base_channels, config.fov_diameter) == (64, 16, 919)
+    try:
+        train_config.FLAGS(
+            [
+                'train.py',
+                f'--flagfile={ROOT}/recipes/cpu.flags',
+                f'--logdir={tmp_path}',
+                '--label_file_path=a.txt,b.txt',
+                '--max_iters=300',
+                '--save_interval=500',
+                '--fov_diameter=919',
+            ]
+        )
+        assert config == train_config.config_from_flags()
+    finally:
+        train_config.FLAGS.unparse_flags()
