@@ -195,7 +195,7 @@ def load_model(logdir, checkpoint='last', given=None):
     if not logdir:
         raise cli.UserError('--logdir is required')
     architecture = run_folder.load_architecture(logdir)
-    weights = os.path.join(logdir, run_folder.WEIGHTS_FILE)
+    weights = run_folder.weights_path(logdir)
     if architecture is None or not os.path.exists(weights):
         raise cli.UserError(
             f'--logdir={logdir}: no trained model ({run_folder.ARCHITECTURE_FILE}, '
@@ -217,28 +217,12 @@ def load_model(logdir, checkpoint='last', given=None):
                 'with --validation_label_file to keep one)'
             )
         step = best['step']
-        load_weights(unet, os.path.join(logdir, run_folder.BEST_DIR, run_folder.WEIGHTS_FILE))
+        load_weights(unet, run_folder.best_weights_path(logdir))
         return unet, architecture, f'best-step{step}', step
-    step = restore_newest(unet, logdir)
-    if step is None:  # a run folder without checkpoints, as the shipped models
+    step = run_folder.restore_newest(tf.train.Checkpoint(model=unet), logdir)
+    if not step:  # a run folder without checkpoints, as the shipped models
         load_weights(unet, weights)
     return unet, architecture, f'step{step}' if step else 'last', step or 0
-
-
-def restore_newest(unet, logdir):
-    """Restores the newest checkpoint that reads back (one being written while training goes on
-    may not yet), so that the step in the outputs' names is the step of the weights loaded;
-    returns that step, or None where the run folder keeps no checkpoint."""
-    steps = run_folder.checkpoint_steps(os.path.join(logdir, run_folder.CHECKPOINT_DIR))
-    for step in steps:
-        try:
-            restore_step(unet, logdir, step)
-            return step
-        except cli.UserError as error:
-            if step == steps[-1]:
-                raise
-            logging.warning('%s; using the checkpoint before it', error)
-    return None
 
 
 def check_weights_width(weights, architecture):
@@ -283,19 +267,16 @@ def load_weights(unet, weights):
 
 def restore_step(unet, logdir, step):
     """Loads the model's weights from the kept checkpoint of `step`."""
-    directory = os.path.join(logdir, run_folder.CHECKPOINT_DIR)
-    kept = run_folder.checkpoint_steps(directory)
+    kept = run_folder.checkpoint_steps(run_folder.checkpoint_dir(logdir))
     if step not in kept:
         raise cli.UserError(
-            f'--checkpoint={step}: no such checkpoint in {directory} (kept: '
-            f'{", ".join(map(str, sorted(kept))) or "none"})'
+            f'--checkpoint={step}: no such checkpoint in {run_folder.checkpoint_dir(logdir)} '
+            f'(kept: {", ".join(map(str, sorted(kept))) or "none"})'
         )
-    prefix = os.path.join(directory, f'ckpt-{step}')
     try:
-        status = tf.train.Checkpoint(model=unet).read(prefix).expect_partial()
-        status.assert_existing_objects_matched()
-    except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
-        raise cli.UserError(f'{prefix}: cannot be read ({cli.first_line(error)})') from None
+        run_folder.read_checkpoint(tf.train.Checkpoint(model=unet), logdir, step)
+    except cli.UserError as error:
+        raise cli.UserError(f'{run_folder.checkpoint_dir(logdir)}/{error}') from None
 
 
 def make_predictor(unet, channels):

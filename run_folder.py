@@ -76,6 +76,25 @@ BEST_FIELDS = {
 }
 
 
+# ----------------------------------------------------------------------------- paths
+
+
+def weights_path(logdir):
+    return os.path.join(logdir, WEIGHTS_FILE)
+
+
+def best_weights_path(logdir):
+    return os.path.join(logdir, BEST_DIR, WEIGHTS_FILE)
+
+
+def checkpoint_dir(logdir):
+    return os.path.join(logdir, CHECKPOINT_DIR)
+
+
+def checkpoint_prefix(logdir, step):
+    return os.path.join(logdir, CHECKPOINT_DIR, f'ckpt-{step}')
+
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -308,31 +327,39 @@ def remove_leftovers(logdir):
 # ----------------------------------------------------------------------------- resuming
 
 
-def restore_newest(checkpoint, directory):
-    """Restores the newest checkpoint that reads back whole and returns its step (0: there is
+def restore_newest(checkpoint, logdir):
+    """Restores into `checkpoint` (a tf.train.Checkpoint of the model, and of the optimizer when
+    training) the newest checkpoint that reads back whole and returns its step (0: there is
     none). The `checkpoint` state file is not trusted: a corrupt one must not restart the run.
     Unreadable checkpoints are skipped with a warning; if none can be read, a UserError."""
     skipped = []
-    for step in checkpoint_steps(directory):
+    for step in checkpoint_steps(checkpoint_dir(logdir)):
         try:
-            checkpoint.restore(
-                os.path.join(directory, f'ckpt-{step}')
-            ).assert_existing_objects_matched()
-        except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
-            skipped.append(f'ckpt-{step}: {cli.first_line(error)}')
+            read_checkpoint(checkpoint, logdir, step)
+        except cli.UserError as error:
+            skipped.append(str(error))
             continue
         if skipped:
             logging.warning(
-                'unreadable checkpoints skipped (%s); resuming from ckpt-%d',
-                '; '.join(skipped),
-                step,
+                'unreadable checkpoints skipped (%s); restored ckpt-%d', '; '.join(skipped), step
             )
         return step
     if skipped:
         raise cli.UserError(
-            f'{directory}: no checkpoint can be read ({"; ".join(skipped)}); nothing was changed'
+            f'{checkpoint_dir(logdir)}: no checkpoint can be read ({"; ".join(skipped)}); '
+            'nothing was changed'
         )
     return 0
+
+
+def read_checkpoint(checkpoint, logdir, step):
+    """Restores the checkpoint of `step` into `checkpoint`; a UserError naming it where it does
+    not read back whole."""
+    try:
+        status = checkpoint.restore(checkpoint_prefix(logdir, step)).expect_partial()
+        status.assert_existing_objects_matched()
+    except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
+        raise cli.UserError(f'ckpt-{step}: {cli.first_line(error)}') from None
 
 
 def repair_checkpoint_state(directory, restored):

@@ -291,9 +291,9 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
         optimizer = keras.optimizers.Adam(PiecewiseLinear([[0, 0.0], [1, 0.0]]))
         optimizer.build(unet.trainable_variables)  # before the first step, under the scope
         checkpoint = tf.train.Checkpoint(model=unet, optimizer=optimizer)
-    directory = os.path.join(config.logdir, run_folder.CHECKPOINT_DIR)
-    restored = run_folder.restore_newest(checkpoint, directory)
-    weights = os.path.join(config.logdir, run_folder.WEIGHTS_FILE)
+    directory = run_folder.checkpoint_dir(config.logdir)
+    restored = run_folder.restore_newest(checkpoint, config.logdir)
+    weights = run_folder.weights_path(config.logdir)
     if not restored and os.path.exists(weights):
         raise cli.UserError(
             f'--logdir={config.logdir} holds trained weights ({weights}) but '
@@ -378,7 +378,7 @@ def finished(unet, logdir, step, steps_run, started, signal_number):
             'done: %d steps in %s; weights in %s (checksum %.12g)',
             steps_run,
             _format_seconds(seconds),
-            os.path.join(logdir, run_folder.WEIGHTS_FILE),
+            run_folder.weights_path(logdir),
             checksum,
         )
     return TrainResult(step, steps_run, seconds, checksum, signal_number or None)

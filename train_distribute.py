@@ -173,9 +173,8 @@ def lost_worker(error, logdir):
     who = 'a worker'
     if task and task.group(1) in cluster and int(task.group(2)) < len(cluster[task.group(1)]):
         who = f'{task.group(1)} {task.group(2)} ({cluster[task.group(1)][int(task.group(2))]})'
-    directory = os.path.join(logdir, run_folder.CHECKPOINT_DIR)
-    steps = run_folder.checkpoint_steps(directory)
-    last = os.path.join(directory, f'ckpt-{steps[0]}') if steps else 'none yet'
+    steps = run_folder.checkpoint_steps(run_folder.checkpoint_dir(logdir))
+    last = run_folder.checkpoint_prefix(logdir, steps[0]) if steps else 'none yet'
     return (
         f'{who} of the cluster stopped answering ({cli.first_line(error, 120)}); the last '
         f'checkpoint is {last}: restart every worker to resume from it'

@@ -114,7 +114,7 @@ def render(card):
         + ' |'
         for e in card['evaluations']
     ]
-    weights = os.path.join('models', card['name'], run_folder.WEIGHTS_FILE)
+    weights = run_folder.weights_path(os.path.join('models', card['name']))
     return '\n'.join(
         [
             f"# Model card: {card['name']}",

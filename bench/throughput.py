@@ -280,9 +280,7 @@ def evaluation_seconds(drive, base):
         'preprocess': True,
     }
     run_folder.save_architecture(logdir, architecture)
-    model.build_from_architecture(architecture).save_weights(
-        os.path.join(logdir, run_folder.WEIGHTS_FILE)
-    )
+    model.build_from_architecture(architecture).save_weights(run_folder.weights_path(logdir))
     label_file = f'{drive}/test.txt'
     run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={label_file}')
     name = evaluate.evaluation_name(label_file, 'last', 0.5, None, False)

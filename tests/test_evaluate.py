@@ -536,6 +536,24 @@ def test_the_last_checkpoint_is_what_an_evaluation_loads_and_names(trained, synt
     assert scores['last'] == scores['200'] and scores['last']['F1'] > 0.5
 
 
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(trained, tmp_path):
+    """What a run killed while saving leaves: evaluation loads (and names) the newest checkpoint
+    that reads back, with that step's weights; none readable is one error naming them."""
+    logdir = tmp_path / 'log'
+    shutil.copytree(trained, logdir)
+    data = logdir / 'checkpoints' / 'ckpt-200.data-00000-of-00001'
+    data.write_bytes(data.read_bytes()[:100])
+    unet, _, name, step = evaluate.load_model(str(logdir))
+    assert (name, step) == ('step100', 100)
+    older, _, _, _ = evaluate.load_model(str(trained), '100')
+    for mine, theirs in zip(unet.get_weights(), older.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    data = logdir / 'checkpoints' / 'ckpt-100.data-00000-of-00001'
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(cli.UserError, match=r'checkpoints: no checkpoint can be read \(ckpt-200: '):
+        evaluate.load_model(str(logdir))
+
+
 def test_an_export_replaces_the_old_folder_whole_and_refuses_a_file(trained, tmp_path):
     export_dir = tmp_path / 'export'
     export_dir.mkdir()
