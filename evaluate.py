@@ -701,15 +701,15 @@ def write_photo(photo, out_dir, name, config):
     """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
     the photo), whole or not at all; returns the photo's report row, with the vessel share of
     its FOV."""
-    images = {
+    images = {  # each made as it is written; the overlay is a copy for writing to spoil
         'prob': lambda: photo.probability,
         'mask': lambda: photo.vessels * 255,
-        'overlay': lambda: utils.overlay(photo.rgb, photo.vessels, photo.vessels),
+        'overlay': lambda: utils.in_green(photo.rgb, photo.vessels),
     }
     written = [os.path.join(out_dir, f'{name}_{suffix}.png') for suffix in PREDICTION_FILES]
     try:
         for target, suffix in zip(written, PREDICTION_FILES, strict=True):
-            fileio.write_png(target, images[suffix]())
+            fileio.write_png(target, images[suffix](), scratch=suffix == 'overlay')
     except BaseException:
         for target in written:
             if os.path.exists(target):

@@ -65,8 +65,8 @@ def remove_temporaries(folder, older_than=0.0):
 
 
 def write_atomic(path, data):
-    """Writes bytes or text to `path` through a temporary file and a rename: a killed process
-    leaves either the old file or the new one, never half of one."""
+    """Writes bytes (or any buffer) or text to `path` through a temporary file and a rename: a
+    killed process leaves either the old file or the new one, never half of one."""
     temporary = None
     try:
         temporary = temporary_path(path)
@@ -85,15 +85,16 @@ def write_atomic(path, data):
         raise
 
 
-def write_png(path, image):
-    """Writes a uint8 HxW or HxWx3 RGB image as PNG, atomically."""
+def write_png(path, image, scratch=False):
+    """Writes a uint8 HxW or HxWx3 RGB image as PNG, atomically. `scratch`: the image is the
+    caller's to spoil, so its channels are swapped in place (no copy of a large photo)."""
     image = np.asarray(image)
-    if image.ndim == 3:
-        image = image[:, :, ::-1]  # RGB to OpenCV's BGR
+    if image.ndim == 3:  # RGB to OpenCV's BGR
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR, dst=image) if scratch else image[..., ::-1]
     ok, encoded = cv2.imencode('.png', image)
     if not ok:
         raise cli.UserError(f'{path}: could not encode image of shape {image.shape}')
-    write_atomic(path, encoded.tobytes())
+    write_atomic(path, encoded)  # its buffer: no copy
 
 
 def pyplot():

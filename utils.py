@@ -172,3 +172,11 @@ def overlay(image, label, prediction):
     out[prediction & ~label] = OVERLAY_COLOURS['false_alarm']
     out[label & ~prediction] = OVERLAY_COLOURS['miss']
     return out
+
+
+def in_green(image, vessels):
+    """An RGB uint8 copy of `image`, green where `vessels` (0/1 uint8) is 1: overlay()'s hits
+    without its temporaries, for photos of any size."""
+    out = np.array(image, np.uint8)
+    out[vessels.view(bool)] = OVERLAY_COLOURS['hit']
+    return out

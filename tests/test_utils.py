@@ -14,6 +14,22 @@ def test_overlay_colours():
     np.testing.assert_array_equal(out[0], [[0, 255, 0], [0, 0, 255], [255, 0, 0], [100, 100, 100]])
 
 
+def test_a_photo_overlay_is_the_overlay_of_its_own_vessels_and_writes_either_way(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (16, 24, 3), np.uint8)
+    vessels = (rng.random((16, 24)) < 0.3).astype(np.uint8)
+    green = utils.in_green(rgb, vessels)
+    np.testing.assert_array_equal(green, utils.overlay(rgb, vessels, vessels))
+    assert green[vessels == 1].tolist() == [[0, 255, 0]] * int(vessels.sum())
+    fileio.write_png(str(tmp_path / 'copy.png'), green)
+    np.testing.assert_array_equal(utils.in_green(rgb, vessels), green)  # left as it was
+    fileio.write_png(str(tmp_path / 'scratch.png'), green, scratch=True)
+    for name in ('copy.png', 'scratch.png'):
+        np.testing.assert_array_equal(
+            utils.read_image(str(tmp_path / name)), utils.in_green(rgb, vessels)
+        )
+
+
 def test_read_binary_accepts_binary_palettes_and_rejects_grey(tmp_path):
     path = str(tmp_path / 'label.png')
     fileio.write_png(path, np.array([[0, 255], [255, 0]], np.uint8))
