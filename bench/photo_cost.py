@@ -1,8 +1,9 @@
 """What one photo costs, by size: the model alone, `evaluate.py --predict` per photo after
 start-up (with and without the features), evaluation per image, and peak memory (each run's own
 maximum RSS, from os.wait4). Photos: a DRIVE and a CHASE_DB1 image, an HRF photo (3504x2336)
-and that photo enlarged to 6000x4000; evaluation of 5 and 40 HRF images (copies of the 15
-training images under other names). Model: models/drive_chase, the README's model for photos.
+and that photo enlarged to 6000x4000; evaluation of 3 and 8 labelled images of each size (the
+large one: two HRF images enlarged), and of 5 and 40 HRF images (copies of the 15 training
+images under other names). Model: models/drive_chase, the README's model for photos.
 Run by bench/throughput.py (`python bench/throughput.py --photos_only`), which writes the
 figures under "photos" in bench/results/throughput.json."""
 
@@ -27,7 +28,14 @@ PHOTOS = {
 }
 LARGE = '6000x4000'
 COPIES = 4  # photos per --predict run; the per-photo cost is the difference to one photo
-EVALUATED = (5, 40)
+LABELLED = {  # photo size: (data/ folder, split, enlarged to) of the images evaluated at it
+    'DRIVE_565x584': ('DRIVE', 'test', None),
+    'CHASE_DB1_999x960': ('CHASEDB', 'training', None),
+    'HRF_3504x2336': ('HRF', 'training', None),
+    LARGE: ('HRF', 'training', (6000, 4000)),
+}
+PER_IMAGE_COUNTS = (3, 8)  # evaluations at each size: seconds per image from their difference
+FLAT_COUNTS = (5, 40)  # HRF-sized: the same peak whatever the number of images
 
 
 def run_measured(*args):
@@ -133,12 +141,15 @@ def predict_costs(folder, *flags):
     }
 
 
-def hrf_label_file(count):
-    """A label file of `count` HRF-sized images: data/HRF's 15 training images, repeated under
-    other names."""
-    source = os.path.join(ROOT, 'data', 'HRF', 'training')
+def labelled_set(size, count):
+    """A label file of `count` images of one photo size: LABELLED's images (enlarged copies of
+    two of them for the large size), repeated under other names."""
+    folder, split, enlarged = LABELLED[size]
+    source = os.path.join(ROOT, 'data', folder, split)
     names = sorted(os.listdir(os.path.join(source, 'images')))
-    root = os.path.join(WORK, 'photo_cost', f'hrf{count}')
+    if enlarged:
+        source, names = enlarged_copies(source, names[:2], enlarged), names[:2]
+    root = os.path.join(WORK, 'photo_cost', f'{size}_{count}')
     shutil.rmtree(root, ignore_errors=True)
     lines = ['images,labels,masks']
     for folder in ('images', 'labels', 'masks'):
@@ -157,28 +168,46 @@ def hrf_label_file(count):
     return path
 
 
-def evaluation_costs():
-    """evaluate.py (features on, no overlays) on 5 and 40 HRF-sized images: wall seconds and
-    peak MiB of each, and the seconds per image between them."""
+def enlarged_copies(source, names, size):
+    """The images, labels and masks `names` of `source` resized to `size` (width, height):
+    images smoothly, labels and masks by nearest neighbour. Returns their folder."""
+    target = os.path.join(WORK, 'photo_cost', f'enlarged_{size[0]}x{size[1]}')
+    for folder, interpolation in (
+        ('images', cv2.INTER_LINEAR),
+        ('labels', cv2.INTER_NEAREST),
+        ('masks', cv2.INTER_NEAREST),
+    ):
+        os.makedirs(os.path.join(target, folder), exist_ok=True)
+        for name in names:
+            image = cv2.imread(os.path.join(source, folder, name), cv2.IMREAD_UNCHANGED)
+            resized = cv2.resize(image, size, interpolation=interpolation)
+            cv2.imwrite(os.path.join(target, folder, name), resized)
+    return target
+
+
+def evaluation_costs(size, counts):
+    """evaluate.py (features on, no overlays) on two numbers of images of one size: wall seconds
+    and peak MiB of each, and the seconds per image between them."""
     runs = {}
-    for count in EVALUATED:
-        output = os.path.join(WORK, 'photo_cost', f'eval{count}')
+    for count in counts:
+        output = os.path.join(WORK, 'photo_cost', f'eval_{size}_{count}')
         shutil.rmtree(output, ignore_errors=True)
         seconds, peak, _ = run_measured(
             f'--logdir={MODEL}',
-            f'--label_file_path={hrf_label_file(count)}',
+            f'--label_file_path={labelled_set(size, count)}',
             f'--output_dir={output}',
         )
         runs[f'{count}_images'] = {'seconds': round(seconds, 1), 'peak_mib': round(peak)}
-    (low, fewer), (high, more) = zip(EVALUATED, runs.values(), strict=True)
+    (low, fewer), (high, more) = zip(counts, runs.values(), strict=True)
     per_image = (more['seconds'] - fewer['seconds']) / (high - low)
     return {**runs, 'seconds_per_image': round(per_image, 2)}
 
 
 def measure():
-    """The figures of every photo size, and of evaluation at HRF's size."""
-    if not os.path.isdir(os.path.join(ROOT, 'data', 'HRF', 'training')):
-        sys.exit('data/HRF is missing: run preprocess.py --data_dir=../shared/data first')
+    """The figures of every photo size, and of evaluation at HRF's size for FLAT_COUNTS images."""
+    for folder, split, _ in LABELLED.values():
+        if not os.path.isdir(os.path.join(ROOT, 'data', folder, split)):
+            sys.exit(f'data/{folder} is missing: run preprocess.py --data_dir=../shared/data first')
     started = time.time()
     subprocess.run([sys.executable, '-c', 'import tensorflow'], check=True)
     tensorflow_import = time.time() - started
@@ -194,8 +223,9 @@ def measure():
             'model_alone': model_seconds(photo),
             'predict': predict_costs(folder),
             'predict_nofeatures': predict_costs(folder, '--nofeatures'),
+            'evaluation': evaluation_costs(name, PER_IMAGE_COUNTS),
         }
         print(name, record['sizes'][name], flush=True)
-    record['evaluation_HRF'] = evaluation_costs()
+    record['evaluation_HRF'] = evaluation_costs('HRF_3504x2336', FLAT_COUNTS)
     print('evaluation', record['evaluation_HRF'], flush=True)
     return record

@@ -140,15 +140,21 @@ def photo_rows(photos):
     rows = [
         f"One photo with `{photos['model']}` (seconds after start-up; peak RSS in MiB):",
         '',
-        '| photo | model input | model alone | --predict | peak | --predict --nofeatures | peak |',
-        '| --- | --- | --- | --- | --- | --- | --- |',
+        '| photo | model input | model alone | --predict | peak | --predict --nofeatures | peak '
+        '| evaluation per image | peak |',
+        '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ]
     for size, entry in photos['sizes'].items():
         alone, full, bare = entry['model_alone'], entry['predict'], entry['predict_nofeatures']
+        evaluation = entry.get('evaluation')
+        peak = evaluation and max(
+            run['peak_mib'] for k, run in evaluation.items() if k != 'seconds_per_image'
+        )
         rows.append(
             f"| {size} | {'x'.join(map(str, alone['input']))} | {alone['seconds']:.2f} "
             f"| {full['seconds_per_photo']:.2f} | {full['peak_mib']} "
-            f"| {bare['seconds_per_photo']:.2f} | {bare['peak_mib']} |"
+            f"| {bare['seconds_per_photo']:.2f} | {bare['peak_mib']} "
+            + (f"| {evaluation['seconds_per_image']:.2f} | {peak} |" if evaluation else '| | |')
         )
     evaluation = photos['evaluation_HRF']
     runs = '; '.join(
@@ -223,6 +229,52 @@ def cross_dataset_rows():
         'Made by `bench/cross_dataset.py`: inside the FOV, threshold 0.5; "rescaled" '
         "brings each image's FOV to the model's scale (evaluate.py's default), "
         '"native" predicts it as it is (`--norescale`).',
+        '',
+    ]
+
+
+def cross_camera_table(record):
+    """F1 on each camera's held-out images: the shipped models (* where the model trained on
+    those images, so not a held-out score), the recipe trained without the camera, in-domain
+    cross-validation, and bob.ip.binseg's leave-one-out U-Net."""
+    shipped = record['shipped']
+    rows = [
+        '| test camera | images | '
+        + ' | '.join(f'`{name}`' for name in shipped)
+        + ' | the other three cameras | in-domain CV | bob, the four others |',
+        '| --- | --- |' + ' --- |' * (len(shipped) + 3),
+    ]
+    for camera, loco in record['leave_one_camera_out'].items():
+        cells = [
+            f"{scores[camera]['F1']:.4f}{'*' * scores[camera]['saw_these_images']}"
+            for scores in shipped.values()
+        ]
+        in_domain = record['in_domain'].get(camera)
+        cells += [
+            f"{loco['F1']:.4f}",
+            f"{in_domain['F1']:.4f}" if in_domain else '',
+            f"{record['loco_anchors'][camera]:.3f}",
+        ]
+        rows.append(f"| {camera} | {loco['images']} | " + ' | '.join(cells) + ' |')
+    return rows
+
+
+def cross_camera_rows():
+    record = read_record('cross_camera.json')
+    if not record:
+        return []
+    return [
+        '## Across cameras: DRIVE, CHASE_DB1, STARE and HRF',
+        '',
+        *cross_camera_table(record),
+        '',
+        'Made by `bench/cross_dataset.py --cameras`: F1 inside the FOV at threshold 0.5, each '
+        "image rescaled to the model's scale. Held-out images: DRIVE's test set; the whole "
+        'training halves of the others (their test halves are not here). * the model trained '
+        'on these images. "The other three cameras": models/all\'s recipe (919 px scale) for '
+        f"{record['steps']} steps on the other three training sets. \"In-domain CV\": the same "
+        f"recipe, {len(next(iter(record['in_domain'].values()))['folds'])}-fold subject-wise "
+        'cross-validation of CHASE_DB1, STARE and HRF at once, DRIVE\'s training set always in.',
         '',
     ]
 
@@ -313,6 +365,7 @@ def main():
         *accuracy_rows(),
         '',
         *cross_dataset_rows(),
+        *cross_camera_rows(),
         *agreement_rows(),
         '## Speed and memory',
         '',
