@@ -133,22 +133,28 @@ def write_label_file(path, folder, names):
     )
 
 
-def chase_fold_files(data, folds):
-    """Subject-wise folds of CHASE_DB1's images (both eyes of a child in the same fold): one
-    (held-out names, training label file, test label file) per fold, written under `data`."""
+SUBJECT_OF = {  # the subject of an image name: a fold holds all of a subject's images
+    'CHASEDB': lambda name: re.match(r'Image_(\d+)', name).group(1),  # a child's two eyes
+    'HRF': lambda name: name[:2],  # one patient per image: a number's three groups stay together
+    'STARE': lambda name: name,  # one image per patient
+}
+
+
+def subject_folds(data, folder, folds):
+    """Subject-wise folds of the images of data/{folder}/training: one (held-out names,
+    training label file, test label file) per fold, the label files written beside its
+    training.txt. A fold holds every `folds`-th subject (in name order)."""
     names = sorted(
-        os.path.splitext(n)[0]
-        for n in os.listdir(os.path.join(data, 'CHASEDB', 'training', 'images'))
+        os.path.splitext(n)[0] for n in os.listdir(os.path.join(data, folder, 'training', 'images'))
     )
-    subjects = sorted({re.match(r'Image_(\d+)', n).group(1) for n in names})
+    subject = SUBJECT_OF[folder]
+    subjects = sorted({subject(n) for n in names})
     files = []
     for fold in range(folds):
         held_out = set(subjects[fold::folds])
-        test = [n for n in names if n[6:8] in held_out]
-        prefix = os.path.join(data, 'CHASEDB', f'fold{fold}')
-        write_label_file(
-            f'{prefix}_training.txt', 'training', [n for n in names if n[6:8] not in held_out]
-        )
+        test = [n for n in names if subject(n) in held_out]
+        prefix = os.path.join(data, folder, f'fold{fold}of{folds}')
+        write_label_file(f'{prefix}_training.txt', 'training', [n for n in names if n not in test])
         write_label_file(f'{prefix}_test.txt', 'training', test)
         files.append((test, f'{prefix}_training.txt', f'{prefix}_test.txt'))
     return files
@@ -156,7 +162,7 @@ def chase_fold_files(data, folds):
 
 def chase_folds(data, folds, steps, extra_flags, evaluate_only, seeds):
     results = []
-    for fold, (test, training_file, test_file) in enumerate(chase_fold_files(data, folds)):
+    for fold, (test, training_file, test_file) in enumerate(subject_folds(data, 'CHASEDB', folds)):
         for seed in seeds:
             result = train_and_evaluate(
                 f'chase_fold{fold}',

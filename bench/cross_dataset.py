@@ -4,6 +4,7 @@
                                                     # (about 25 min of 2 cores each), then
                                                     # evaluates every model on every test set
   python bench/cross_dataset.py --folds=0,1,2,3,4 --evaluate_only   # reuses the fold models
+  python bench/cross_dataset.py --cameras   # the four cameras: six trainings of about 17 min
 
 Rows: the models in models/ (trained on DRIVE, on CHASE_DB1, on both). Columns: DRIVE's test set,
 and CHASE_DB1 images the model did not train on: all 20 for the DRIVE model; for the CHASE and
@@ -11,6 +12,14 @@ combined models, the held-out images of the subject-wise folds of bench/accuracy
 CHASE-only folds from bench/results/accuracy_chase.json; the combined model is retrained here on
 DRIVE's training set plus each fold's CHASE training images, at its recipe). Scores inside the
 FOV at threshold 0.5. Writes bench/results/cross_dataset.json and prints a Markdown table.
+
+--cameras: the four cameras (DRIVE, CHASE_DB1, STARE, HRF; each camera's held-out images are
+DRIVE's test set and the others' whole training halves). Every shipped model on every camera; the
+all-four recipe (models/all's, at CAMERA_STEPS) trained on three cameras and tested on the fourth
+(leave one camera out); and the same recipe in-domain, by subject-wise CV_FOLDS-fold
+cross-validation of CHASE_DB1, STARE and HRF at once (each fold trains on DRIVE's training set and
+the other folds of the three). Runs resume where they stopped. Writes
+bench/results/cross_camera.json.
 """
 
 import argparse
@@ -31,15 +40,25 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 import train  # noqa: E402
-from bench.accuracy import CPU_RECIPE, chase_fold_files, prepare_data, recipe_config  # noqa: E402
+from bench.accuracy import CPU_RECIPE, prepare_data, recipe_config, subject_folds  # noqa: E402
 from bench.common import RESULTS, ROOT, WORK, evaluation_metrics  # noqa: E402
-from bench.report import combined_folds_table, cross_dataset_table  # noqa: E402
+from bench.report import combined_folds_table, cross_camera_table, cross_dataset_table  # noqa: E402
 
 MODELS = {'DRIVE': 'drive', 'CHASE_DB1': 'chase', 'DRIVE + CHASE_DB1': 'drive_chase'}
 COMBINED_FLAGS = ['--fov_diameter=919']  # beyond CPU_RECIPE: CHASE_DB1's scale
 COMBINED_STEPS = 6000
 FOLDS = 5  # bench/accuracy.py's CHASE split
 METRICS = ('F1', 'AUC_ROC', 'IoU')
+CAMERAS = {'DRIVE': 'DRIVE', 'CHASE_DB1': 'CHASEDB', 'STARE': 'STARE', 'HRF': 'HRF'}  # data/
+SHIPPED = ('drive', 'chase', 'drive_chase', 'all')
+CAMERA_STEPS = 3000  # half of models/all's 6000: six trainings in under two hours of 2 cores
+CV_FOLDS = 2
+LOCO_ANCHORS = {  # bob.ip.binseg's U-Net trained on the four other sets, F1 on this one
+    'DRIVE': 0.775,
+    'CHASE_DB1': 0.779,
+    'STARE': 0.806,
+    'HRF': 0.746,
+}
 
 
 def scores_of(logdir, label_file, rescale, name):
@@ -70,7 +89,7 @@ def combined_folds(data, folds, chase_only_folds, evaluate_only):
     """The combined recipe retrained without each fold's held-out CHASE images, scored on them,
     beside the CHASE-only model of the same fold (from bench/results/accuracy_chase.json)."""
     chase_only = {fold['fold']: fold for fold in chase_only_folds}
-    files = chase_fold_files(data, FOLDS)
+    files = subject_folds(data, 'CHASEDB', FOLDS)
     results = []
     for fold in folds:
         held_out, chase_training, test = files[fold]
@@ -92,6 +111,103 @@ def combined_folds(data, folds, chase_only_folds, evaluate_only):
     return results
 
 
+def held_out_set(data, camera):
+    """The label file of a camera's images that no model trained without them saw."""
+    name = 'test.txt' if camera == 'DRIVE' else 'training.txt'
+    return os.path.join(data, CAMERAS[camera], name)
+
+
+def trained_run(name, training_files, evaluate_only):
+    """bench/work/log_{name}, trained on the label files at models/all's recipe for
+    CAMERA_STEPS steps: resumed where it stopped, at once returned where it is done."""
+    logdir = os.path.join(WORK, f'log_{name}')
+    if not evaluate_only:
+        config = recipe_config(
+            logdir, ','.join(training_files), CAMERA_STEPS, [*CPU_RECIPE, *COMBINED_FLAGS]
+        )
+        train.train(tf.distribute.get_strategy(), config)
+    return logdir
+
+
+def shipped_on_cameras(data):
+    """{model: {camera: scores on the camera's held-out set, and whether the model saw it}}."""
+    table = {}
+    for model in SHIPPED:
+        folder = os.path.join(ROOT, 'models', model)
+        with open(os.path.join(folder, 'config.json')) as stream:
+            training = json.load(stream)['settings']['label_file_path']
+        table[model] = {}
+        for camera, images in CAMERAS.items():
+            test = held_out_set(data, camera)
+            table[model][camera] = {
+                'saw_these_images': f'{images}/{os.path.basename(test)}' in training,
+                **scores_of(folder, test, True, f'{model}_{camera}'),
+            }
+    return table
+
+
+def leave_one_camera_out(data, evaluate_only):
+    """{camera: the recipe trained on the other three cameras' training sets, on it}."""
+    rows = {}
+    for camera, folder in CAMERAS.items():
+        others = [c for c in CAMERAS if c != camera]
+        logdir = trained_run(
+            f'loco_{folder}',
+            [os.path.join(data, CAMERAS[c], 'training.txt') for c in others],
+            evaluate_only,
+        )
+        rows[camera] = {
+            'trained_on': others,
+            **scores_of(logdir, held_out_set(data, camera), True, f'loco_{folder}'),
+        }
+    return rows
+
+
+def in_domain_folds(data, evaluate_only):
+    """{camera: mean over folds, and each fold}: the recipe on each fold's held-out images of
+    CHASE_DB1, STARE and HRF, trained on DRIVE's training set and the rest of the three."""
+    cameras = [c for c in CAMERAS if c != 'DRIVE']
+    folds = {c: subject_folds(data, CAMERAS[c], CV_FOLDS) for c in cameras}
+    per_fold = {c: [] for c in cameras}
+    for fold in range(CV_FOLDS):
+        training = [os.path.join(data, 'DRIVE', 'training.txt')]
+        training += [folds[c][fold][1] for c in cameras]
+        logdir = trained_run(f'all_fold{fold}of{CV_FOLDS}', training, evaluate_only)
+        for camera in cameras:
+            held_out, _, test = folds[camera][fold]
+            scores = scores_of(logdir, test, True, f'all_fold{fold}_{CAMERAS[camera]}')
+            per_fold[camera].append({'fold': fold, 'test_images': held_out, **scores})
+    return {
+        camera: {
+            'images': sum(len(f['test_images']) for f in runs),
+            **{key: float(np.mean([f[key] for f in runs])) for key in METRICS},
+            'folds': runs,
+        }
+        for camera, runs in per_fold.items()
+    }
+
+
+def cameras(evaluate_only):
+    data = os.path.relpath(prepare_data('DRIVE', 'CHASEDB1', 'STARE', 'HRF'), ROOT)
+    record = {
+        'date': time.strftime('%Y-%m-%d'),
+        'threshold': 0.5,
+        'metrics': list(METRICS),
+        'steps': CAMERA_STEPS,
+        'recipe': [*CPU_RECIPE, *COMBINED_FLAGS],
+        'held_out_sets': {c: held_out_set(data, c) for c in CAMERAS},
+        'leave_one_camera_out': leave_one_camera_out(data, evaluate_only),
+        'in_domain': in_domain_folds(data, evaluate_only),
+        'shipped': shipped_on_cameras(data),
+        'loco_anchors': LOCO_ANCHORS,
+    }
+    path = os.path.join(RESULTS, 'cross_camera.json')
+    with open(path, 'w') as stream:
+        json.dump(record, stream, indent=2)
+    print('\n'.join(cross_camera_table(record)))
+    print(f'wrote {path}')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument(
@@ -100,8 +216,12 @@ def main():
         help='comma-separated CHASE folds (0-4) for which to retrain the combined model',
     )
     parser.add_argument('--evaluate_only', action='store_true')
+    parser.add_argument('--cameras', action='store_true', help='the four-camera benchmark')
     args = parser.parse_args()
     logging.set_verbosity(logging.INFO)
+    os.chdir(ROOT)  # the runs' label files are relative to it
+    if args.cameras:
+        return cameras(args.evaluate_only)
     data = prepare_data('DRIVE', 'CHASEDB1')
     drive_test = os.path.join(data, 'DRIVE', 'test.txt')
     chase_all = os.path.join(data, 'CHASEDB', 'training.txt')
