@@ -264,7 +264,7 @@ class Trainer:
             logging.info(
                 'signal %d: stopped at step %d after saving; rerun to resume', stop.received, step
             )
-        elif self.chief and step > self.start:
+        elif self.chief:  # a rerun at the end too: the start rewrote scale.json without it
             record_calibre(self.unet, config, self.examples, self.model_scale)
         return finished(self.unet, config.logdir, step, step - self.start, started, stop.received)
 

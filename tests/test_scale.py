@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ import model
 import run_folder
 import scale
 import utils
-from conftest import ROOT, last_line, require_shared, run_here
+from conftest import ROOT, last_line, require_shared, run_here, train_here
 
 
 def disc_mask(size, diameter):
@@ -117,6 +118,14 @@ def test_training_records_the_scale_it_learned(trained, synthetic):
         [scale.main_calibre(utils.read_binary(s.label)) or np.nan for s in samples]
     )
     assert recorded.vessel_calibre == pytest.approx(labelled, rel=0.5)
+
+
+def test_a_rerun_of_a_finished_run_keeps_its_vessel_calibre(trained, synthetic, tmp_path):
+    logdir = tmp_path / 'log'
+    shutil.copytree(trained, logdir)
+    train_here(logdir, synthetic['training'], max_iters=200, save_interval=100)
+    assert run_folder.load_scale(logdir) == run_folder.load_scale(trained)
+    assert run_folder.load_scale(logdir).vessel_calibre is not None
 
 
 def vessel_share(directory, name):
