@@ -110,6 +110,15 @@ flags.DEFINE_bool(
     '(scale.json) before predicting, and the probabilities back; runs without '
     'scale.json predict images as they are.',
 )
+flags.DEFINE_enum(
+    'scale_by',
+    'fov',
+    ['fov', 'vessels'],
+    "How --rescale sets the factor of a photo whose FOV shows a disc: 'fov', the disc's "
+    "diameter against the model's; 'vessels', from there the main vessels' calibre matched "
+    "to the model's, in up to three more predictions (for cameras the model never saw: "
+    'docs/scale.md).',
+)
 flags.DEFINE_bool(
     'features',
     True,
@@ -530,10 +539,19 @@ def write_results(out_dir, rows, result, step):
         ) from None
 
 
-def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta, rescale=True, tiles=None):
+def evaluation_name(
+    label_file,
+    checkpoint,
+    threshold,
+    calibrate_on,
+    tta,
+    rescale=True,
+    tiles=None,
+    scale_by='fov',
+):
     """The folder of one evaluation, from what it evaluates: e.g. DRIVE-test_step4000_threshold0.5
     or DRIVE-test_best-step3500_calibrated-on-DRIVE-training_tta_norescale_tiles256-128
-    (tiles: (size, overlap) of tiled inference)."""
+    (tiles: (size, overlap) of tiled inference; scale_by 'vessels' adds scale-by-vessels)."""
 
     def data(paths):  # one or several comma-separated label files
         return '+'.join(
@@ -548,6 +566,7 @@ def evaluation_name(label_file, checkpoint, threshold, calibrate_on, tta, rescal
         [data(label_file), checkpoint, how]
         + (['tta'] if tta else [])
         + ([] if rescale else ['norescale'])
+        + (['scale-by-vessels'] if rescale and scale_by == 'vessels' else [])
         + ([f'tiles{tiles[0]}-{tiles[1]}'] if tiles else [])
     )
 
@@ -767,6 +786,7 @@ def evaluation_folders(config, out_dir, checkpoint, threshold, samples):
         config.tta,
         config.rescale,
         tiles,
+        config.scale_by,
     )
     out_dir = os.path.join(out_dir, EVALUATIONS_DIR, name)
     overlay_dir = os.path.join(out_dir, OVERLAY_DIR) if config.visulize else None
@@ -793,6 +813,7 @@ def evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, m
         calibrated_on=config.calibrate_on,
         tta=config.tta,
         rescale=config.rescale,
+        scale_by=config.scale_by,
         model_fov_diameter=model_scale and model_scale.fov_diameter,
         label_file=label_file,
         checkpoint=checkpoint,
@@ -823,6 +844,7 @@ class EvalConfig:
     tile_overlap: int = 128
     rescale: bool = True
     photo_fov_diameter: float | None = None
+    scale_by: str = 'fov'
     predict: str | None = None
     predict_dir: str | None = None
     output_dir: str | None = None
@@ -888,7 +910,14 @@ def photo_predictor(traced, preprocess, model_scale, config):
 
     def predict(rgb, inside, path):
         return scale.predict_at_scale(
-            at_model_scale, rgb, inside, preprocess, model_scale, path, config.photo_fov_diameter
+            at_model_scale,
+            rgb,
+            inside,
+            preprocess,
+            model_scale,
+            path,
+            config.photo_fov_diameter,
+            by_vessels=config.scale_by == 'vessels',
         )
 
     return predict

@@ -6,7 +6,8 @@ the first rule that applies: the FOV diameter the user gives (evaluate.py --phot
 the diameter of the photo's FOV disc (fov.diameter: a circle fitted to its curved boundary);
 where the FOV is no disc (it fills the frame, or it is cut on every side), the calibre of the
 main vessels predicted in the photo, matched to the model's by a few predict-measure-resize
-passes (docs/scale.md). That rule needs the main vessels in view: a crop showing only thin
+passes (docs/scale.md); with --scale_by=vessels those passes also start from the disc's factor
+for photos that show one. That rule needs the main vessels in view: a crop showing only thin
 vessels (the macula alone) is enlarged too much; give such photos --photo_fov_diameter.
 """
 
@@ -29,6 +30,7 @@ MIN_SKELETON_PX = 50  # fewer skeleton pixels than this tell no calibre
 CALIBRE_RESPONSE = 0.6  # d log(measured calibre) / d log(resize factor), measured (docs/scale.md)
 CALIBRE_PASSES = 3  # predict-measure-resize passes before the last prediction
 MIN_FACTOR, MAX_FACTOR = 0.25, 4.0  # the resize the calibre rule may choose
+VESSELS_KEPT = 0.8  # a resize that loses more of the predicted vessels is past what the model reads
 
 
 @dataclass(frozen=True)
@@ -144,45 +146,71 @@ def to_native(probability: np.ndarray, shape: tuple) -> np.ndarray:
     )
 
 
-def predict_at_scale(predict, rgb, mask, preprocess, model_scale, path, given_diameter=None):
+def predict_at_scale(
+    predict, rgb, mask, preprocess, model_scale, path, given_diameter=None, by_vessels=False
+):
     """(probabilities at the image's native size, Decision): `predict` (float HxWxC in [0, 1] ->
-    HxW or HxWxK probabilities) of the image resized by the first rule that applies."""
+    HxW or HxWxK probabilities) of the image resized by the first rule that applies; with
+    `by_vessels`, the FOV disc's factor is where the calibre rule starts."""
     decision = decide(mask, model_scale, path, given_diameter)
-    if decision is None:
-        decision, probability = _by_calibre(predict, rgb, mask, preprocess, model_scale, path)
-        if probability is not None:
-            return probability, decision
+    refine = by_vessels and not given_diameter and decision is not NATIVE
+    if decision is None or (refine and model_scale.vessel_calibre):
+        return _by_calibre(predict, rgb, mask, preprocess, model_scale, path, decision)
     probability = predict(at_model_scale(rgb, decision.factor, preprocess))
     return to_native(probability, mask.shape), decision
 
 
-def _by_calibre(predict, rgb, mask, preprocess, model_scale, path):
-    """The calibre rule: resize until the main vessels predicted are as wide as the model's."""
+@dataclass(frozen=True)
+class _Pass:
+    factor: float
+    calibre: float
+    share: float  # of the FOV predicted as vessels
+    probability: np.ndarray
+
+
+def _by_calibre(predict, rgb, mask, preprocess, model_scale, path, disc):
+    """The calibre rule, from the `disc` Decision's factor (None: no disc, from 1): resize until
+    the main vessels predicted are as wide as the model's. Where a step loses vessels (a blurred
+    or diseased photo enlarged past what the model reads: docs/scale.md), the factor before it
+    is kept."""
     if model_scale.vessel_calibre is None:
-        return Decision(
+        probability = predict(at_model_scale(rgb, 1.0, preprocess))
+        return to_native(probability, mask.shape), Decision(
             1.0, 'native size (the FOV shows no disc and the model records no vessel calibre)'
-        ), None
-    factor = 1.0
-    for _ in range(CALIBRE_PASSES):
+        )
+    factor, kept = (disc.factor if disc else 1.0), None
+    for passes_left in range(CALIBRE_PASSES, -1, -1):
         probability = predict(at_model_scale(rgb, factor, preprocess))
-        inside = utils.resize_binary(mask, probability.shape[:2]).astype(bool)
-        calibre = main_calibre((_vessel_probability(probability) >= 0.5) & inside)
+        calibre, share = _predicted_calibre(probability, mask)
+        if kept and (calibre is None or share < VESSELS_KEPT * kept.share):
+            return to_native(kept.probability, mask.shape), _calibre_decision(kept, disc, True)
         if calibre is None:
+            if disc:
+                return to_native(probability, mask.shape), disc
             raise cli.UserError(
                 f'{path}: the FOV shows no disc and too few vessels to tell '
                 'the scale; give --photo_fov_diameter'
             )
+        kept = _Pass(factor, calibre, share, probability)
         step = (model_scale.vessel_calibre / calibre) ** (1 / CALIBRE_RESPONSE)
-        if abs(step - 1) <= RESCALE_TOLERANCE:
-            break
         factor = float(np.clip(factor * step, MIN_FACTOR, MAX_FACTOR))
+        if not passes_left or abs(factor / kept.factor - 1) <= RESCALE_TOLERANCE:
+            break
         _check_size(rgb.shape, factor, path)
-    else:
-        probability = predict(at_model_scale(rgb, factor, preprocess))
-    return (
-        Decision(factor, 'main-vessel calibre (the FOV shows no disc)'),
-        to_native(probability, mask.shape),
-    )
+    return to_native(kept.probability, mask.shape), _calibre_decision(kept, disc, False)
+
+
+def _predicted_calibre(probability, mask):
+    """(main-vessel calibre, share of the FOV) of the vessels in `probability`."""
+    inside = utils.resize_binary(mask, probability.shape[:2]).astype(bool)
+    vessels = (_vessel_probability(probability) >= 0.5) & inside
+    return main_calibre(vessels), vessels.sum() / max(inside.sum(), 1)
+
+
+def _calibre_decision(kept, disc, stopped):
+    start = f'from {disc.rule}' if disc else 'the FOV shows no disc'
+    stop = '; stopped where a further resize lost vessels' if stopped else ''
+    return Decision(kept.factor, f'main-vessel calibre ({start}{stop})')
 
 
 def _vessel_probability(probability):

@@ -141,11 +141,12 @@ def photo_rows(photos):
         f"One photo with `{photos['model']}` (seconds after start-up; peak RSS in MiB):",
         '',
         '| photo | model input | model alone | --predict | peak | --predict --nofeatures | peak '
-        '| evaluation per image | peak |',
-        '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+        '| --predict --scale_by=vessels | peak | evaluation per image | peak |',
+        '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ]
     for size, entry in photos['sizes'].items():
         alone, full, bare = entry['model_alone'], entry['predict'], entry['predict_nofeatures']
+        vessels = entry.get('predict_scale_by_vessels')
         evaluation = entry.get('evaluation')
         peak = evaluation and max(
             run['peak_mib'] for k, run in evaluation.items() if k != 'seconds_per_image'
@@ -154,6 +155,11 @@ def photo_rows(photos):
             f"| {size} | {'x'.join(map(str, alone['input']))} | {alone['seconds']:.2f} "
             f"| {full['seconds_per_photo']:.2f} | {full['peak_mib']} "
             f"| {bare['seconds_per_photo']:.2f} | {bare['peak_mib']} "
+            + (
+                f"| {vessels['seconds_per_photo']:.2f} | {vessels['peak_mib']} "
+                if vessels
+                else '| | '
+            )
             + (f"| {evaluation['seconds_per_image']:.2f} | {peak} |" if evaluation else '| | |')
         )
     evaluation = photos['evaluation_HRF']

@@ -61,6 +61,63 @@ def test_predict_at_scale_predicts_at_the_model_scale_and_answers_at_native_size
     assert seen[-1] == (round(400 * factor), round(360 * factor), 1)
 
 
+def stripes_model(native_height, lost_above=None):
+    """A fake model of a 200-px-high photo: vertical vessels 4 px wide at native size, whose
+    predicted width grows as factor ** CALIBRE_RESPONSE; past `lost_above` it finds only every
+    other vessel. Returns (predict, the factors it was called at)."""
+    factors = []
+
+    def predict(image):
+        factor = image.shape[0] / native_height
+        factors.append(factor)
+        width = round(4 * factor**scale.CALIBRE_RESPONSE)
+        period = 4 * width * (2 if lost_above and factor > lost_above else 1)
+        probability = np.zeros(image.shape[:2], np.float32)
+        for left in range(width, image.shape[1] - width, period):
+            probability[:, left : left + width] = 1
+        return probability
+
+    return predict, factors
+
+
+def test_scale_by_vessels_starts_at_the_disc_factor_and_matches_the_model_calibre():
+    rgb, mask = np.full((200, 200, 3), 128, np.uint8), disc_mask(200, 180)
+    disc = 270 / fov.diameter(mask)  # about 1.5
+    model_scale = scale.ModelScale(
+        270, scale.main_calibre(stripes_model(200)[0](np.zeros((500, 500))))
+    )
+    predict, factors = stripes_model(200)
+    _, by_disc = scale.predict_at_scale(predict, rgb, mask, False, model_scale, 'x.png')
+    assert by_disc.factor == pytest.approx(disc) and factors == [pytest.approx(disc, rel=0.01)]
+    factors.clear()
+    _, decision = scale.predict_at_scale(
+        predict, rgb, mask, False, model_scale, 'x.png', by_vessels=True
+    )
+    assert factors[0] == pytest.approx(disc, rel=0.01)
+    assert decision.factor == pytest.approx(2.5, rel=0.1)  # the model calibre's factor
+    assert decision.rule.startswith('main-vessel calibre (from FOV diameter 18')
+    # A diameter the user gives is kept as it is.
+    _, given = scale.predict_at_scale(predict, rgb, mask, False, model_scale, 'x.png', 135, True)
+    assert given.factor == pytest.approx(2.0) and '--photo_fov_diameter' in given.rule
+
+
+def test_scale_by_vessels_keeps_the_factor_before_a_step_that_loses_vessels():
+    rgb, mask = np.full((200, 200, 3), 128, np.uint8), disc_mask(200, 180)
+    model_scale = scale.ModelScale(
+        270, scale.main_calibre(stripes_model(200)[0](np.zeros((500, 500))))
+    )
+    predict, factors = stripes_model(200, lost_above=2.0)
+    probability, decision = scale.predict_at_scale(
+        predict, rgb, mask, False, model_scale, 'x.png', by_vessels=True
+    )
+    assert len(factors) == 2 and factors[1] > 2.0  # it tried the calibre's factor, lost vessels
+    assert decision.factor == pytest.approx(270 / fov.diameter(mask))
+    assert decision.rule.endswith('stopped where a further resize lost vessels)')
+    # The probabilities are those predicted at the kept factor, back at native size.
+    kept = predict(np.zeros((*utils.scaled_size((200, 200), decision.factor), 1)))
+    np.testing.assert_array_equal(probability, utils.resize(kept, (200, 200)))
+
+
 def test_load_examples_brings_images_labels_and_masks_to_one_fov_diameter(synthetic):
     samples = label_files.parse_label_file(synthetic['training'])
     native = dataset.load_examples(samples)
@@ -304,3 +361,25 @@ def test_the_tensorflow_twin_computes_the_same_sizes_and_resizes():
     for size in ((30, 35), (20, 35), (47, 53), (90, 105), (83, 97), (121, 141)):
         twin = scale_tf.resize(tf.constant(image), tf.constant(size)).numpy()
         np.testing.assert_allclose(twin, utils.resize(image, size), atol=1e-5)
+
+
+def test_scale_by_vessels_on_real_photos(drive_chase_predict):
+    """drive_chase with --scale_by=vessels: an HRF photo (whose vessels are thinner at the disc's
+    scale than the model learned them) is enlarged well past the disc's factor; STARE's blurred
+    im0004, which loses vessels when enlarged, keeps the disc's factor."""
+    predict, model_scale = drive_chase_predict
+    for name, folder, enlarged in (('03_h.jpg', 'HRF', True), ('im0004.ppm', 'STARE', False)):
+        subfolder = 'images' if folder == 'HRF' else 'stare-images'
+        path = os.path.join(require_shared(folder), subfolder, name)
+        rgb = utils.read_image(path)
+        inside = fov.derive(rgb)
+        disc = scale.decide(inside, model_scale, path)
+        _, decision = scale.predict_at_scale(
+            predict, rgb, inside, True, model_scale, path, by_vessels=True
+        )
+        if enlarged:
+            assert decision.factor > 1.3 * disc.factor, name
+            assert decision.rule.startswith('main-vessel calibre (from FOV diameter'), name
+        else:
+            assert decision.factor == disc.factor, name
+            assert decision.rule.endswith('a further resize lost vessels)'), name
