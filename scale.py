@@ -153,8 +153,8 @@ def predict_at_scale(
     HxW or HxWxK probabilities) of the image resized by the first rule that applies; with
     `by_vessels`, the FOV disc's factor is where the calibre rule starts."""
     decision = decide(mask, model_scale, path, given_diameter)
-    refine = by_vessels and not given_diameter and decision is not NATIVE
-    if decision is None or (refine and model_scale.vessel_calibre):
+    refine = by_vessels and not given_diameter and model_scale and model_scale.vessel_calibre
+    if decision is None or refine:
         return _by_calibre(predict, rgb, mask, preprocess, model_scale, path, decision)
     probability = predict(at_model_scale(rgb, decision.factor, preprocess))
     return to_native(probability, mask.shape), decision
@@ -181,7 +181,7 @@ def _by_calibre(predict, rgb, mask, preprocess, model_scale, path, disc):
     factor, kept = (disc.factor if disc else 1.0), None
     for passes_left in range(CALIBRE_PASSES, -1, -1):
         probability = predict(at_model_scale(rgb, factor, preprocess))
-        calibre, share = _predicted_calibre(probability, mask)
+        calibre, share = _calibre_and_share(probability, mask)
         if kept and (calibre is None or share < VESSELS_KEPT * kept.share):
             return to_native(kept.probability, mask.shape), _calibre_decision(kept, disc, True)
         if calibre is None:
@@ -200,7 +200,7 @@ def _by_calibre(predict, rgb, mask, preprocess, model_scale, path, disc):
     return to_native(kept.probability, mask.shape), _calibre_decision(kept, disc, False)
 
 
-def _predicted_calibre(probability, mask):
+def _calibre_and_share(probability, mask):
     """(main-vessel calibre, share of the FOV) of the vessels in `probability`."""
     inside = utils.resize_binary(mask, probability.shape[:2]).astype(bool)
     vessels = (_vessel_probability(probability) >= 0.5) & inside
@@ -220,9 +220,9 @@ def _vessel_probability(probability):
 def reference_calibre(predict, examples):
     """The median over `examples` (dataset.Example, already at the model's scale) of the
     main-vessel calibre the model predicts: what the calibre rule matches a photo's to."""
-    calibres = []
-    for example in examples:
-        probability = _vessel_probability(predict(example.image.astype(np.float32) / 255.0))
-        calibres.append(main_calibre((probability >= 0.5) & example.mask.astype(bool)))
+    calibres = [
+        _calibre_and_share(predict(example.image.astype(np.float32) / 255.0), example.mask)[0]
+        for example in examples
+    ]
     calibres = [value for value in calibres if value is not None]
     return float(np.median(calibres)) if calibres else None

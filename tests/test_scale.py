@@ -80,12 +80,15 @@ def stripes_model(native_height, lost_above=None):
     return predict, factors
 
 
+def stripes_scale():
+    """A model scale of a 270 px FOV whose vessel calibre is the fake's at x2.5."""
+    return scale.ModelScale(270, scale.main_calibre(stripes_model(200)[0](np.zeros((500, 500)))))
+
+
 def test_scale_by_vessels_starts_at_the_disc_factor_and_matches_the_model_calibre():
     rgb, mask = np.full((200, 200, 3), 128, np.uint8), disc_mask(200, 180)
     disc = 270 / fov.diameter(mask)  # about 1.5
-    model_scale = scale.ModelScale(
-        270, scale.main_calibre(stripes_model(200)[0](np.zeros((500, 500))))
-    )
+    model_scale = stripes_scale()
     predict, factors = stripes_model(200)
     _, by_disc = scale.predict_at_scale(predict, rgb, mask, False, model_scale, 'x.png')
     assert by_disc.factor == pytest.approx(disc) and factors == [pytest.approx(disc, rel=0.01)]
@@ -103,9 +106,7 @@ def test_scale_by_vessels_starts_at_the_disc_factor_and_matches_the_model_calibr
 
 def test_scale_by_vessels_keeps_the_factor_before_a_step_that_loses_vessels():
     rgb, mask = np.full((200, 200, 3), 128, np.uint8), disc_mask(200, 180)
-    model_scale = scale.ModelScale(
-        270, scale.main_calibre(stripes_model(200)[0](np.zeros((500, 500))))
-    )
+    model_scale = stripes_scale()
     predict, factors = stripes_model(200, lost_above=2.0)
     probability, decision = scale.predict_at_scale(
         predict, rgb, mask, False, model_scale, 'x.png', by_vessels=True
