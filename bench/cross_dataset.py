@@ -52,6 +52,7 @@ METRICS = ('F1', 'AUC_ROC', 'IoU')
 CAMERAS = {'DRIVE': 'DRIVE', 'CHASE_DB1': 'CHASEDB', 'STARE': 'STARE', 'HRF': 'HRF'}  # data/
 SHIPPED = ('drive', 'chase', 'drive_chase', 'all')
 CAMERA_STEPS = 3000  # half of models/all's 6000: six trainings in under two hours of 2 cores
+SCALE_RULES = ('fov', 'vessels')  # evaluate.py --scale_by
 CV_FOLDS = 2
 LOCO_ANCHORS = {  # bob.ip.binseg's U-Net trained on the four other sets, F1 on this one
     'DRIVE': 0.775,
@@ -61,16 +62,26 @@ LOCO_ANCHORS = {  # bob.ip.binseg's U-Net trained on the four other sets, F1 on 
 }
 
 
-def scores_of(logdir, label_file, rescale, name):
+def scores_of(logdir, label_file, rescale, name, scale_by='fov'):
     """evaluate.py's scores on `label_file` at threshold 0.5, from the metrics.json it writes to
     a fresh folder of its own."""
     metrics = evaluation_metrics(
-        os.path.join(WORK, 'cross', f'{name}_{"rescaled" if rescale else "native"}'),
+        os.path.join(WORK, 'cross', f'{name}_{"rescaled" if rescale else "native"}_{scale_by}'),
         f'--logdir={logdir}',
         f'--label_file_path={label_file}',
         f'--rescale={rescale}',
+        f'--scale_by={scale_by}',
     )
     return {'images': metrics['images'], **{key: metrics['scores'][key] for key in METRICS}}
+
+
+def by_rule(logdir, label_file, name):
+    """{'images': N, rule: scores} for each of evaluate.py's scale rules (SCALE_RULES)."""
+    scores = {rule: scores_of(logdir, label_file, True, name, rule) for rule in SCALE_RULES}
+    return {
+        'images': scores['fov']['images'],
+        **{rule: {key: values[key] for key in METRICS} for rule, values in scores.items()},
+    }
 
 
 def both_ways(logdir, label_file, name):
@@ -141,7 +152,7 @@ def shipped_on_cameras(data):
             test = held_out_set(data, camera)
             table[model][camera] = {
                 'saw_these_images': f'{images}/{os.path.basename(test)}' in training,
-                **scores_of(folder, test, True, f'{model}_{camera}'),
+                **by_rule(folder, test, f'{model}_{camera}'),
             }
     return table
 
@@ -158,7 +169,7 @@ def leave_one_camera_out(data, evaluate_only):
         )
         rows[camera] = {
             'trained_on': others,
-            **scores_of(logdir, held_out_set(data, camera), True, f'loco_{folder}'),
+            **by_rule(logdir, held_out_set(data, camera), f'loco_{folder}'),
         }
     return rows
 
@@ -175,12 +186,15 @@ def in_domain_folds(data, evaluate_only):
         logdir = trained_run(f'all_fold{fold}of{CV_FOLDS}', training, evaluate_only)
         for camera in cameras:
             held_out, _, test = folds[camera][fold]
-            scores = scores_of(logdir, test, True, f'all_fold{fold}_{CAMERAS[camera]}')
+            scores = by_rule(logdir, test, f'all_fold{fold}_{CAMERAS[camera]}')
             per_fold[camera].append({'fold': fold, 'test_images': held_out, **scores})
     return {
         camera: {
             'images': sum(len(f['test_images']) for f in runs),
-            **{key: float(np.mean([f[key] for f in runs])) for key in METRICS},
+            **{
+                rule: {key: float(np.mean([f[rule][key] for f in runs])) for key in METRICS}
+                for rule in SCALE_RULES
+            },
             'folds': runs,
         }
         for camera, runs in per_fold.items()
@@ -195,6 +209,8 @@ def cameras(evaluate_only):
         'metrics': list(METRICS),
         'steps': CAMERA_STEPS,
         'recipe': [*CPU_RECIPE, *COMBINED_FLAGS],
+        'combined_flags': COMBINED_FLAGS,
+        'scale_rules': list(SCALE_RULES),
         'held_out_sets': {c: held_out_set(data, c) for c in CAMERAS},
         'leave_one_camera_out': leave_one_camera_out(data, evaluate_only),
         'in_domain': in_domain_folds(data, evaluate_only),

@@ -1,6 +1,7 @@
-"""Writes bench/results/summary.md, the tables the README quotes, from bench/results/*.json,
-and the README's results table (between its README_BEGIN and README_END lines) from the
-shipped models' cards (models/*/card.json).
+"""Writes bench/results/summary.md, the tables the README quotes, from bench/results/*.json;
+the README's results table (between its README_BEGIN and README_END lines) from the shipped
+models' cards (models/*/card.json); and docs/results.md's four-camera table (between its
+CAMERAS_BEGIN and CAMERAS_END lines) from bench/results/cross_camera.json.
 
   python bench/report.py
 """
@@ -14,6 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, 'bench', 'results')
 README_BEGIN = '<!-- the shipped models: written by bench/report.py from models/*/card.json -->'
 README_END = '<!-- end of the table bench/report.py writes -->'
+CAMERAS_BEGIN = '<!-- four cameras: written by bench/report.py from cross_camera.json -->'
+CAMERAS_END = '<!-- end of the four-camera table -->'
 METRICS = ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')
 
 
@@ -120,14 +123,18 @@ def loop_rows(loops):
     if not loops:
         return []
     rows = [
-        'Training steps per second on one batch in memory, by steps per tf.function call:',
+        'Training steps per second on one batch in memory, by steps per tf.function call, and '
+        "train.py's per-step loop before 6529b99 (float(loss) and the schedule evaluated "
+        'eagerly after each one-step call):',
         '',
-        '| setting | one step per call | 20 steps per call | speed-up |',
-        '| --- | --- | --- | --- |',
+        '| setting | per-step loop before | one step per call | 20 steps per call | speed-up '
+        'over one step per call | over the loop before |',
+        '| --- | --- | --- | --- | --- | --- |',
     ]
     rows += [
-        f"| {name} | {entry['one_step_per_call']} | {entry['20_steps_per_call']} | "
-        f"{entry['speed-up']:.2f}x |"
+        f"| {name} | {entry.get('per_step_loop_before', '')} | {entry['one_step_per_call']} | "
+        f"{entry['20_steps_per_call']} | {entry['speed-up']:.2f}x | "
+        + (f"{entry['speed-up_over_before']:.2f}x |" if 'speed-up_over_before' in entry else '|')
         for name, entry in loops.items()
     ]
     return rows + ['']
@@ -240,10 +247,15 @@ def cross_dataset_rows():
 
 
 def cross_camera_table(record):
-    """F1 on each camera's held-out images: the shipped models (* where the model trained on
-    those images, so not a held-out score), the recipe trained without the camera, in-domain
-    cross-validation, and bob.ip.binseg's leave-one-out U-Net."""
+    """F1 on each camera's held-out images under each scale rule (FOV disc / vessel calibre):
+    the shipped models (* where the model trained on those images, so not a held-out score),
+    the recipe trained without the camera, in-domain cross-validation, and bob.ip.binseg's
+    leave-one-out U-Net."""
     shipped = record['shipped']
+
+    def f1(scores, mark=''):
+        return ' / '.join(f"{scores[rule]['F1']:.4f}" for rule in record['scale_rules']) + mark
+
     rows = [
         '| test camera | images | '
         + ' | '.join(f'`{name}`' for name in shipped)
@@ -252,13 +264,13 @@ def cross_camera_table(record):
     ]
     for camera, loco in record['leave_one_camera_out'].items():
         cells = [
-            f"{scores[camera]['F1']:.4f}{'*' * scores[camera]['saw_these_images']}"
+            f1(scores[camera], '*' * scores[camera]['saw_these_images'])
             for scores in shipped.values()
         ]
         in_domain = record['in_domain'].get(camera)
         cells += [
-            f"{loco['F1']:.4f}",
-            f"{in_domain['F1']:.4f}" if in_domain else '',
+            f1(loco),
+            f1(in_domain) if in_domain else '',
             f"{record['loco_anchors'][camera]:.3f}",
         ]
         rows.append(f"| {camera} | {loco['images']} | " + ' | '.join(cells) + ' |')
@@ -275,11 +287,13 @@ def cross_camera_rows():
         *cross_camera_table(record),
         '',
         'Made by `bench/cross_dataset.py --cameras`: F1 inside the FOV at threshold 0.5, each '
-        "image rescaled to the model's scale. Held-out images: DRIVE's test set; the whole "
-        'training halves of the others (their test halves are not here). * the model trained '
-        'on these images. "The other three cameras": models/all\'s recipe (919 px scale) for '
-        f"{record['steps']} steps on the other three training sets. \"In-domain CV\": the same "
-        f"recipe, {len(next(iter(record['in_domain'].values()))['folds'])}-fold subject-wise "
+        "image rescaled to the model's scale by the FOV disc's diameter / by the calibre of "
+        'its predicted main vessels (`evaluate.py --scale_by=vessels`). Held-out images: '
+        "DRIVE's test set; the whole training halves of the others (their test halves are not "
+        'here). * the model trained on these images. "The other three cameras": models/all\'s '
+        f"recipe (the CPU recipe with {' '.join(record['combined_flags'])}) for {record['steps']} "
+        'steps on the other three training sets. "In-domain CV": the same recipe, '
+        f"{len(next(iter(record['in_domain'].values()))['folds'])}-fold subject-wise "
         'cross-validation of CHASE_DB1, STARE and HRF at once, DRIVE\'s training set always in.',
         '',
     ]
@@ -348,16 +362,15 @@ def readme_table():
     return rows
 
 
-def write_readme_table():
-    path = os.path.join(ROOT, 'README.md')
+def write_between(relative_path, begin, end, rows):
+    """Replaces the lines between `begin` and `end` in the file at `relative_path` by `rows`."""
+    path = os.path.join(ROOT, relative_path)
     with open(path) as stream:
         text = stream.read()
-    head, rest = text.split(README_BEGIN + '\n')
-    _, tail = rest.split(README_END)
+    head, rest = text.split(begin + '\n')
+    _, tail = rest.split(end)
     with open(path, 'w') as stream:
-        stream.write(
-            head + README_BEGIN + '\n' + '\n'.join(readme_table()) + '\n' + README_END + tail
-        )
+        stream.write(head + begin + '\n' + '\n'.join(rows) + '\n' + end + tail)
 
 
 def main():
@@ -381,7 +394,15 @@ def main():
     path = os.path.join(RESULTS, 'summary.md')
     with open(path, 'w') as stream:
         stream.write('\n'.join(lines))
-    write_readme_table()
+    write_between('README.md', README_BEGIN, README_END, readme_table())
+    cameras = read_record('cross_camera.json')
+    if cameras:
+        write_between(
+            os.path.join('docs', 'results.md'),
+            CAMERAS_BEGIN,
+            CAMERAS_END,
+            cross_camera_table(cameras),
+        )
     print('\n'.join(lines))
 
 
