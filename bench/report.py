@@ -125,7 +125,8 @@ def loop_rows(loops):
     rows = [
         'Training steps per second on one batch in memory, by steps per tf.function call, and '
         "train.py's per-step loop before 6529b99 (float(loss) and the schedule evaluated "
-        'eagerly after each one-step call):',
+        'eagerly after each one-step call). Compare within a row: each row is one run, and the '
+        'host may differ from the other tables\'.',
         '',
         '| setting | per-step loop before | one step per call | 20 steps per call | speed-up '
         'over one step per call | over the loop before |',

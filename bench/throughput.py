@@ -26,6 +26,7 @@ HRF-sized images (time per image, peak memory).
   python bench/throughput.py --loop_only        # steps per call against one step per call
 """
 
+import itertools
 import json
 import os
 import platform
@@ -142,8 +143,9 @@ LOOP_SETTINGS = {  # the tests' model (tests/conftest.py TINY) and the CPU recip
 
 
 def loop_rates(examples):
-    """Steps per second of LOOP steps per call and of one step per call, on one batch in memory
-    (median of 3 rounds)."""
+    """Steps per second of LOOP steps per call, of one step per call, and of the per-step loop
+    train.py ran before 6529b99 (one call, float(loss) and the schedule evaluated eagerly per
+    step), on one batch in memory (median of 3 rounds)."""
     rates = {}
     for name, setting in LOOP_SETTINGS.items():
         batch = next(
@@ -158,23 +160,28 @@ def loop_rates(examples):
             )
         )
         rounds = call_rates(batch, setting)
-        per_step, looped = (float(np.median(values)) for values in zip(*rounds, strict=True))
+        before, per_step, looped = (
+            float(np.median(values)) for values in zip(*rounds, strict=True)
+        )
         rates[name] = {
+            'per_step_loop_before': round(before, 2),
             'one_step_per_call': round(per_step, 2),
             f'{LOOP}_steps_per_call': round(looped, 2),
             'speed-up': round(looped / per_step, 3),
+            'speed-up_over_before': round(looped / before, 3),
         }
         print(name, rates[name], flush=True)
     return rates
 
 
 def call_rates(batch, setting, rounds=3):
-    """[(steps/s at one step per call, steps/s at LOOP per call)] for each round, on `batch`
-    held in memory."""
+    """[(steps/s of the per-step loop before 6529b99, at one step per call, at LOOP per call)]
+    for each round, on `batch` held in memory."""
     unet = model.build_unet(
         base_channels=setting['base'], transpose_conv=setting.get('transpose_conv', False)
     )
-    optimizer = keras.optimizers.Adam(1e-3)
+    schedule = train.PiecewiseLinear([[0, 1e-3], [100_000, 0.0]])
+    optimizer = keras.optimizers.Adam(schedule)
     optimizer.build(unet.trainable_variables)
     steps = train.make_train_loop(
         tf.distribute.get_strategy(), unet, optimizer, setting['batch'], fov_loss=True
@@ -182,8 +189,16 @@ def call_rates(batch, setting, rounds=3):
     in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
     one, loop = tf.constant(1), tf.constant(LOOP)
     calls = max(1, setting['steps'] // LOOP)
+
+    step_numbers = itertools.count()
+
+    def step_as_before():  # train.py's loop body before 6529b99, on the same graph
+        float(steps(in_memory, one)[0][0])
+        float(schedule(next(step_numbers)))
+
     return [
         (
+            timed_steps(step_as_before, setting['steps']),
             timed_steps(lambda: steps(in_memory, one)[0].numpy(), setting['steps']),
             LOOP * timed_steps(lambda: steps(in_memory, loop)[0].numpy(), calls),
         )
@@ -201,7 +216,7 @@ def in_memory_rates(examples, setting):
         examples, setting['batch'], setting['patch_size'], setting['image_size'], augmentation=True
     )
     batch = next(iter(stream))
-    [(per_step, pure)] = call_rates(batch, setting, rounds=1)
+    [(_, per_step, pure)] = call_rates(batch, setting, rounds=1)
     rates = {
         'pure_compute': pure,
         'pure_compute_per_step_calls': per_step,
