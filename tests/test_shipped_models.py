@@ -103,3 +103,35 @@ def test_the_readme_results_table_is_written_from_the_cards():
     table = '\n'.join([report.README_BEGIN, *report.readme_table(), report.README_END])
     assert table in readme  # after a card changes: python bench/report.py
     assert readme.count('\n') < 200
+
+
+def test_the_four_camera_table_shows_each_scale_rule_and_marks_seen_images():
+    """A hand-made record of one camera: each cell is 'FOV rule / vessel rule', a * where the
+    model trained on those images, an empty cell where no in-domain run exists."""
+    from bench import report
+
+    record = {
+        'scale_rules': ['fov', 'vessels'],
+        'shipped': {
+            'a': {'X': {'saw_these_images': True, 'fov': {'F1': 0.81234}, 'vessels': {'F1': 0.8}}},
+            'b': {'X': {'saw_these_images': False, 'fov': {'F1': 0.5}, 'vessels': {'F1': 0.6}}},
+        },
+        'leave_one_camera_out': {'X': {'images': 3, 'fov': {'F1': 0.7}, 'vessels': {'F1': 0.75}}},
+        'in_domain': {},
+        'loco_anchors': {'X': 0.7461},
+    }
+    header, rule, row = report.cross_camera_table(record)
+    assert header.startswith('| test camera | images | `a` | `b` | ')
+    assert rule.count('---') == 7
+    assert row == '| X | 3 | 0.8123 / 0.8000* | 0.5000 / 0.6000 | 0.7000 / 0.7500 |  | 0.746 |'
+
+
+def test_the_four_camera_table_in_the_docs_is_written_from_its_record():
+    from bench import report
+
+    results = open(os.path.join(ROOT, 'docs', 'results.md')).read()
+    record = report.read_record('cross_camera.json')
+    table = '\n'.join(
+        [report.CAMERAS_BEGIN, *report.cross_camera_table(record), report.CAMERAS_END]
+    )
+    assert table in results  # after bench/cross_dataset.py --cameras: python bench/report.py
