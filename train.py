@@ -57,6 +57,30 @@ class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
         return {'knots': self.knots}
 
 
+class FusedAdam(keras.optimizers.Adam):
+    """Keras's Adam with each variable's update in one ResourceApplyAdam kernel instead of about
+    a dozen ops: the same update and slots (equal to float rounding), a smaller graph that traces
+    faster and launches fewer kernels per step."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].value.handle,
+            v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )
+
+
 # ----------------------------------------------------------------------------- the loop's parts
 
 
@@ -288,7 +312,7 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
     )
     with strategy.scope():
         unet = model.build_from_architecture(config.architecture)
-        optimizer = keras.optimizers.Adam(PiecewiseLinear([[0, 0.0], [1, 0.0]]))
+        optimizer = FusedAdam(PiecewiseLinear([[0, 0.0], [1, 0.0]]))
         optimizer.build(unet.trainable_variables)  # before the first step, under the scope
         checkpoint = tf.train.Checkpoint(model=unet, optimizer=optimizer)
     directory = run_folder.checkpoint_dir(config.logdir)

@@ -181,7 +181,7 @@ def call_rates(batch, setting, rounds=3):
         base_channels=setting['base'], transpose_conv=setting.get('transpose_conv', False)
     )
     schedule = train.PiecewiseLinear([[0, 1e-3], [100_000, 0.0]])
-    optimizer = keras.optimizers.Adam(schedule)
+    optimizer = train.FusedAdam(schedule)
     optimizer.build(unet.trainable_variables)
     steps = train.make_train_loop(
         tf.distribute.get_strategy(), unet, optimizer, setting['batch'], fov_loss=True

@@ -312,6 +312,38 @@ def test_pixel_loss_on_a_hand_worked_example():
     )
 
 
+def test_fused_adam_makes_the_textbook_adam_update_in_graph():
+    """Three steps of train.FusedAdam on a scheduled rate, in a tf.function as the loop runs it,
+    against Adam written out in NumPy (Kingma and Ba, with Keras's epsilon outside the root)."""
+    import train as train_module
+
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
+    gradients = [[rng.normal(size=w.shape).astype(np.float32) for w in start] for _ in range(3)]
+    schedule = train_module.PiecewiseLinear([[0, 0.1], [4, 0.02]])
+    variables = [tf.Variable(w) for w in start]
+    optimizer = train_module.FusedAdam(schedule)
+    optimizer.build(variables)
+
+    @tf.function
+    def apply(step_gradients):
+        optimizer.apply(step_gradients, variables)
+
+    for step_gradients in gradients:
+        apply([tf.constant(g) for g in step_gradients])
+    beta_1, beta_2, epsilon = 0.9, 0.999, 1e-7
+    for index, expected in enumerate(start):
+        expected, m, v = expected.astype(np.float64), 0.0, 0.0
+        for t, step_gradients in enumerate(gradients, start=1):
+            g = step_gradients[index].astype(np.float64)
+            m, v = beta_1 * m + (1 - beta_1) * g, beta_2 * v + (1 - beta_2) * g * g
+            rate = 0.1 - 0.02 * (t - 1)  # the schedule at the step before the update
+            alpha = rate * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+            expected = expected - alpha * m / (np.sqrt(v) + epsilon)
+        np.testing.assert_allclose(variables[index].numpy(), expected, rtol=0, atol=1e-6)
+    assert int(optimizer.iterations.numpy()) == 3
+
+
 def test_same_seed_same_weights(tmp_path, synthetic):
     def weights(name, seed):
         train_here(tmp_path / name, synthetic['training'], max_iters=4, seed=seed)
