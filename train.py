@@ -25,60 +25,13 @@ from absl import app, logging  # noqa: E402
 
 import dataset  # noqa: E402
 import model  # noqa: E402
+import optimization  # noqa: E402
 import run_folder  # noqa: E402
 import scale  # noqa: E402
 import train_config  # noqa: E402
 import validation  # noqa: E402
 
 GRADIENT_CLIP_NORM = 10.0
-
-
-# ----------------------------------------------------------------------------- the learning rate
-
-
-class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
-    """The learning rate interpolated linearly between knots [step, rate] (constant outside)."""
-
-    def __init__(self, knots):
-        self.knots = [list(knot) for knot in knots]
-
-    def __call__(self, step):
-        steps = tf.constant([float(s) for s, _ in self.knots])
-        rates = tf.constant([float(r) for _, r in self.knots])
-        step = tf.cast(step, tf.float32)
-        upper = tf.clip_by_value(
-            tf.searchsorted(steps, [step], side='right')[0], 1, len(self.knots) - 1
-        )
-        start, end = steps[upper - 1], steps[upper]
-        fraction = tf.clip_by_value((step - start) / tf.maximum(end - start, 1.0), 0.0, 1.0)
-        return rates[upper - 1] + fraction * (rates[upper] - rates[upper - 1])
-
-    def get_config(self):
-        return {'knots': self.knots}
-
-
-class FusedAdam(keras.optimizers.Adam):
-    """Keras's Adam with each variable's update in one ResourceApplyAdam kernel instead of about
-    a dozen ops: the same update and slots (equal to float rounding), a smaller graph that traces
-    faster and launches fewer kernels per step."""
-
-    def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
-        dtype = variable.dtype
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle,
-            m=self._momentums[index].value.handle,
-            v=self._velocities[index].value.handle,
-            beta1_power=tf.pow(beta_1, step),
-            beta2_power=tf.pow(beta_2, step),
-            lr=tf.cast(learning_rate, dtype),
-            beta1=beta_1,
-            beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype),
-            grad=tf.cast(gradient, dtype),
-        )
 
 
 # ----------------------------------------------------------------------------- the loop's parts
@@ -312,7 +265,7 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
     )
     with strategy.scope():
         unet = model.build_from_architecture(config.architecture)
-        optimizer = FusedAdam(PiecewiseLinear([[0, 0.0], [1, 0.0]]))
+        optimizer = optimization.FusedAdam(optimization.PiecewiseLinear([[0, 0.0], [1, 0.0]]))
         optimizer.build(unet.trainable_variables)  # before the first step, under the scope
         checkpoint = tf.train.Checkpoint(model=unet, optimizer=optimizer)
     directory = run_folder.checkpoint_dir(config.logdir)
@@ -325,7 +278,7 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
             'train into a new --logdir, or remove the weights to start over'
         )
     knots = train_config.learning_rate_knots(config, saved_knots, restored)
-    optimizer.learning_rate = PiecewiseLinear(knots)  # the step is known only now
+    optimizer.learning_rate = optimization.PiecewiseLinear(knots)  # the step is known only now
     if chief:
         run_folder.repair_checkpoint_state(directory, restored)
         for folder in (run_folder.SUMMARY_DIR, run_folder.VALIDATION_DIR):

@@ -47,6 +47,7 @@ import tensorflow as tf  # noqa: E402
 import dataset  # noqa: E402
 import evaluate  # noqa: E402
 import model  # noqa: E402
+import optimization  # noqa: E402
 import run_folder  # noqa: E402
 import train  # noqa: E402
 from bench import photo_cost  # noqa: E402
@@ -180,8 +181,8 @@ def call_rates(batch, setting, rounds=3):
     unet = model.build_unet(
         base_channels=setting['base'], transpose_conv=setting.get('transpose_conv', False)
     )
-    schedule = train.PiecewiseLinear([[0, 1e-3], [100_000, 0.0]])
-    optimizer = train.FusedAdam(schedule)
+    schedule = optimization.PiecewiseLinear([[0, 1e-3], [100_000, 0.0]])
+    optimizer = optimization.FusedAdam(schedule)
     optimizer.build(unet.trainable_variables)
     steps = train.make_train_loop(
         tf.distribute.get_strategy(), unet, optimizer, setting['batch'], fov_loss=True

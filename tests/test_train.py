@@ -313,16 +313,16 @@ def test_pixel_loss_on_a_hand_worked_example():
 
 
 def test_fused_adam_makes_the_textbook_adam_update_in_graph():
-    """Three steps of train.FusedAdam on a scheduled rate, in a tf.function as the loop runs it,
-    against Adam written out in NumPy (Kingma and Ba, with Keras's epsilon outside the root)."""
-    import train as train_module
+    """Three steps of optimization.FusedAdam on a scheduled rate, in a tf.function as the loop
+    runs it, against Adam written out in NumPy (Kingma and Ba, Keras's epsilon outside the root)."""
+    import optimization
 
     rng = np.random.default_rng(0)
     start = [rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
     gradients = [[rng.normal(size=w.shape).astype(np.float32) for w in start] for _ in range(3)]
-    schedule = train_module.PiecewiseLinear([[0, 0.1], [4, 0.02]])
+    schedule = optimization.PiecewiseLinear([[0, 0.1], [4, 0.02]])
     variables = [tf.Variable(w) for w in start]
-    optimizer = train_module.FusedAdam(schedule)
+    optimizer = optimization.FusedAdam(schedule)
     optimizer.build(variables)
 
     @tf.function
