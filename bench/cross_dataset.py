@@ -79,7 +79,7 @@ def by_rule(logdir, label_file, name):
     """{'images': N, rule: scores} for each of evaluate.py's scale rules (SCALE_RULES)."""
     scores = {rule: scores_of(logdir, label_file, True, name, rule) for rule in SCALE_RULES}
     return {
-        'images': scores['fov']['images'],
+        'images': scores[SCALE_RULES[0]]['images'],
         **{rule: {key: values[key] for key in METRICS} for rule, values in scores.items()},
     }
 

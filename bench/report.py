@@ -133,9 +133,9 @@ def loop_rows(loops):
         '| --- | --- | --- | --- | --- | --- |',
     ]
     rows += [
-        f"| {name} | {entry.get('per_step_loop_before', '')} | {entry['one_step_per_call']} | "
+        f"| {name} | {entry['per_step_loop_before']} | {entry['one_step_per_call']} | "
         f"{entry['20_steps_per_call']} | {entry['speed-up']:.2f}x | "
-        + (f"{entry['speed-up_over_before']:.2f}x |" if 'speed-up_over_before' in entry else '|')
+        f"{entry['speed-up_over_before']:.2f}x |"
         for name, entry in loops.items()
     ]
     return rows + ['']
@@ -278,8 +278,7 @@ def cross_camera_table(record):
     return rows
 
 
-def cross_camera_rows():
-    record = read_record('cross_camera.json')
+def cross_camera_rows(record):
     if not record:
         return []
     return [
@@ -375,6 +374,7 @@ def write_between(relative_path, begin, end, rows):
 
 
 def main():
+    cameras = read_record('cross_camera.json')
     lines = [
         '# Benchmark results',
         '',
@@ -385,7 +385,7 @@ def main():
         *accuracy_rows(),
         '',
         *cross_dataset_rows(),
-        *cross_camera_rows(),
+        *cross_camera_rows(cameras),
         *agreement_rows(),
         '## Speed and memory',
         '',
@@ -396,7 +396,6 @@ def main():
     with open(path, 'w') as stream:
         stream.write('\n'.join(lines))
     write_between('README.md', README_BEGIN, README_END, readme_table())
-    cameras = read_record('cross_camera.json')
     if cameras:
         write_between(
             os.path.join('docs', 'results.md'),
