@@ -232,12 +232,15 @@ def training_dataset(
     patch_size > 0: square patches centred on random FOV pixels; 0: whole images zero-padded
     (centred) to at least image_size and cropped at random to image_size x image_size.
     Images are visited in a fresh random order every epoch. Under tf.distribute, pass the
-    InputContext: each input pipeline takes every num_input_pipelines-th sample of the global
-    stream and batch_size is the per-replica batch.
+    InputContext and the per-replica batch_size: each input pipeline yields one batch per step
+    for each of its replicas in turn (the order tf.distribute hands them out), and replica q of
+    R takes samples q, q + R, ... of the step's global batch, so the global batch of a step is
+    the same for every number of replicas and workers.
     """
     pipelines = input_context.num_input_pipelines if input_context else 1
-    pipeline_id = input_context.input_pipeline_id if input_context else 0
-    global_batch = batch_size * (input_context.num_replicas_in_sync if input_context else 1)
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    local_replicas = replicas // pipelines
+    first_replica = (input_context.input_pipeline_id if input_context else 0) * local_replicas
     count, side = len(examples), patch_size or image_size
     canvas, fov = _canvas(examples, patch_size // 2, image_size)
     corners = (
@@ -246,15 +249,15 @@ def training_dataset(
         else _crop_corners(canvas.shape, side)
     )
 
-    def make_batch(step):
-        samples = (
-            step * global_batch + pipeline_id + pipelines * tf.range(batch_size, dtype=tf.int64)
-        )
+    def make_batch(element):
+        step, replica = element // local_replicas, first_replica + element % local_replicas
+        first_sample = step * batch_size * replicas + replica
+        samples = first_sample + replicas * tf.range(batch_size, dtype=tf.int64)
         image_index = _epoch_order(seed, samples, count)
         top, left = corners(seed, samples, image_index)
         return _augmented_crops(canvas, image_index, top, left, side, augmentation, seed, samples)
 
-    dataset = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+    dataset = tf.data.Dataset.range(start_step * local_replicas, np.iinfo(np.int64).max)
     dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -54,7 +54,8 @@ def pixel_loss(labels, logits, masks, fov_loss, dice_weight=0.0):
 def make_train_loop(strategy, unet, optimizer, global_batch, fov_loss, dice_weight=0.0):
     """A @tf.function running `steps` steps (a tensor: one trace serves every count) on every
     replica, as SimCLR's steps_per_loop: the host waits once per call, not once per step.
-    Returns each step's global mean loss and the learning rate of its update."""
+    Returns each step's global mean loss and the learning rate of its update. The optimizer
+    must take gradients already summed across replicas, as FusedAdam does."""
 
     def replica_step(images, labels, masks):
         with tf.GradientTape() as tape:
@@ -64,14 +65,12 @@ def make_train_loop(strategy, unet, optimizer, global_batch, fov_loss, dice_weig
                 global_batch_size=global_batch,
             )
         gradients = tape.gradient(loss, unet.trainable_variables)
-        # Clip the global gradient, not each replica's share: sum it here, and hand the
-        # optimizer (which sums across replicas again) each replica's equal part of the result.
+        # Clip the global gradient, not each replica's share: summed once here (FusedAdam
+        # takes it as it is).
         context = tf.distribute.get_replica_context()
         gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
         gradients, _ = tf.clip_by_global_norm(gradients, GRADIENT_CLIP_NORM)
-        optimizer.apply(
-            [g / context.num_replicas_in_sync for g in gradients], unet.trainable_variables
-        )
+        optimizer.apply(gradients, unet.trainable_variables)
         return loss
 
     @tf.function

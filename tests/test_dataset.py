@@ -212,6 +212,26 @@ def test_pipelines_split_the_global_batch():
     )
 
 
+def test_replicas_of_one_worker_take_turns_at_each_global_batch():
+    """MirroredStrategy hands a worker's batches to its replicas in turn: elements 2s and 2s+1
+    make step s's global batch, and a stream resumed at step s starts there."""
+    examples = [make_example('a', seed=1), make_example('b', seed=2)]
+    context = tf.distribute.InputContext(
+        num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2
+    )
+    whole = batches(examples, 2, batch_size=8, patch_size=16, seed=4)
+    turns = batches(examples, 4, batch_size=4, patch_size=16, seed=4, input_context=context)
+    order = np.argsort([0, 2, 4, 6, 1, 3, 5, 7])
+    for step in range(2):
+        both = np.concatenate([turns[2 * step][0], turns[2 * step + 1][0]])
+        np.testing.assert_array_equal(both[order], whole[step][0])
+    resumed = batches(
+        examples, 2, batch_size=4, patch_size=16, seed=4, input_context=context, start_step=1
+    )
+    for turn, again in zip(turns[2:], resumed, strict=True):
+        np.testing.assert_array_equal(turn[0], again[0])
+
+
 def test_load_examples_checks_sizes(tmp_path):
     path = write_label_file(tmp_path, 'imgs,labs,msks\nc.png,c.png,c.png')
     fileio.write_png(str(tmp_path / 'labs/c.png'), np.zeros((8, 9), np.uint8))

@@ -225,6 +225,14 @@ def test_two_cpu_replicas_train_with_the_same_loop(tmp_path, synthetic):
     assert steps_of(events, 'train/loss') == list(range(1, 7))
     assert all(np.isfinite(float(value)) for _, value in events['train/loss'])
     assert len(glob.glob(str(logdir / 'train_logs' / '*'))) == 1
+    # One replica sees the same global batches (step 1's loss to float rounding) and, with the
+    # gradient and the batch norm synchronised, makes the same updates (to rounding that Adam
+    # amplifies a little: 4e-4 relative by step 6).
+    train_here(tmp_path / 'one', synthetic['training'], max_iters=6, save_interval=3)
+    one = [float(value) for _, value in read_events(tmp_path / 'one')['train/loss']]
+    two = [float(value) for _, value in events['train/loss']]
+    assert two[0] == pytest.approx(one[0], rel=1e-5)
+    assert two == pytest.approx(one, rel=2e-3)
     import train as train_module
     import train_config
 
@@ -342,6 +350,35 @@ def test_fused_adam_makes_the_textbook_adam_update_in_graph():
             expected = expected - alpha * m / (np.sqrt(v) + epsilon)
         np.testing.assert_allclose(variables[index].numpy(), expected, rtol=0, atol=1e-6)
     assert int(optimizer.iterations.numpy()) == 3
+
+
+def test_fused_adam_applies_the_summed_gradient_of_two_replicas_once():
+    """Under two replicas the loop hands FusedAdam the gradient summed once; summing it again
+    would double it (epsilon = 1 makes Adam's step depend on the gradient's scale)."""
+    script = """
+import numpy as np, keras, tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import optimization
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+with strategy.scope():
+    variable = keras.Variable([1.0, 2.0])
+    optimizer = optimization.FusedAdam(learning_rate=0.1, epsilon=1.0)
+    optimizer.build([variable])
+tf.function(lambda: strategy.run(
+    lambda: optimizer.apply([tf.constant([0.5, -1.0])], [variable])))()
+print(*variable.numpy())
+"""
+    result = subprocess.run(
+        [sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    gradient = np.array([0.5, -1.0])
+    m, v = 0.1 * gradient, 0.001 * gradient**2  # one step, beta_1 0.9, beta_2 0.999
+    expected = np.array([1.0, 2.0]) - 0.1 * np.sqrt(0.001) / 0.1 * m / (np.sqrt(v) + 1.0)
+    np.testing.assert_allclose(
+        [float(x) for x in result.stdout.split()], expected, rtol=0, atol=1e-6
+    )
 
 
 def test_same_seed_same_weights(tmp_path, synthetic):
