@@ -7,6 +7,8 @@ import re
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 from absl import flags
 
@@ -17,7 +19,7 @@ _STARTUP_NOISE = re.compile(
 )
 
 
-def quiet_tensorflow():
+def quiet_tensorflow() -> None:
     """Imports TensorFlow with its start-up noise hidden (and its C++ log at errors-only
     level 3, which hides the CUDA lines of a CPU machine); anything else it prints is replayed.
     RETINA_UNET_TF_LOGS=1 shows everything. Call before any module imports TensorFlow."""
@@ -56,7 +58,7 @@ class UnrecoverableError(UserError):
     crashes at the interpreter's exit): run_main reports it and ends at once."""
 
 
-def run_main(main):
+def run_main(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     """Wraps an absl `main`: refuses leftover positional arguments and contradictory aliases, and
     ends the program with one line and exit code 2 on a UserError (at once, without the
     interpreter's clean-up, on an UnrecoverableError)."""
@@ -80,7 +82,7 @@ def run_main(main):
     return wrapped
 
 
-def check_aliases(args):
+def check_aliases(args: list[str]) -> None:
     """Raises when a boolean flag and its alias are both given with different values (absl would
     silently keep the last)."""
     for name, alias in _ALIASES.items():
@@ -161,7 +163,7 @@ _SHARED_FLAGS = {  # name: (define, default, help[, bounds])
 _ALIASES = {'visulize': 'visualize'}
 
 
-def define_flags(*names):
+def define_flags(*names: str) -> None:
     """Defines the named shared flags (once per process, whichever script asks first)."""
     for name in names:
         if name in flags.FLAGS:
@@ -172,7 +174,7 @@ def define_flags(*names):
             flags.DEFINE_alias(_ALIASES[name], name)
 
 
-def first_line(error, limit=200):
+def first_line(error: BaseException | str, limit: int = 200) -> str:
     """The first line of an exception's message, for one-line errors."""
     return (str(error).strip().splitlines() or [''])[0][:limit]
 

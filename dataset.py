@@ -7,6 +7,7 @@ images decoded once with random numbers hashed from (seed, i). So a run is repro
 maps stay deterministic, and a resumed run continues with exactly the batches it would have seen.
 """
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,14 +27,22 @@ class Example:
     mask: np.ndarray  # uint8 HxW, {0, 1}
 
 
-def load_examples(samples, preprocess=False, fov_diameter=None):
+def load_examples(
+    samples: Iterable[label_files.Sample],
+    preprocess: bool = False,
+    fov_diameter: float | None = None,
+) -> list[Example]:
     """Reads and checks every sample once: the decoded-image cache that training draws from.
     With fov_diameter, each image, label and mask is first resized so its FOV has that diameter
     (scale.disc_factor); the image is then what the model sees (utils.model_input)."""
     return list(iter_examples(samples, preprocess, fov_diameter))
 
 
-def iter_examples(samples, preprocess=False, fov_diameter=None):
+def iter_examples(
+    samples: Iterable[label_files.Sample],
+    preprocess: bool = False,
+    fov_diameter: float | None = None,
+) -> Iterator[Example]:
     """load_examples one at a time, for passes that keep nothing of an image once done."""
     for sample in samples:
         rgb = utils.read_image(sample.image)
@@ -47,7 +56,7 @@ def iter_examples(samples, preprocess=False, fov_diameter=None):
         yield Example(sample.name, utils.model_input(rgb, preprocess), label, mask)
 
 
-def label_file_samples(paths, flag='--label_file_path'):
+def label_file_samples(paths: str, flag: str = '--label_file_path') -> list[label_files.Sample]:
     """The samples of one label file or of a comma-separated list of them, in order."""
     return [
         sample
@@ -56,12 +65,17 @@ def label_file_samples(paths, flag='--label_file_path'):
     ]
 
 
-def label_file_paths(paths):
+def label_file_paths(paths: str) -> list[str]:
     """The label files of a comma-separated list (one file is a list of one)."""
     return [path.strip() for path in paths.split(',')]
 
 
-def load_label_files(paths, preprocess=False, fov_diameter=None, flag='--label_file_path'):
+def load_label_files(
+    paths: str,
+    preprocess: bool = False,
+    fov_diameter: float | None = None,
+    flag: str = '--label_file_path',
+) -> list[Example]:
     """The examples of one label file or of a comma-separated list of them, in order. Training
     draws every image equally often, so each file weighs in proportion to its images."""
     return load_examples(label_file_samples(paths, flag), preprocess, fov_diameter)
@@ -162,7 +176,7 @@ def _transpose_where(block, chosen):
     return tf.gather(both, tf.range(count) + count * tf.cast(chosen, tf.int64))
 
 
-def jitter(image, seed, samples):
+def jitter(image: tf.Tensor, seed: int, samples: tf.Tensor) -> tf.Tensor:
     """Brightness (+-0.1) and contrast (x0.8 to x1.2 about each channel's mean) of [B, S, S, C]."""
     delta = (_uniform(seed, _BRIGHTNESS, samples) * 0.2 - 0.1)[:, None, None, None]
     factor = (0.8 + 0.4 * _uniform(seed, _CONTRAST, samples))[:, None, None, None]
@@ -218,15 +232,15 @@ def _augmented_crops(canvas, image_index, top, left, side, augmentation, seed, s
 
 
 def training_dataset(
-    examples,
-    batch_size,
-    patch_size=0,
-    image_size=1024,
-    augmentation=False,
-    seed=0,
-    start_step=0,
-    input_context=None,
-):
+    examples: list[Example],
+    batch_size: int,
+    patch_size: int = 0,
+    image_size: int = 1024,
+    augmentation: bool = False,
+    seed: int = 0,
+    start_step: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
     """An endless tf.data stream of (image, label, mask) batches for steps start_step, ...
 
     patch_size > 0: square patches centred on random FOV pixels; 0: whole images zero-padded

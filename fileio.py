@@ -10,14 +10,23 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 import cli
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def writable_dir(path, flag):
+Check = Callable[[Any], bool]  # a JSON field's test
+Fields = Mapping[str, tuple[Check, str]]  # {field: (its test, what it must be)}
+
+
+def writable_dir(path: str, flag: str) -> str:
     """Creates folder `path` if needed and checks that a file can be written there; a UserError
     names the flag otherwise. Returns the path."""
     try:
@@ -29,7 +38,7 @@ def writable_dir(path, flag):
     return path
 
 
-def refuse_input_folder(folder, inputs, flag):
+def refuse_input_folder(folder: str | None, inputs: Iterable[str], flag: str) -> None:
     """Refuses an output folder that holds one of the input files: outputs never replace input."""
     if not folder or not os.path.isdir(folder):
         return
@@ -40,7 +49,7 @@ def refuse_input_folder(folder, inputs, flag):
             )
 
 
-def temporary_path(path):
+def temporary_path(path: str) -> str:
     """A fresh hidden name beside `path` that keeps its whole ending ('.weights.h5' stays)."""
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -52,7 +61,7 @@ def temporary_path(path):
     return temporary
 
 
-def remove_temporaries(folder, older_than=0.0):
+def remove_temporaries(folder: str, older_than: float = 0.0) -> None:
     """Removes the temporary files and folders (.tmp.*) that killed writers left in `folder`,
     those last changed over `older_than` seconds ago (a live writer's are seconds old)."""
     limit = time.time() - older_than
@@ -64,7 +73,7 @@ def remove_temporaries(folder, older_than=0.0):
                 os.remove(path)
 
 
-def write_atomic(path, data):
+def write_atomic(path: str, data: str | bytes | np.ndarray) -> None:
     """Writes bytes (or any buffer) or text to `path` through a temporary file and a rename: a
     killed process leaves either the old file or the new one, never half of one."""
     temporary = None
@@ -85,7 +94,7 @@ def write_atomic(path, data):
         raise
 
 
-def write_png(path, image, scratch=False):
+def write_png(path: str, image: np.ndarray, scratch: bool = False) -> None:
     """Writes a uint8 HxW or HxWx3 RGB image as PNG, atomically. `scratch`: the image is the
     caller's to spoil, so its channels are swapped in place (no copy of a large photo)."""
     image = np.asarray(image)
@@ -97,7 +106,7 @@ def write_png(path, image, scratch=False):
     write_atomic(path, encoded)  # its buffer: no copy
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib.pyplot on the file-only Agg backend, imported on first use (it is slow)."""
     import matplotlib
 
@@ -107,7 +116,7 @@ def pyplot():
     return plt
 
 
-def save_figure(figure, path, dpi=100):
+def save_figure(figure: 'Figure', path: str, dpi: int = 100) -> None:
     """Lays out a matplotlib figure, saves it as PNG atomically, and closes it."""
     figure.tight_layout()
     temporary = temporary_path(path)
@@ -116,14 +125,14 @@ def save_figure(figure, path, dpi=100):
     os.replace(temporary, path)
 
 
-def write_json(path, value):
+def write_json(path: str, value: Any) -> None:
     """Writes strict JSON atomically: NaN (an undefined metric) becomes null."""
     write_atomic(
         path, json.dumps(_nan_to_none(value), indent=2, sort_keys=True, allow_nan=False) + '\n'
     )
 
 
-def is_regular_file(path, missing_ok=False):
+def is_regular_file(path: str, missing_ok: bool = False) -> bool:
     """True for a regular file (through links); False for a missing one where missing_ok; a
     UserError naming the file for anything else: missing, a link to nothing, a link loop, a
     FIFO, a folder or a device (reading those would fail or block)."""
@@ -147,7 +156,7 @@ def is_regular_file(path, missing_ok=False):
     return True
 
 
-def read_json(path, fields, missing_ok=False):
+def read_json(path: str, fields: Fields, missing_ok: bool = False) -> dict | None:
     """The JSON object in the regular file `path`, each of `fields` ({name: (check, what it must
     be)}) present and passing its check; a UserError names the file and the field. A missing
     file gives None where missing_ok; a link to nothing, a FIFO or a folder is refused."""
@@ -161,7 +170,7 @@ def read_json(path, fields, missing_ok=False):
     return check_fields(path, value, fields)
 
 
-def check_fields(path, value, fields, prefix=''):
+def check_fields(path: str, value: Any, fields: Fields, prefix: str = '') -> dict:
     """`value` if it is an object whose `fields` pass their checks, else a UserError naming the
     file and the field (prefix: where a nested object stands, e.g. 'settings.')."""
     if not is_object(value):
@@ -183,23 +192,23 @@ def _refuse_constant(name):
     raise ValueError(f'{name} is not a number JSON allows')
 
 
-def is_integer(low, high=math.inf):
+def is_integer(low: int, high: float = math.inf) -> Check:
     """A check for read_json: an integer (not a boolean, not 3.0) from low to high."""
     return lambda value: type(value) is int and low <= value <= high
 
 
-def is_number(low, high=math.inf):
+def is_number(low: float, high: float = math.inf) -> Check:
     """A check for read_json: a finite number from low to high."""
     return lambda value: (
         type(value) in (int, float) and math.isfinite(value) and low <= value <= high
     )
 
 
-def is_bool(value):
+def is_bool(value: Any) -> bool:
     return type(value) is bool
 
 
-def is_object(value):
+def is_object(value: Any) -> bool:
     return isinstance(value, dict)
 
 

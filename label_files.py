@@ -2,6 +2,7 @@
 and the output names derived from them."""
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import cli
@@ -15,7 +16,7 @@ PREPROCESSED_SUFFIX = '_pre'
 SECOND_OBSERVER_SUFFIX = '_2nd'
 
 
-def check_listable(name, source):
+def check_listable(name: str, source: str) -> None:
     """Refuses a file name that a label file cannot hold (its separators: comma, line break)."""
     if any(character in name for character in ',\n\r'):
         raise cli.UserError(
@@ -24,7 +25,7 @@ def check_listable(name, source):
         )
 
 
-def label_file_text(folders, rows):
+def label_file_text(folders: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """The text of a label file: `folders` (image, label, mask) and one row of names per image."""
     for row in rows:
         for name in row:
@@ -40,7 +41,7 @@ class Sample:
     mask: str
 
 
-def parse_label_file(path, flag='--label_file_path'):
+def parse_label_file(path: str, flag: str = '--label_file_path') -> list[Sample]:
     """The samples a label file lists, with absolute paths; a UserError names file and line (or
     the flag that named a missing file)."""
     if not os.path.isfile(path):
@@ -74,12 +75,12 @@ def parse_label_file(path, flag='--label_file_path'):
     return [Sample(stems[paths[0]], *paths) for paths in samples]
 
 
-def file_stem(path):
+def file_stem(path: str) -> str:
     """A file's name without its extension, a gzipped one's too: im0001.ppm.gz -> im0001."""
     return os.path.splitext(os.path.basename(path).removesuffix('.gz'))[0]
 
 
-def output_stems(paths, source):
+def output_stems(paths: Sequence[str], source: str) -> dict[str, str]:
     """{path: the stem its outputs are named from}: the file's own stem, never a folder, or its
     whole name where two inputs share a stem (eye.png and eye.jpg); inputs whose outputs would
     still collide (the same name in two folders, a file listed twice) are refused."""
@@ -98,7 +99,7 @@ def output_stems(paths, source):
     return dict(zip(paths, names, strict=True))
 
 
-def second_observer_path(sample):
+def second_observer_path(sample: Sample) -> str | None:
     """labels/X.png -> labels_2nd/X.png, where preprocess.py puts the second observer's labels;
     None where there is no such file."""
     folder, name = os.path.split(sample.label)

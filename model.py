@@ -8,7 +8,10 @@ statistics after a few hundred steps, not thousands) and is synchronised across 
 every replica and worker normalises with the global batch and ends with the same weights.
 """
 
+from collections.abc import Callable
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -36,7 +39,12 @@ def _upsample(x, channels, transpose_conv, name):
     return layers.Conv2D(channels, 1, name=f'{name}_conv1x1')(x)
 
 
-def build_unet(num_classes=2, base_channels=32, transpose_conv=False, in_channels=1):
+def build_unet(
+    num_classes: int = 2,
+    base_channels: int = 32,
+    transpose_conv: bool = False,
+    in_channels: int = 1,
+) -> keras.Model:
     """U-Net taking (batch, H, W, in_channels) images, H and W multiples of 16, and returning
     (batch, H, W, num_classes) float32 logits."""
     inputs = keras.Input((None, None, in_channels), name='image')
@@ -55,12 +63,12 @@ def build_unet(num_classes=2, base_channels=32, transpose_conv=False, in_channel
     return keras.Model(inputs, logits, name='unet')
 
 
-def in_channels(preprocess):
+def in_channels(preprocess: bool) -> int:
     """Preprocessed images are gray, raw ones RGB."""
     return 1 if preprocess else 3
 
 
-def build_from_architecture(architecture):
+def build_from_architecture(architecture: dict) -> keras.Model:
     return build_unet(
         architecture['num_classes'],
         architecture['base_channels'],
@@ -69,7 +77,7 @@ def build_from_architecture(architecture):
     )
 
 
-def predict_probabilities(model, images):
+def predict_probabilities(model: keras.Model, images: tf.Tensor | np.ndarray) -> tf.Tensor:
     """Softmax probabilities for images of any size: pads height and width up to a multiple of
     16 with zeros, runs the model, crops back. Used by training summaries and evaluation alike."""
     images = tf.convert_to_tensor(images, tf.float32)
@@ -80,14 +88,14 @@ def predict_probabilities(model, images):
     return tf.nn.softmax(logits[:, :height, :width, :], axis=-1)
 
 
-def make_predictor(model, channels):
+def make_predictor(model: keras.Model, channels: int) -> Callable[[tf.Tensor], tf.Tensor]:
     """predict_probabilities traced once for images of any size: float [N, H, W, channels] in
     [0, 1] -> softmax probabilities [N, H, W, classes]."""
     spec = tf.TensorSpec([None, None, None, channels], tf.float32)
     return tf.function(lambda images: predict_probabilities(model, images), input_signature=[spec])
 
 
-def check_architecture(saved, requested, where):
+def check_architecture(saved: dict, requested: dict, where: str) -> dict:
     """Raises a one-line error naming every flag that contradicts the saved architecture; flags
     left unset (None) take the saved value. Returns the merged architecture."""
     conflicts = [

@@ -8,10 +8,10 @@ import tensorflow as tf
 class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
     """The learning rate interpolated linearly between knots [step, rate] (constant outside)."""
 
-    def __init__(self, knots):
+    def __init__(self, knots: list) -> None:
         self.knots = [list(knot) for knot in knots]
 
-    def __call__(self, step):
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
         steps = tf.constant([float(s) for s, _ in self.knots])
         rates = tf.constant([float(r) for _, r in self.knots])
         step = tf.cast(step, tf.float32)
@@ -22,7 +22,7 @@ class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
         fraction = tf.clip_by_value((step - start) / tf.maximum(end - start, 1.0), 0.0, 1.0)
         return rates[upper - 1] + fraction * (rates[upper] - rates[upper - 1])
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {'knots': self.knots}
 
 

@@ -25,6 +25,7 @@ import shutil
 import socket
 import stat
 import sys
+from typing import TextIO
 
 import keras
 import numpy as np
@@ -79,26 +80,26 @@ BEST_FIELDS = {
 # ----------------------------------------------------------------------------- paths
 
 
-def weights_path(logdir):
+def weights_path(logdir: str) -> str:
     return os.path.join(logdir, WEIGHTS_FILE)
 
 
-def best_weights_path(logdir):
+def best_weights_path(logdir: str) -> str:
     return os.path.join(logdir, BEST_DIR, WEIGHTS_FILE)
 
 
-def checkpoint_dir(logdir):
+def checkpoint_dir(logdir: str) -> str:
     return os.path.join(logdir, CHECKPOINT_DIR)
 
 
-def checkpoint_prefix(logdir, step):
+def checkpoint_prefix(logdir: str, step: int) -> str:
     return os.path.join(logdir, CHECKPOINT_DIR, f'ckpt-{step}')
 
 
 # ----------------------------------------------------------------------------- settings
 
 
-def has_trained(logdir):
+def has_trained(logdir: str) -> bool:
     """Whether `logdir` holds a trained step: a checkpoint or exported weights. The settings of a
     run that failed before its first checkpoint bind nothing."""
     return bool(checkpoint_steps(os.path.join(logdir, CHECKPOINT_DIR))) or os.path.exists(
@@ -106,7 +107,7 @@ def has_trained(logdir):
     )
 
 
-def read_config(logdir, setting_fields):
+def read_config(logdir: str, setting_fields: fileio.Fields) -> tuple[dict, list] | None:
     """(settings, learning-rate knots) of config.json, every setting checked by
     `setting_fields` (fileio.check_fields' form); None where there is no config.json."""
     path = os.path.join(logdir, CONFIG_FILE)
@@ -135,7 +136,7 @@ def _valid_knots(knots):
     )
 
 
-def write_config(logdir, settings, knots):
+def write_config(logdir: str, settings: dict, knots: list) -> None:
     fileio.write_json(
         os.path.join(logdir, CONFIG_FILE),
         {
@@ -149,14 +150,14 @@ def write_config(logdir, settings, knots):
 # ----------------------------------------------------------------------------- model and scale
 
 
-def save_architecture(logdir, architecture):
+def save_architecture(logdir: str, architecture: dict) -> None:
     fileio.write_json(
         os.path.join(logdir, ARCHITECTURE_FILE),
         {key: architecture[key] for key in ARCHITECTURE_KEYS},
     )
 
 
-def load_architecture(logdir):
+def load_architecture(logdir: str) -> dict | None:
     """The architecture saved by train.py in `logdir`, or None where there is none."""
     saved = fileio.read_json(
         os.path.join(logdir, ARCHITECTURE_FILE), ARCHITECTURE_FIELDS, missing_ok=True
@@ -164,7 +165,7 @@ def load_architecture(logdir):
     return saved and {key: saved[key] for key in ARCHITECTURE_KEYS}
 
 
-def save_scale(logdir, model_scale):
+def save_scale(logdir: str, model_scale: scale.ModelScale) -> None:
     """Writes scale.json: a scale.ModelScale."""
     value = {'fov_diameter': round(model_scale.fov_diameter, 2)}
     if model_scale.vessel_calibre is not None:
@@ -172,7 +173,7 @@ def save_scale(logdir, model_scale):
     fileio.write_json(os.path.join(logdir, SCALE_FILE), value)
 
 
-def load_scale(logdir):
+def load_scale(logdir: str) -> scale.ModelScale | None:
     """The scale.ModelScale the run's model learned vessels at: its training images' median FOV
     diameter (after any train.py --fov_diameter resizing) and, where recorded, the main-vessel
     calibre it predicts there. None for runs from before scale.json."""
@@ -185,7 +186,7 @@ def load_scale(logdir):
     return scale.ModelScale(float(saved['fov_diameter']), calibre and float(calibre))
 
 
-def checkpoint_steps(directory):
+def checkpoint_steps(directory: str) -> list[int]:
     """The steps of the checkpoints in `directory` whose index file exists, newest first."""
     names = os.listdir(directory) if os.path.isdir(directory) else []
     return sorted(
@@ -197,12 +198,12 @@ def checkpoint_steps(directory):
 _CHECKPOINT_INDEX = re.compile(r'ckpt-(\d+)\.index')
 
 
-def read_best(logdir):
+def read_best(logdir: str) -> dict | None:
     """{step, metric, value, scores} of the run's best validation step, or None."""
     return fileio.read_json(os.path.join(logdir, BEST_DIR, BEST_FILE), BEST_FIELDS, missing_ok=True)
 
 
-def write_best(logdir, unet, best):
+def write_best(logdir: str, unet: keras.Model, best: dict) -> None:
     """Keeps `unet`'s weights as the run's best, with best.json ({step, metric, value, scores})."""
     folder = os.path.join(logdir, BEST_DIR)
     export_weights(unet, folder)
@@ -212,7 +213,7 @@ def write_best(logdir, unet, best):
 # ----------------------------------------------------------------------------- the lock
 
 
-def create(logdir, chief):
+def create(logdir: str, chief: bool) -> TextIO | None:
     """Creates the logdir, takes its lock and clears leftovers of killed saves. Returns the lock
     (None on other workers)."""
     try:
@@ -225,7 +226,7 @@ def create(logdir, chief):
     return lock
 
 
-def acquire_lock(logdir):
+def acquire_lock(logdir: str) -> TextIO:
     """Claims `logdir` with an OS lock (fcntl.flock), which the system releases when the process
     ends, however it ends; refuses while another process holds it. Returns the open lock file."""
     path = os.path.join(logdir, LOCK_FILE)
@@ -259,7 +260,7 @@ def acquire_lock(logdir):
 # ----------------------------------------------------------------------------- saving
 
 
-def export_weights(unet, logdir):
+def export_weights(unet: keras.Model, logdir: str) -> None:
     """The Keras weights evaluate.py loads, written atomically."""
     path = os.path.join(logdir, WEIGHTS_FILE)
     temporary = fileio.temporary_path(path)
@@ -271,7 +272,9 @@ def export_weights(unet, logdir):
             os.remove(temporary)
 
 
-def save(manager, unet, logdir, chief, step):
+def save(
+    manager: tf.train.CheckpointManager, unet: keras.Model, logdir: str, chief: bool, step: int
+) -> None:
     """Saves a checkpoint, then the weights evaluate.py loads; a full disk or another write
     error ends the run with one line, leaving the last good checkpoint and no partial files."""
     captured, reason = io.StringIO(), None  # h5py prints a failed write again as it frees
@@ -299,7 +302,9 @@ def save(manager, unet, logdir, chief, step):
     )
 
 
-def check_free_space(logdir, unet, manager, step):
+def check_free_space(
+    logdir: str, unet: keras.Model, manager: tf.train.CheckpointManager, step: int
+) -> None:
     """Stops before a save that cannot fit: a checkpoint (weights and Adam's two moments) and a
     weights file, with a margin for summaries."""
     weights = sum(int(np.prod(w.shape)) for w in unet.weights) * 4
@@ -315,7 +320,7 @@ def check_free_space(logdir, unet, manager, step):
         )
 
 
-def remove_leftovers(logdir):
+def remove_leftovers(logdir: str) -> None:
     """Removes what a killed save leaves: temporary files (.tmp.*) in every folder train.py
     writes, and TensorFlow's checkpoints/*_temp folders."""
     for folder in ('', SUMMARY_DIR, VALIDATION_DIR, BEST_DIR):
@@ -327,7 +332,7 @@ def remove_leftovers(logdir):
 # ----------------------------------------------------------------------------- resuming
 
 
-def restore_newest(checkpoint, logdir):
+def restore_newest(checkpoint: tf.train.Checkpoint, logdir: str) -> int:
     """Restores into `checkpoint` (a tf.train.Checkpoint of the model, and of the optimizer when
     training) the newest checkpoint that reads back whole and returns its step (0: there is
     none). The `checkpoint` state file is not trusted: a corrupt one must not restart the run.
@@ -352,7 +357,7 @@ def restore_newest(checkpoint, logdir):
     return 0
 
 
-def read_checkpoint(checkpoint, logdir, step):
+def read_checkpoint(checkpoint: tf.train.Checkpoint, logdir: str, step: int) -> None:
     """Restores the checkpoint of `step` into `checkpoint`; a UserError naming it where it does
     not read back whole."""
     try:
@@ -362,7 +367,7 @@ def read_checkpoint(checkpoint, logdir, step):
         raise cli.UserError(f'ckpt-{step}: {cli.first_line(error)}') from None
 
 
-def repair_checkpoint_state(directory, restored):
+def repair_checkpoint_state(directory: str, restored: int) -> None:
     """Rewrites the `checkpoint` state file to name the restored checkpoint and the older ones,
     and removes the unreadable newer ones, so that CheckpointManager starts from a sound state."""
     steps = checkpoint_steps(directory)
@@ -385,7 +390,7 @@ def repair_checkpoint_state(directory, restored):
     fileio.write_atomic(state, '\n'.join(lines) + '\n')
 
 
-def trim_events(directory, last_step):
+def trim_events(directory: str, last_step: int) -> None:
     """Drops from the event files in `directory` the summaries of steps after `last_step` (written
     before a crash, past the checkpoint the run resumes from) and any record torn by a kill, so
     that the resumed run writes every step exactly once."""

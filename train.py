@@ -17,6 +17,7 @@ cli.quiet_tensorflow()
 
 import dataclasses  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,7 +38,9 @@ GRADIENT_CLIP_NORM = 10.0
 # ----------------------------------------------------------------------------- the loop's parts
 
 
-def pixel_loss(labels, logits, masks, fov_loss, dice_weight=0.0):
+def pixel_loss(
+    labels: tf.Tensor, logits: tf.Tensor, masks: tf.Tensor, fov_loss: bool, dice_weight: float = 0.0
+) -> tf.Tensor:
     """Per-example loss over the pixels that count (the FOV, or all): mean cross-entropy, plus
     dice_weight times the soft Dice loss 1 - 2|P.Y| / (|P| + |Y|) of the vessel probability P."""
     weights = masks if fov_loss else tf.ones_like(masks)
@@ -51,7 +54,14 @@ def pixel_loss(labels, logits, masks, fov_loss, dice_weight=0.0):
     return loss
 
 
-def make_train_loop(strategy, unet, optimizer, global_batch, fov_loss, dice_weight=0.0):
+def make_train_loop(
+    strategy: tf.distribute.Strategy,
+    unet: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    global_batch: int,
+    fov_loss: bool,
+    dice_weight: float = 0.0,
+) -> Callable[[Iterator, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     """A @tf.function running `steps` steps (a tensor: one trace serves every count) on every
     replica, as SimCLR's steps_per_loop: the host waits once per call, not once per step.
     Returns each step's global mean loss and the learning rate of its update. The optimizer
@@ -89,13 +99,13 @@ def make_train_loop(strategy, unet, optimizer, global_batch, fov_loss, dice_weig
     return train_steps
 
 
-def steps_to_boundary(step, config):
+def steps_to_boundary(step: int, config: train_config.TrainConfig) -> int:
     """The steps from `step` to the next log line, validation, save or the end: one call's."""
     intervals = (config.log_interval, config.save_interval, config.validation_every)
     return min([config.max_iters - step] + [every - step % every for every in intervals])
 
 
-def is_chief(strategy):
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, 'cluster_resolver', None)
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True
@@ -146,7 +156,9 @@ class TrainResult:
     signal: int | None = None
 
 
-def check_settings(config, examples, replicas):
+def check_settings(
+    config: train_config.TrainConfig, examples: list[dataset.Example], replicas: int
+) -> None:
     if config.batch_size % replicas:
         raise cli.UserError(
             f'--batch_size={config.batch_size} is not divisible by the {replicas} replicas'
@@ -390,13 +402,13 @@ def record_calibre(unet, config, examples, model_scale):
     run_folder.save_scale(config.logdir, dataclasses.replace(model_scale, vessel_calibre=calibre))
 
 
-def exit_on_signal(result):
+def exit_on_signal(result: TrainResult) -> None:
     """Ends the program as the signal that stopped the run would (status 128 + its number)."""
     if result.signal:
         raise SystemExit(128 + result.signal)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
     exit_on_signal(train(tf.distribute.get_strategy(), train_config.config_from_flags()))
 

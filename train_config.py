@@ -52,14 +52,14 @@ class TrainConfig:
     log_interval: int = 20
 
     @property
-    def architecture(self):
+    def architecture(self) -> dict:
         return {key: getattr(self, key) for key in model.ARCHITECTURE_KEYS}
 
     @property
-    def validation_every(self):
+    def validation_every(self) -> int:
         return self.validation_interval or self.save_interval
 
-    def is_boundary(self, step, every):
+    def is_boundary(self, step: int, every: int) -> bool:
         """Whether `step` is one of every `every` steps, or the last."""
         return step % every == 0 or step == self.max_iters
 
@@ -180,12 +180,12 @@ flags.register_validator(
 # ----------------------------------------------------------------------------- the settings
 
 
-def binding_settings(logdir):
+def binding_settings(logdir: str) -> tuple[TrainConfig | None, list | None]:
     """load_saved(logdir) where the run trained a step; (None, None) otherwise."""
     return load_saved(logdir) if run_folder.has_trained(logdir) else (None, None)
 
 
-def load_saved(logdir):
+def load_saved(logdir: str) -> tuple[TrainConfig | None, list | None]:
     """(TrainConfig, learning-rate knots) saved in `logdir`, or (None, None) where there is no
     config.json (a new run, or one trained before settings were saved). Every setting is checked
     as its flag would check it; a UserError names the file and the setting."""
@@ -200,7 +200,7 @@ def load_saved(logdir):
     return TrainConfig(**{name: settings[name] for name in fields}), knots
 
 
-def save_settings(config, knots):
+def save_settings(config: TrainConfig, knots: list) -> None:
     run_folder.write_config(config.logdir, dataclasses.asdict(config), knots)
 
 
@@ -225,7 +225,7 @@ def _valid_setting(field, value):
         return False
 
 
-def config_from_flags():
+def config_from_flags() -> TrainConfig:
     """The run's settings: each flag given on the command line, else the value saved with the
     run (when resuming), else the flag's default."""
     if not FLAGS.logdir:
@@ -240,7 +240,7 @@ def config_from_flags():
     return TrainConfig(**values)
 
 
-def check_resume(config, saved):
+def check_resume(config: TrainConfig, saved: TrainConfig | None) -> None:
     """Refuses, in one line naming the flags, settings that contradict the saved run."""
     if saved is None:
         architecture = run_folder.has_trained(config.logdir) and run_folder.load_architecture(
@@ -263,7 +263,7 @@ def check_resume(config, saved):
         )
 
 
-def learning_rate_knots(config, saved_knots, step):
+def learning_rate_knots(config: TrainConfig, saved_knots: list | None, step: int) -> list:
     """A new run decays linearly from --initial_lr to 0 at --max_iters. A resumed run whose
     --max_iters changed continues linearly from its current rate to 0 at the new end, so the rate
     never jumps up."""

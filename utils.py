@@ -14,7 +14,7 @@ import fileio
 # ----------------------------------------------------------------------------- image I/O
 
 
-def read_image(path, gray=False):
+def read_image(path: str, gray: bool = False) -> np.ndarray:
     """Reads PNG/JPEG/TIFF/GIF/BMP/PPM (gzipped too: STARE's .ppm.gz) as uint8: HxWx3 RGB, or
     HxW when `gray` (a label or mask stored as RGB, as DRIVE's GIFs, must have nearly equal
     channels: its 2nd_manual palette is (4, 2, 4) and (252, 254, 252))."""
@@ -60,7 +60,7 @@ def _to_8_bits(image, path):
     return np.rint(image / 257.0).astype(np.uint8)
 
 
-def read_binary(path):
+def read_binary(path: str) -> np.ndarray:
     """Reads a label or mask file as uint8 {0, 1}. Accepts 0/1, 0/255 and near-binary palettes
     (all values within 15 of 0 or 255, as DRIVE's 2nd_manual GIFs: 2, 4, 252, 254); any grey level
     in between is an error."""
@@ -74,7 +74,7 @@ def read_binary(path):
     raise cli.UserError(f'{path}: not a binary image (values {shown}; expected 0/255 or 0/1)')
 
 
-def read_binary_for(path, image, image_path):
+def read_binary_for(path: str, image: np.ndarray, image_path: str) -> np.ndarray:
     """read_binary(path), checked to be the size of `image` (read from image_path)."""
     binary = read_binary(path)
     if binary.shape != image.shape[:2]:
@@ -88,12 +88,12 @@ def read_binary_for(path, image, image_path):
 # ----------------------------------------------------------------------------- the four steps
 
 
-def rgb_to_gray(image):
+def rgb_to_gray(image: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma of an RGB uint8 image, as float64."""
     return image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
 
-def standardize(gray):
+def standardize(gray: np.ndarray) -> np.ndarray:
     """Per-image zero mean and unit variance, then rescaled to 0-255 (uint8)."""
     gray = np.asarray(gray, np.float64)
     std = gray.std()
@@ -104,19 +104,19 @@ def standardize(gray):
     return np.rint(255 * (normalized - normalized.min()) / span).astype(np.uint8)
 
 
-def clahe(gray, clip_limit=2.0, tiles=8):
+def clahe(gray: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation on a uint8 image."""
     return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles)).apply(gray)
 
 
-def adjust_gamma(gray, gamma=1.2):
+def adjust_gamma(gray: np.ndarray, gamma: float = 1.2) -> np.ndarray:
     """out = 255 * (in / 255) ** (1 / gamma): gamma > 1 brightens dark vessels' surroundings, as in
     the original (and orobix/retina-unet)."""
     table = np.rint(255 * (np.arange(256) / 255.0) ** (1.0 / gamma)).astype(np.uint8)
     return table[gray]
 
 
-def preprocess_image(image):
+def preprocess_image(image: np.ndarray) -> dict[str, np.ndarray]:
     """The four steps in order: RGB to gray, standardise, CLAHE, gamma. Returns every stage."""
     gray = np.clip(np.rint(rgb_to_gray(image)), 0, 255).astype(np.uint8)
     standardized = standardize(gray)
@@ -129,7 +129,7 @@ def preprocess_image(image):
     }
 
 
-def model_input(rgb, preprocess):
+def model_input(rgb: np.ndarray, preprocess: bool) -> np.ndarray:
     """What the model sees of an RGB uint8 image: the preprocessed gray image (HxWx1) or the
     RGB image itself."""
     return preprocess_image(rgb)['gamma'][..., None] if preprocess else rgb
@@ -138,11 +138,11 @@ def model_input(rgb, preprocess):
 # ----------------------------------------------------------------------------- resizing
 
 
-def scaled_size(shape, factor):
+def scaled_size(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
     return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
 
 
-def resize(array, size):
+def resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An image or float map resized to size (height, width): pixel-area averaging when it
     shrinks, bilinear when it grows."""
     height, width = size
@@ -152,7 +152,7 @@ def resize(array, size):
     )
 
 
-def resize_binary(binary, size):
+def resize_binary(binary: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A {0, 1} label or mask resized: the resized fraction, at or above one half."""
     return (resize(binary.astype(np.float32), size) >= 0.5).astype(np.uint8)
 
@@ -162,7 +162,7 @@ def resize_binary(binary, size):
 OVERLAY_COLOURS = {'hit': (0, 255, 0), 'false_alarm': (255, 0, 0), 'miss': (0, 0, 255)}
 
 
-def overlay(image, label, prediction):
+def overlay(image: np.ndarray, label: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """Colours an RGB uint8 copy of `image`: green where vessel is predicted and labelled, red
     where predicted but not labelled, blue where labelled but missed."""
     image = np.asarray(image, np.uint8)
@@ -174,7 +174,7 @@ def overlay(image, label, prediction):
     return out
 
 
-def in_green(image, vessels):
+def in_green(image: np.ndarray, vessels: np.ndarray) -> np.ndarray:
     """An RGB uint8 copy of `image`, green where `vessels` (0/1 uint8) is 1: overlay()'s hits
     without its temporaries, for photos of any size."""
     out = np.array(image, np.uint8)

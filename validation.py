@@ -2,15 +2,22 @@
 them, written to TensorBoard, and the best step's weights kept in the run folder."""
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+import dataset
 import metrics
 import model
 import run_folder
 import scale
+
+if TYPE_CHECKING:
+    import train_config
 
 
 class Validator:
@@ -19,7 +26,13 @@ class Validator:
     image predicted at the run's scale as evaluate.py does. Writes them to TensorBoard
     ({logdir}/validation_logs) and keeps the weights of the best step in {logdir}/best/."""
 
-    def __init__(self, config, unet, examples, model_scale):
+    def __init__(
+        self,
+        config: 'train_config.TrainConfig',
+        unet: keras.Model,
+        examples: list[dataset.Example],
+        model_scale: scale.ModelScale,
+    ) -> None:
         self.examples = examples
         self.inputs = [
             scale.at_model_scale(
@@ -36,7 +49,7 @@ class Validator:
         )
         self.best = run_folder.read_best(config.logdir)
 
-    def score(self):
+    def score(self) -> dict[str, float]:
         counts, losses = metrics.no_pixels(), []
         for example, image in zip(self.examples, self.inputs, strict=True):
             probability = scale.to_native(self.predict(image), example.mask.shape)
@@ -46,7 +59,7 @@ class Validator:
             counts += metrics.count_pixels(example.label, probability[..., 1], fov)
         return {'loss': float(np.mean(losses)), **metrics.scores(counts)}
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> None:
         """Scores step `step`, writes the scalars, and keeps the weights if they are the best."""
         scores = self.score()
         with self.writer.as_default():
@@ -66,11 +79,11 @@ class Validator:
             self.best = {'step': step, 'metric': self.metric, 'value': value, 'scores': scores}
             run_folder.write_best(self.logdir, self.unet, self.best)
 
-    def flush(self):
+    def flush(self) -> None:
         self.writer.flush()
 
 
-def image_predictor(unet, preprocess):
+def image_predictor(unet: keras.Model, preprocess: bool) -> Callable[[np.ndarray], np.ndarray]:
     """One whole image (float HxWxC in [0, 1]) -> its probabilities (HxWxK numpy), traced once."""
     traced = model.make_predictor(unet, model.in_channels(preprocess))
     return lambda image: traced(image[None])[0].numpy()
