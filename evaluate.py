@@ -33,6 +33,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import h5py  # noqa: E402
 import keras  # noqa: E402
@@ -194,7 +195,9 @@ REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'm
 # ----------------------------------------------------------------------------- the model
 
 
-def load_model(logdir, checkpoint='last', given=None):
+def load_model(
+    logdir: str, checkpoint: str = 'last', given: dict | None = None
+) -> tuple[keras.Model, dict, str, int]:
     """Builds the saved architecture, checks it against any architecture flag the user gave, and
     loads the weights `checkpoint` names: 'last' (the newest checkpoint, or the exported weights
     of a run folder without checkpoints), 'best' (the best validation step's) or a step whose
@@ -288,13 +291,18 @@ def restore_step(unet, logdir, step):
         raise cli.UserError(f'{run_folder.checkpoint_dir(logdir)}/{error}') from None
 
 
-def make_predictor(unet, channels):
+def make_predictor(unet: keras.Model, channels: int) -> Callable[[np.ndarray], tf.Tensor]:
     """Image batch of any size -> vessel probability (padding inside, traced once)."""
     probabilities = model.make_predictor(unet, channels)
     return lambda images: probabilities(images)[..., 1]
 
 
-def predict_image(predict, image, tile_size=0, overlap=128):
+def predict_image(
+    predict: Callable[[np.ndarray], tf.Tensor],
+    image: np.ndarray,
+    tile_size: int = 0,
+    overlap: int = 128,
+) -> np.ndarray:
     """Vessel probabilities (HxW float32) for one HxWxC float image in [0, 1].
 
     With tile_size > 0 (overlap-tile strategy): the image is padded to a multiple of 16 as for
@@ -318,7 +326,7 @@ def predict_image(predict, image, tile_size=0, overlap=128):
     return out[:height, :width]
 
 
-def predict_flipped(predict, image):
+def predict_flipped(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
     """The mean of `predict` over the image and its vertical, horizontal and double flips, each
     prediction flipped back."""
     flips = ((), (0,), (1,), (0, 1))
@@ -352,7 +360,7 @@ def calibrate_threshold(predict, label_file, evaluated=None):
     return threshold
 
 
-def export(unet, channels, export_dir, model_diameter):
+def export(unet: keras.Model, channels: int, export_dir: str, model_diameter: float | None) -> None:
     """A SavedModel for serving. `serve` maps a float batch [N, H, W, C] in [0, 1] (what the
     model sees: RGB, or the preprocessed gray image) of any size to vessel probabilities
     [N, H, W]. Where the run recorded its scale, `serve_at_scale` also takes each image's FOV
@@ -625,7 +633,7 @@ def write_curves(directory, histogram, scores, second_observer):
 # ----------------------------------------------------------------------------- new images
 
 
-def find_images(pattern):
+def find_images(pattern: str) -> list[str]:
     """The image files --predict names: a file, a folder (its image files), or a glob pattern."""
     if os.path.isfile(pattern):
         return [pattern]
@@ -897,7 +905,12 @@ def run(config: EvalConfig) -> dict | list[dict]:
     return evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, model_scale)
 
 
-def photo_predictor(traced, preprocess, model_scale, config):
+def photo_predictor(
+    traced: Callable[[np.ndarray], tf.Tensor],
+    preprocess: bool,
+    model_scale: scale.ModelScale | None,
+    config: 'EvalConfig',
+) -> Callable[[np.ndarray, np.ndarray, str], tuple[np.ndarray, scale.Decision]]:
     """(rgb, FOV mask, path) -> (vessel probabilities at the photo's own size, scale.Decision):
     the photo brought to the model's scale, predicted whole or in tiles, with flips where
     config.tta asks."""
@@ -923,7 +936,7 @@ def photo_predictor(traced, preprocess, model_scale, config):
     return predict
 
 
-def check_outputs(config):
+def check_outputs(config: 'EvalConfig') -> str:
     """Checks the settings and that the output folder is writable before any work; returns it."""
     if config.export_dir:
         if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
@@ -938,7 +951,7 @@ def check_outputs(config):
     return fileio.writable_dir(config.output_dir or config.logdir, '--output_dir')
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
     run(EvalConfig.from_flags())
 

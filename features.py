@@ -41,7 +41,9 @@ MM_COLUMNS = ('mm_per_px', 'calibre_mean_um', 'calibre_median_um', 'length_densi
 _RING = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))  # clockwise
 
 
-def at_reference_scale(vessels, fov, reference=REFERENCE_FOV_PX):
+def at_reference_scale(
+    vessels: np.ndarray, fov: np.ndarray, reference: float | None = REFERENCE_FOV_PX
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The map (any float or {0, 1} array) and FOV mask cut to the FOV's bounding box and resized
     so the FOV diameter is `reference` (None: as they are); returns binary (vessels, fov) and the
     native FOV diameter."""
@@ -54,7 +56,12 @@ def at_reference_scale(vessels, fov, reference=REFERENCE_FOV_PX):
     return vessels & fov, fov, diameter
 
 
-def measure(vessels, fov, reference=REFERENCE_FOV_PX, mm_per_native_px=None):
+def measure(
+    vessels: np.ndarray,
+    fov: np.ndarray,
+    reference: float | None = REFERENCE_FOV_PX,
+    mm_per_native_px: float | None = None,
+) -> dict[str, float | int | None]:
     """The features of one vessel map (HxW, vessel where >= 0.5) inside its FOV mask, at the
     reference scale (None: in the map's own pixels). Undefined features (no vessel: fractal
     dimension, calibre, tortuosity) are None."""
@@ -84,7 +91,7 @@ def measure(vessels, fov, reference=REFERENCE_FOV_PX, mm_per_native_px=None):
     return features
 
 
-def millimetres(features, mm_per_px):
+def millimetres(features: dict, mm_per_px: float) -> dict[str, float | None]:
     """The pixel features in physical units, given the size of one reference-scale pixel."""
 
     def scaled(value, factor):
@@ -98,7 +105,9 @@ def millimetres(features, mm_per_px):
     }
 
 
-def mm_per_native_px(fov_diameter, field_degrees=None, pixel_um=None):
+def mm_per_native_px(
+    fov_diameter: float | None, field_degrees: float | None = None, pixel_um: float | None = None
+) -> float | None:
     """Millimetres on the retina per pixel of the photo: from the pixel size, or from the
     camera's field angle across the FOV diameter (None: the FOV shows no disc); None when
     neither is known."""
@@ -112,7 +121,7 @@ def mm_per_native_px(fov_diameter, field_degrees=None, pixel_um=None):
 # ----------------------------------------------------------------------------- the skeleton
 
 
-def crossing_number(skeleton):
+def crossing_number(skeleton: np.ndarray) -> np.ndarray:
     """For each pixel, the number of separate runs of skeleton pixels around it (1: an end,
     2: on a line, >= 3: a junction); unlike a neighbour count, a staircase corner is no
     junction."""
@@ -123,11 +132,11 @@ def crossing_number(skeleton):
     return (changes // 2) * skeleton
 
 
-def ends_of(skeleton):
+def ends_of(skeleton: np.ndarray) -> np.ndarray:
     return skeleton & (crossing_number(skeleton) == 1)
 
 
-def junction_zone(skeleton):
+def junction_zone(skeleton: np.ndarray) -> tuple[np.ndarray, int]:
     """Junction pixels (crossing number >= 3) and the skeleton pixels next to them, where the
     arms of a junction may touch each other; and the number of junctions (8-connected
     clusters of junction pixels)."""
@@ -136,7 +145,7 @@ def junction_zone(skeleton):
     return skeleton & ndimage.binary_dilation(junctions, np.ones((3, 3), bool)), count
 
 
-def prune(skeleton, length=SPUR_PX):
+def prune(skeleton: np.ndarray, length: int = SPUR_PX) -> np.ndarray:
     """The skeleton without spurs: the segments between an end and a junction of fewer than
     `length` pixels (the side branches an uneven vessel edge leaves, the forks at a blunt
     vessel end), and the junction pixels they leave dangling."""
@@ -158,7 +167,7 @@ def prune(skeleton, length=SPUR_PX):
     return pruned
 
 
-def skeleton_graph(skeleton):
+def skeleton_graph(skeleton: np.ndarray) -> dict:
     """Segments between junctions and ends of a one-pixel skeleton: each segment's arc length
     and chord (a segment stops one pixel short of a junction's pixels); the number of branch
     points (clusters of junction pixels), of end points and of skeleton pixels at junctions."""
@@ -176,7 +185,7 @@ def skeleton_graph(skeleton):
     }
 
 
-def path_measures(pieces):
+def path_measures(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Arc length and chord of each 8-connected component of a binary map of path-like pieces
     (segments of more than one pixel). The pixels of a piece are ordered by 8-connected steps
     from one end (the pixel farthest from another, found by two sweeps); the arc is the length
@@ -221,7 +230,7 @@ def path_measures(pieces):
     return arcs[kept], chords[kept]
 
 
-def pixel_graph(binary, count):
+def pixel_graph(binary: np.ndarray, count: int) -> sparse.csr_matrix:
     """The sparse graph joining each set pixel of `binary` (numbered row-major) to its set
     8-neighbours."""
     index = np.full(binary.shape, -1)
@@ -238,13 +247,15 @@ def pixel_graph(binary, count):
     return sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(count, count))
 
 
-def farthest(piece, steps):
+def farthest(piece: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """For each piece (0, 1, ...), the index of its pixel with the most steps."""
     order = np.lexsort((-steps, piece))
     return order[np.r_[True, piece[order][1:] != piece[order][:-1]]]
 
 
-def tortuosity(lengths, chords, minimum=MIN_SEGMENT_PX):
+def tortuosity(
+    lengths: np.ndarray, chords: np.ndarray, minimum: float = MIN_SEGMENT_PX
+) -> float | None:
     """Distance metric: arc / chord of the segments at least `minimum` long, their mean weighted
     by arc length; None without such a segment."""
     kept = (lengths >= minimum) & (chords > 0)
@@ -256,7 +267,7 @@ def tortuosity(lengths, chords, minimum=MIN_SEGMENT_PX):
 # ----------------------------------------------------------------------------- fractal dimension
 
 
-def fractal_dimension(binary):
+def fractal_dimension(binary: np.ndarray) -> float | None:
     """Box-counting dimension D0: boxes of side 2, 4, 8, ... up to 1/8 of the shorter side, the
     least-squares slope of log(count) against log(1 / side); None for an empty map or one too
     small for two box sizes."""
@@ -271,7 +282,7 @@ def fractal_dimension(binary):
     return float(slope)
 
 
-def box_count(binary, side):
+def box_count(binary: np.ndarray, side: int) -> int:
     """How many boxes of a grid of side x side boxes (from the top left) hold any pixel."""
     height, width = binary.shape
     padded = np.pad(binary, [(0, -height % side), (0, -width % side)])

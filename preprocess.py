@@ -176,7 +176,7 @@ def find_hrf(hrf_dir):
 FINDERS = {'CHASEDB1': find_chase, 'STARE': find_stare, 'HRF': find_hrf}  # others: DRIVE's layout
 
 
-def find_datasets(data_dir):
+def find_datasets(data_dir: str) -> dict[str, dict[str, list]]:
     """{output name: {split: [RawSample]}} for every dataset found under `data_dir`."""
     found = {}
     for folder, name in INPUT_FOLDERS.items():
@@ -242,7 +242,7 @@ def refuse_overlap(data_dir, output_dir, datasets):
                 )
 
 
-def process(data_dir, output_dir):
+def process(data_dir: str, output_dir: str) -> dict[str, dict[str, int]]:
     """Reads and checks everything found under `data_dir` first, then writes: bad input leaves
     nothing written. Returns {dataset: {split: count}}."""
     if not os.path.isdir(data_dir):
@@ -300,7 +300,9 @@ def _grow_vessel(rng, segments, point, angle, width, depth, radius, centre):
             angle -= side * 0.15
 
 
-def synthetic_retina(size, rng):
+def synthetic_retina(
+    size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic fundus image (RGB uint8) with its exact vessel label and FOV mask ({0,1})."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     centre = np.array([size / 2, size / 2]) + rng.normal(0, size * 0.01, 2)
@@ -370,7 +372,7 @@ def _vessel_segments(rng, disc, side, max_width, radius, centre):
     return segments
 
 
-def generate_synthetic(root, num_train, num_test, size, seed):
+def generate_synthetic(root: str, num_train: int, num_test: int, size: int, seed: int) -> None:
     """Writes the synthetic set in DRIVE's layout under `root` (PNG instead of TIFF/GIF)."""
     rng = np.random.default_rng(seed)
     numbers = {
@@ -425,7 +427,7 @@ def draw_figures(sample, figure_dir):
         print(f'wrote {path}')
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
     if FLAGS.synthetic:
         root = os.path.join(FLAGS.data_dir, 'SYNTH')

@@ -22,7 +22,9 @@ FEW_VESSELS = 0.03  # a vessel density below this (DRIVE's maps: 0.08-0.14) is f
 FAR_SCALE = 2.0  # a photo resized by more than this factor (or less than its inverse) is flagged
 
 
-def photo_flags(mask, measured=None, decision=scale.NATIVE):
+def photo_flags(
+    mask: np.ndarray, measured: dict | None = None, decision: scale.Decision = scale.NATIVE
+) -> list[str]:
     """What a user should see about one photo: its FOV touching the frame, the rule that set its
     scale where the FOV shows no disc, a resize far from the model's scale, very few vessels."""
     flags = []
@@ -40,7 +42,7 @@ def photo_flags(mask, measured=None, decision=scale.NATIVE):
     return flags
 
 
-def unreadable(image, error):
+def unreadable(image: str, error: str) -> dict:
     """The row of a photo that could not be read or predicted."""
     return {
         'image': image,
@@ -49,13 +51,13 @@ def unreadable(image, error):
     }
 
 
-def columns(rows):
+def columns(rows: list[dict]) -> list[str]:
     """The CSV's columns: features.COLUMNS, the millimetre columns where a row has them, flags."""
     physical = any('mm_per_px' in row for row in rows)
     return [*features.COLUMNS, *(features.MM_COLUMNS if physical else ()), 'flags']
 
 
-def cell(value):
+def cell(value: object) -> str:
     """A value as the CSV and the report show it: 6 significant digits, '' for undefined."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ''
@@ -66,7 +68,7 @@ def cell(value):
     return str(value)
 
 
-def write(out_dir, rows, title):
+def write(out_dir: str, rows: list[dict], title: str) -> tuple[str, str]:
     """Writes features.csv and report.html for `rows` into out_dir; returns their paths."""
     names = columns(rows)
     text = io.StringIO()
@@ -123,7 +125,7 @@ document.querySelectorAll('th').forEach(function (th, column) {
 """
 
 
-def page(rows, names, title):
+def page(rows: list[dict], names: list[str], title: str) -> str:
     """The report: one table row per photo, the thumbnail first; opens from disk, no server."""
     shown = [name for name in names if name != 'flags']
     head = ''.join(f'<th>{html.escape(name)}</th>' for name in ['overlay', *shown, 'flags'])
