@@ -9,6 +9,7 @@ CAMERAS_BEGIN and CAMERAS_END lines) from bench/results/cross_camera.json.
 import glob
 import json
 import os
+import re
 import statistics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +73,55 @@ def accuracy_rows():
         '(start-up not counted); longer where other jobs shared the 2 cores.',
     ]
     return rows
+
+
+def seed_groups(records):
+    """{group: [each run's evaluations]} for records named accuracy_{group}_seed{N} or
+    _seeds{N...} ({name: record}): one group per recipe, one entry per seed it ran."""
+    groups = {}
+    for name, record in sorted(records.items()):
+        group = re.fullmatch(r'accuracy_(.+)_seeds?\d+', name)
+        if group:
+            for run in record.get('runs') or [record]:
+                groups.setdefault(group[1], []).append(run['evaluations'])
+    return groups
+
+
+def spread_rows(groups):
+    """Each group's mean ± standard deviation between its seeds, per evaluation and metric."""
+    rows = [
+        '| group | seeds | evaluation | ' + ' | '.join(METRICS) + ' |',
+        '| --- | --- | --- |' + ' --- |' * len(METRICS),
+    ]
+    for group, runs in groups.items():
+        for evaluation in runs[0]:
+            cells = []
+            for metric in METRICS:
+                values = [run[evaluation]['scores'][metric] for run in runs]
+                spread = statistics.stdev(values) if len(values) > 1 else float('nan')
+                cells.append(f'{statistics.mean(values):.4f} ± {spread:.4f}')
+            rows.append(f'| {group} | {len(runs)} | {evaluation} | ' + ' | '.join(cells) + ' |')
+    return rows
+
+
+def seed_spread_rows():
+    records = {
+        os.path.basename(path)[: -len('.json')]: json.load(open(path))
+        for path in glob.glob(os.path.join(RESULTS, 'accuracy_*.json'))
+    }
+    groups = seed_groups(records)
+    if not groups:
+        return []
+    return [
+        '## The spread between seeds',
+        '',
+        'Runs of one recipe with different seeds (`bench/accuracy.py --seeds=N`, or one seed a '
+        'file): mean ± standard deviation between them. A difference smaller than the spread '
+        'is a tie.',
+        '',
+        *spread_rows(groups),
+        '',
+    ]
 
 
 def throughput_rows(name):
@@ -384,6 +434,7 @@ def main():
         '',
         *accuracy_rows(),
         '',
+        *seed_spread_rows(),
         *cross_dataset_rows(),
         *cross_camera_rows(cameras),
         *agreement_rows(),

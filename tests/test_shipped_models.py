@@ -135,3 +135,25 @@ def test_the_four_camera_table_in_the_docs_is_written_from_its_record():
         [report.CAMERAS_BEGIN, *report.cross_camera_table(record), report.CAMERAS_END]
     )
     assert table in results  # after bench/cross_dataset.py --cameras: python bench/report.py
+
+
+def test_the_spread_table_groups_seed_files_and_gives_mean_and_deviation():
+    """Hand-made records: a two-seed file and a one-seed file of one recipe make one group of
+    three runs (F1 0.80, 0.82, 0.84: mean 0.82, sample deviation 0.02); other files are not
+    seeds."""
+    from bench import report
+
+    def run(f1):
+        scores = dict.fromkeys(report.METRICS, 0.5) | {'F1': f1}
+        return {'evaluations': {'threshold 0.5': {'scores': scores}}}
+
+    records = {
+        'accuracy_x_seeds12': {'runs': [run(0.80), run(0.82)]},
+        'accuracy_x_seed3': run(0.84),
+        'accuracy_x_4500': run(0.1),
+    }
+    groups = report.seed_groups(records)
+    assert list(groups) == ['x'] and len(groups['x']) == 3
+    header, _, row = report.spread_rows(groups)
+    assert header.startswith('| group | seeds | evaluation | F1 |')
+    assert row.startswith('| x | 3 | threshold 0.5 | 0.8200 ± 0.0200 | 0.5000 ± 0.0000 |')
