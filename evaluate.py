@@ -298,7 +298,7 @@ def make_predictor(unet: keras.Model, channels: int) -> Callable[[np.ndarray], t
 
 
 def predict_image(
-    predict: Callable[[np.ndarray], tf.Tensor],
+    predict_batch: Callable[[np.ndarray], tf.Tensor],
     image: np.ndarray,
     tile_size: int = 0,
     overlap: int = 128,
@@ -311,7 +311,7 @@ def predict_image(
     kept. Where `overlap` covers the receptive field this equals whole-image inference."""
     height, width = image.shape[:2]
     if not tile_size:
-        return predict(image[None])[0].numpy()
+        return predict_batch(image[None])[0].numpy()
     padded = np.pad(image, [(0, -height % model.MULTIPLE), (0, -width % model.MULTIPLE), (0, 0)])
     out = np.zeros(padded.shape[:2], np.float32)
     for top in range(0, padded.shape[0], tile_size):
@@ -319,21 +319,23 @@ def predict_image(
             y0, x0 = max(top - overlap, 0), max(left - overlap, 0)
             y1 = min(top + tile_size + overlap, padded.shape[0])
             x1 = min(left + tile_size + overlap, padded.shape[1])
-            probability = predict(padded[None, y0:y1, x0:x1])[0].numpy()
+            probability = predict_batch(padded[None, y0:y1, x0:x1])[0].numpy()
             out[top : top + tile_size, left : left + tile_size] = probability[
                 top - y0 : top - y0 + tile_size, left - x0 : left - x0 + tile_size
             ]
     return out[:height, :width]
 
 
-def predict_flipped(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
-    """The mean of `predict` over the image and its vertical, horizontal and double flips, each
+def predict_flipped(
+    predict_one: Callable[[np.ndarray], np.ndarray], image: np.ndarray
+) -> np.ndarray:
+    """The mean of `predict_one` over the image and its vertical, horizontal and double flips, each
     prediction flipped back."""
     flips = ((), (0,), (1,), (0, 1))
-    return sum(np.flip(predict(np.flip(image, axes)), axes) for axes in flips) / len(flips)
+    return sum(np.flip(predict_one(np.flip(image, axes)), axes) for axes in flips) / len(flips)
 
 
-def calibrate_threshold(predict, label_file, evaluated=None):
+def calibrate_threshold(predictor, label_file, evaluated=None):
     """The threshold with the best F1 over the FOV pixels of the images `label_file` lists (one
     or several comma-separated label files), none of which may be an image of the `evaluated`
     label file: that would tune the threshold on the test set."""
@@ -350,7 +352,7 @@ def calibrate_threshold(predict, label_file, evaluated=None):
                 )
     counts = metrics.no_pixels()
     for example in dataset.iter_examples(samples):
-        probability = predict(example.image, example.mask, example.name)[0]
+        probability = predictor(example.image, example.mask, example.name)[0]
         counts += metrics.count_pixels(example.label, probability, example.mask)
     threshold, f1 = metrics.best_f1_threshold(counts.histogram)
     print(
@@ -415,7 +417,7 @@ def format_scores(scores):
     return '  '.join(f'{key} {format_score(scores[key])}' for key in REPORTED if key in scores)
 
 
-def evaluate(predict, samples, threshold, overlay_dir, config):
+def evaluate(predictor, samples, threshold, overlay_dir, config):
     """Predicts every sample, one image in memory at a time, and prints progress; returns the
     per-image metrics, the whole-set result and the report rows (the features of the predicted
     and the manual maps)."""
@@ -426,7 +428,7 @@ def evaluate(predict, samples, threshold, overlay_dir, config):
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
         for index, (sample, example) in enumerate(zip(samples, examples, strict=True), 1):
             started = time.time()
-            probability, decision = predict(example.image, example.mask, sample.image)
+            probability, decision = predictor(example.image, example.mask, sample.image)
             inside = example.mask.astype(bool)
             image_counts = metrics.count_pixels(example.label, probability, inside, threshold)
             counts += image_counts
@@ -650,7 +652,7 @@ def find_images(pattern: str) -> list[str]:
     return paths
 
 
-def predict_files(predict, pattern, out_dir, threshold, config):
+def predict_files(predictor, pattern, out_dir, threshold, config):
     """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
     masks; each photo's files are written (and its features measured) while the next one is
     predicted. A file that cannot be read or predicted is reported and skipped; the run then
@@ -664,7 +666,7 @@ def predict_files(predict, pattern, out_dir, threshold, config):
             label_files.output_stems(paths, '--predict').items(), 1
         ):
             try:
-                photo = predict_photo(predict, path, threshold)
+                photo = predict_photo(predictor, path, threshold)
                 outcome = writer.submit(write_photo, photo, out_dir, name, config)
             except cli.UserError as error:
                 print(f'error: {error}', file=sys.stderr)
@@ -713,10 +715,10 @@ class Photo:
     decision: scale.Decision
 
 
-def predict_photo(predict, path, threshold):
+def predict_photo(predictor, path, threshold):
     rgb = utils.read_image(path)
     inside = fov.read(rgb, path)
-    probability, decision = predict(rgb, inside, path)
+    probability, decision = predictor(rgb, inside, path)
     probability *= inside
     vessels = np.greater_equal(probability, threshold).view(np.uint8)
     vessels &= inside  # threshold 0 too
@@ -806,7 +808,7 @@ def evaluation_folders(config, out_dir, checkpoint, threshold, samples):
     return out_dir, overlay_dir
 
 
-def evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, model_scale):
+def evaluate_label_file(predictor, config, threshold, out_dir, checkpoint, step, model_scale):
     """Evaluates the images config.label_file_path lists; prints the results and writes them to
     their own folder under out_dir/evaluations, named by label file, checkpoint and threshold.
     Returns the result metrics.json holds."""
@@ -814,7 +816,7 @@ def evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, m
     samples = label_files.parse_label_file(label_file)
     out_dir, overlay_dir = evaluation_folders(config, out_dir, checkpoint, threshold, samples)
     started = time.time()
-    rows, result, measured = evaluate(predict, samples, threshold, overlay_dir, config)
+    rows, result, measured = evaluate(predictor, samples, threshold, overlay_dir, config)
     seconds = time.time() - started
     logging.info('evaluated %d images in %.1fs', len(rows), seconds)
     result.update(
@@ -894,15 +896,15 @@ def run(config: EvalConfig) -> dict | list[dict]:
         )
     if config.export_dir:
         export(unet, channels, config.export_dir, model_scale and model_scale.fov_diameter)
-    predict = photo_predictor(traced, architecture['preprocess'], model_scale, config)
+    predictor = photo_predictor(traced, architecture['preprocess'], model_scale, config)
     threshold = config.threshold
     if config.calibrate_on:
         threshold = calibrate_threshold(
-            predict, config.calibrate_on, None if config.predict else config.label_file_path
+            predictor, config.calibrate_on, None if config.predict else config.label_file_path
         )
     if config.predict:
-        return predict_files(predict, config.predict, out_dir, threshold, config)
-    return evaluate_label_file(predict, config, threshold, out_dir, checkpoint, step, model_scale)
+        return predict_files(predictor, config.predict, out_dir, threshold, config)
+    return evaluate_label_file(predictor, config, threshold, out_dir, checkpoint, step, model_scale)
 
 
 def photo_predictor(
@@ -921,7 +923,7 @@ def photo_predictor(
 
         return predict_flipped(once, image) if config.tta else once(image)
 
-    def predict(rgb, inside, path):
+    def predictor(rgb, inside, path):
         return scale.predict_at_scale(
             at_model_scale,
             rgb,
@@ -933,7 +935,7 @@ def photo_predictor(
             by_vessels=config.scale_by == 'vessels',
         )
 
-    return predict
+    return predictor
 
 
 def check_outputs(config: 'EvalConfig') -> str:

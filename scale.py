@@ -11,6 +11,7 @@ for photos that show one. That rule needs the main vessels in view: a crop showi
 vessels (the macula alone) is enlarged too much; give such photos --photo_fov_diameter.
 """
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,16 +148,23 @@ def to_native(probability: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def predict_at_scale(
-    predict, rgb, mask, preprocess, model_scale, path, given_diameter=None, by_vessels=False
-):
-    """(probabilities at the image's native size, Decision): `predict` (float HxWxC in [0, 1] ->
+    predict_one: Callable[[np.ndarray], np.ndarray],
+    rgb: np.ndarray,
+    mask: np.ndarray,
+    preprocess: bool,
+    model_scale: ModelScale | None,
+    path: str,
+    given_diameter: float | None = None,
+    by_vessels: bool = False,
+) -> tuple[np.ndarray, Decision]:
+    """(probabilities at the image's native size, Decision): `predict_one` (float HxWxC in [0, 1] ->
     HxW or HxWxK probabilities) of the image resized by the first rule that applies; with
     `by_vessels`, the FOV disc's factor is where the calibre rule starts."""
     decision = decide(mask, model_scale, path, given_diameter)
     refine = by_vessels and not given_diameter and model_scale and model_scale.vessel_calibre
     if decision is None or refine:
-        return _by_calibre(predict, rgb, mask, preprocess, model_scale, path, decision)
-    probability = predict(at_model_scale(rgb, decision.factor, preprocess))
+        return _by_calibre(predict_one, rgb, mask, preprocess, model_scale, path, decision)
+    probability = predict_one(at_model_scale(rgb, decision.factor, preprocess))
     return to_native(probability, mask.shape), decision
 
 
@@ -168,19 +176,19 @@ class _Pass:
     probability: np.ndarray
 
 
-def _by_calibre(predict, rgb, mask, preprocess, model_scale, path, disc):
+def _by_calibre(predict_one, rgb, mask, preprocess, model_scale, path, disc):
     """The calibre rule, from the `disc` Decision's factor (None: no disc, from 1): resize until
     the main vessels predicted are as wide as the model's. Where a step loses vessels (a blurred
     or diseased photo enlarged past what the model reads: docs/scale.md), the factor before it
     is kept."""
     if model_scale.vessel_calibre is None:
-        probability = predict(at_model_scale(rgb, 1.0, preprocess))
+        probability = predict_one(at_model_scale(rgb, 1.0, preprocess))
         return to_native(probability, mask.shape), Decision(
             1.0, 'native size (the FOV shows no disc and the model records no vessel calibre)'
         )
     factor, kept = (disc.factor if disc else 1.0), None
     for passes_left in range(CALIBRE_PASSES, -1, -1):
-        probability = predict(at_model_scale(rgb, factor, preprocess))
+        probability = predict_one(at_model_scale(rgb, factor, preprocess))
         calibre, share = _calibre_and_share(probability, mask)
         if kept and (calibre is None or share < VESSELS_KEPT * kept.share):
             return to_native(kept.probability, mask.shape), _calibre_decision(kept, disc, True)
@@ -217,11 +225,13 @@ def _vessel_probability(probability):
     return probability[..., 1] if probability.ndim == 3 else probability
 
 
-def reference_calibre(predict, examples):
+def reference_calibre(
+    predict_one: Callable[[np.ndarray], np.ndarray], examples: Iterable
+) -> float | None:
     """The median over `examples` (dataset.Example, already at the model's scale) of the
     main-vessel calibre the model predicts: what the calibre rule matches a photo's to."""
     calibres = [
-        _calibre_and_share(predict(example.image.astype(np.float32) / 255.0), example.mask)[0]
+        _calibre_and_share(predict_one(example.image.astype(np.float32) / 255.0), example.mask)[0]
         for example in examples
     ]
     calibres = [value for value in calibres if value is not None]
