@@ -173,7 +173,7 @@ for _name in ('tile_size', 'tile_overlap'):
     )
 
 METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
-OVERLAY_DIR = 'visulize'
+OVERLAY_DIR = 'overlays'
 EVALUATIONS_DIR = 'evaluations'
 IMAGE_EXTENSIONS = (
     '.png',

@@ -71,7 +71,7 @@ def training_curve():
 def calibrated_overlays(run):
     """The overlay folder of the run's evaluation calibrated on its training images."""
     folders = glob.glob(os.path.join(glob.escape(run), 'evaluations', '*_calibrated-on-*'))
-    return os.path.join(min((f for f in folders if not f.endswith('_tta')), key=len), 'visulize')
+    return os.path.join(min((f for f in folders if not f.endswith('_tta')), key=len), 'overlays')
 
 
 def evaluation_figures():

@@ -59,7 +59,7 @@ def test_evaluate_prints_the_original_lines_and_writes_everything(trained, synth
     assert float(lines[3].split()[1]) == pytest.approx(written['scores']['IoU'])
     csv_lines = open(os.path.join(out, 'metrics.csv')).read().splitlines()
     assert csv_lines[0].startswith('image,F1,Acc,Se,Sp') and csv_lines[-1].startswith('all,')
-    overlays = sorted(os.listdir(os.path.join(out, 'visulize')))
+    overlays = sorted(os.listdir(os.path.join(out, 'overlays')))
     assert overlays == [
         '05_test.png',
         '05_test_prob.png',
@@ -68,7 +68,7 @@ def test_evaluate_prints_the_original_lines_and_writes_everything(trained, synth
         'pr.png',
         'roc.png',
     ]
-    stacked = utils.read_image(os.path.join(out, 'visulize', '05_test.png'))
+    stacked = utils.read_image(os.path.join(out, 'overlays', '05_test.png'))
     assert stacked.shape == (192, 96, 3)  # input above, coloured comparison below
     events = glob.glob(os.path.join(out, 'events.out.tfevents.*'))
     assert len(events) == 1
@@ -199,10 +199,10 @@ def test_real_drive_test_set_and_second_observer(trained, drive):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = evaluation_dir(trained, 'DRIVE-test_step200_threshold0.5')
-    outputs = set(os.listdir(os.path.join(out, 'visulize')))
+    outputs = set(os.listdir(os.path.join(out, 'overlays')))
     assert {f'{n:02d}_test{kind}.png' for n in range(1, 21) for kind in ('', '_prob')} <= outputs
     assert {'roc.png', 'pr.png'} <= outputs
-    assert utils.read_image(os.path.join(out, 'visulize', '01_test.png')).shape == (1168, 565, 3)
+    assert utils.read_image(os.path.join(out, 'overlays', '01_test.png')).shape == (1168, 565, 3)
 
     # DRIVE's human baseline computed here straight from the shipped GIFs, inside the FOV.
     def read(folder, name):

@@ -37,8 +37,8 @@ def test_readme_main_job_on_a_fresh_copy(tmp_path):
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     evaluation = 'log/demo/evaluations/SYNTH-test_step300_calibrated-on-SYNTH-training'
-    assert f'overlays, probability maps and ROC/PR curves: {evaluation}/visulize/' in result.stdout
-    overlays = glob.glob(str(copy / evaluation / 'visulize' / '*_test.png'))
+    assert f'overlays, probability maps and ROC/PR curves: {evaluation}/overlays/' in result.stdout
+    overlays = glob.glob(str(copy / evaluation / 'overlays' / '*_test.png'))
     assert len(overlays) == 4
     for run in ('log/demo/train_logs', 'log/demo/validation_logs', evaluation):  # TensorBoard's
         assert glob.glob(str(copy / run / 'events.out.tfevents.*')), run  # runs under log/demo

@@ -114,9 +114,9 @@ def test_the_report_opens_from_disk_with_every_row_and_thumbnail(evaluated, tmp_
     assert summary(rendered(page)) == f'{rows} rows, {rows} images shown'
     moved = tmp_path / 'moved'  # a copy without one overlay: the page says which is missing
     shutil.copytree(evaluated, moved)
-    missing = sorted(os.listdir(moved / 'visulize'))[0]  # an image's overlay, before its _prob
+    missing = sorted(os.listdir(moved / 'overlays'))[0]  # an image's overlay, before its _prob
     assert not missing.endswith('_prob.png') and missing not in ('pr.png', 'roc.png')
-    os.remove(moved / 'visulize' / missing)
+    os.remove(moved / 'overlays' / missing)
     dom = rendered(moved / report.REPORT_HTML)
     assert summary(dom) == f'{rows} rows, {rows - 2} images shown'  # predicted and manual rows
-    assert dom.count(f'image missing: visulize/{missing}') == 2
+    assert dom.count(f'image missing: overlays/{missing}') == 2
