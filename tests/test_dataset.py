@@ -195,36 +195,38 @@ def test_large_images_are_cropped_to_image_size():
     assert image.shape == (1, 32, 32, 1) and label.shape == (1, 32, 32)
 
 
-def test_pipelines_split_the_global_batch():
+@pytest.mark.parametrize('pipelines, replicas', [(2, 2), (1, 2), (2, 4)])
+def test_every_layout_of_replicas_draws_the_same_global_batches(pipelines, replicas):
+    """Each worker's input pipeline hands its batches to its replicas in turn (MirroredStrategy's
+    order); replica q of R takes samples q, q + R, ... of each step's global batch of 8, so one
+    worker with 2 replicas, 2 with one each and 2 with two each all train on one stream."""
     examples = [make_example('a', seed=1), make_example('b', seed=2)]
-    ((whole, _, _),) = batches(examples, 1, batch_size=8, patch_size=16, seed=4)
-    parts = []
-    for pipeline in range(2):
-        context = tf.distribute.InputContext(
-            num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2
-        )
-        ((part, _, _),) = batches(
-            examples, 1, batch_size=4, patch_size=16, seed=4, input_context=context
-        )
-        parts.append(part.numpy())
-    np.testing.assert_array_equal(
-        np.concatenate(parts)[np.argsort([0, 2, 4, 6, 1, 3, 5, 7])], whole
-    )
-
-
-def test_replicas_of_one_worker_take_turns_at_each_global_batch():
-    """MirroredStrategy hands a worker's batches to its replicas in turn: elements 2s and 2s+1
-    make step s's global batch, and a stream resumed at step s starts there."""
-    examples = [make_example('a', seed=1), make_example('b', seed=2)]
-    context = tf.distribute.InputContext(
-        num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2
-    )
     whole = batches(examples, 2, batch_size=8, patch_size=16, seed=4)
-    turns = batches(examples, 4, batch_size=4, patch_size=16, seed=4, input_context=context)
-    order = np.argsort([0, 2, 4, 6, 1, 3, 5, 7])
+    local = replicas // pipelines
+    turns = {}  # replica -> its batches, step by step
+    for pipeline in range(pipelines):
+        context = tf.distribute.InputContext(pipelines, pipeline, replicas)
+        stream = batches(
+            examples,
+            2 * local,
+            batch_size=8 // replicas,
+            patch_size=16,
+            seed=4,
+            input_context=context,
+        )
+        for turn, (images, _, _) in enumerate(stream):
+            turns.setdefault(pipeline * local + turn % local, []).append(images.numpy())
     for step in range(2):
-        both = np.concatenate([turns[2 * step][0], turns[2 * step + 1][0]])
-        np.testing.assert_array_equal(both[order], whole[step][0])
+        merged = [turns[sample % replicas][step][sample // replicas] for sample in range(8)]
+        np.testing.assert_array_equal(np.stack(merged), whole[step][0])
+
+
+def test_replicas_of_one_worker_resume_at_the_step_they_stopped_at():
+    """A stream of one worker with 2 replicas, started at step 1, continues where the run from
+    step 0 was after its step 0 (its third and fourth batches)."""
+    examples = [make_example('a', seed=1), make_example('b', seed=2)]
+    context = tf.distribute.InputContext(1, 0, 2)
+    turns = batches(examples, 4, batch_size=4, patch_size=16, seed=4, input_context=context)
     resumed = batches(
         examples, 2, batch_size=4, patch_size=16, seed=4, input_context=context, start_step=1
     )
