@@ -30,17 +30,21 @@ def read_record(name):
         return json.load(stream)
 
 
-def accuracy_rows():
+def accuracy_records():
+    """{name: record} of every bench/results/accuracy_*.json, in name order."""
+    names = sorted(map(os.path.basename, glob.glob(os.path.join(RESULTS, 'accuracy_*.json'))))
+    return {name[: -len('.json')]: read_record(name) for name in names}
+
+
+def accuracy_rows(records):
     rows = [
         '| run | recipe | steps | train minutes | evaluation | ' + ' | '.join(METRICS) + ' |',
         '| --- | --- | --- | --- | --- |' + ' --- |' * len(METRICS),
     ]
     observers = {}
-    for path in sorted(glob.glob(os.path.join(RESULTS, 'accuracy_*.json'))):
-        with open(path) as stream:
-            record = json.load(stream)
+    for name, record in records.items():
         extra = ' '.join(flag for flag in record['recipe'] if 'dice' in flag) or 'CPU recipe'
-        name = os.path.basename(path)[len('accuracy_') : -len('.json')]
+        name = name[len('accuracy_') :]
         runs = record.get('folds') or record.get('runs') or [record]
         if 'folds' in record:
             name += f' ({len(runs)}-fold CV, mean)'
@@ -79,7 +83,7 @@ def seed_groups(records):
     """{group: [each run's evaluations]} for records named accuracy_{group}_seed{N} or
     _seeds{N...} ({name: record}): one group per recipe, one entry per seed it ran."""
     groups = {}
-    for name, record in sorted(records.items()):
+    for name, record in records.items():
         group = re.fullmatch(r'accuracy_(.+)_seeds?\d+', name)
         if group:
             for run in record.get('runs') or [record]:
@@ -104,11 +108,7 @@ def spread_rows(groups):
     return rows
 
 
-def seed_spread_rows():
-    records = {
-        os.path.basename(path)[: -len('.json')]: json.load(open(path))
-        for path in glob.glob(os.path.join(RESULTS, 'accuracy_*.json'))
-    }
+def seed_spread_rows(records):
     groups = seed_groups(records)
     if not groups:
         return []
@@ -424,7 +424,7 @@ def write_between(relative_path, begin, end, rows):
 
 
 def main():
-    cameras = read_record('cross_camera.json')
+    cameras, accuracy = read_record('cross_camera.json'), accuracy_records()
     lines = [
         '# Benchmark results',
         '',
@@ -432,9 +432,9 @@ def main():
         '',
         '## Accuracy on real data, inside the FOV',
         '',
-        *accuracy_rows(),
+        *accuracy_rows(accuracy),
         '',
-        *seed_spread_rows(),
+        *seed_spread_rows(accuracy),
         *cross_dataset_rows(),
         *cross_camera_rows(cameras),
         *agreement_rows(),
