@@ -48,7 +48,7 @@ lint:  ## ruff: the lint rules, then the formatting (ruff format to apply it)
 test: lint  ## lint, then the test suite (5-8 minutes on 2 idle cores)
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
-journey:  ## the README's main command in a fresh copy and virtual environment (CI runs it too)
+journey:  ## the slow tests: the README's main command in a fresh copy, every shipped model's whole card
 	$(PYTHON) -m pytest -q -m slow
 
 figures:  ## regenerate the README's figures in images/ (real data from ../shared/data)

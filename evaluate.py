@@ -433,7 +433,9 @@ def evaluate(predictor, samples, threshold, overlay_dir, config):
             image_counts = metrics.count_pixels(example.label, probability, inside, threshold)
             counts += image_counts
             scores = metrics.scores(image_counts)
-            rows.append({'image': example.name, **scores})
+            rows.append(
+                {'image': example.name, **scores, 'confusion_matrix': image_counts.matrix.tolist()}
+            )
             second_path = label_files.second_observer_path(sample)
             if second_path:
                 second.append(

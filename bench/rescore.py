@@ -12,20 +12,20 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT  # noqa: E402
-from bench.ship import CARD, CARD_JSON, evaluate, render  # noqa: E402
+from bench.ship import CARD, CARD_JSON, card_row, evaluate, render  # noqa: E402
 
 
 def rescore(name):
     folder = os.path.join(ROOT, 'models', name)
     with open(os.path.join(folder, CARD_JSON)) as stream:
         card = json.load(stream)
-    for row in card['evaluations']:
-        metrics = evaluate(folder, row['data'], row['threshold'])
+    for index, row in enumerate(card['evaluations']):
+        new = card_row(row['data'], evaluate(folder, row['data'], row['threshold']))
         print(
             f"{name} {row['data']} at {row['threshold']:.4f}: F1 {row['scores']['F1']:.4f} -> "
-            f"{metrics['scores']['F1']:.4f}"
+            f"{new['scores']['F1']:.4f}"
         )
-        row.update(images=metrics['images'], scores=metrics['scores'])
+        card['evaluations'][index] = new
     card['date'] = time.strftime('%Y-%m-%d')
     with open(os.path.join(folder, CARD_JSON), 'w') as stream:
         json.dump(card, stream, indent=2)

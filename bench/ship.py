@@ -52,6 +52,22 @@ def evaluate(folder, data, threshold=None, calibrate_on=None):
     )
 
 
+def card_row(data, metrics):
+    """One evaluation of the card: the set's scores, and each image's confusion matrix and
+    AUC-ROC (they let a test check the set's figures and re-predict only some of its images)."""
+    per_image = [
+        {key: row[key] for key in ('image', 'confusion_matrix', 'AUC_ROC')}
+        for row in metrics['per_image']
+    ]
+    return {
+        'data': data,
+        'threshold': metrics['threshold'],
+        'images': metrics['images'],
+        'scores': metrics['scores'],
+        'per_image': per_image,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--name', required=True)
@@ -73,15 +89,7 @@ def main():
     evaluations = []
     for data in args.tests.split(','):
         for threshold in (0.5, calibrated):
-            metrics = evaluate(folder, data, threshold)
-            evaluations.append(
-                {
-                    'data': data,
-                    'threshold': threshold,
-                    'images': metrics['images'],
-                    'scores': metrics['scores'],
-                }
-            )
+            evaluations.append(card_row(data, evaluate(folder, data, threshold)))
     with open(os.path.join(folder, run_folder.CONFIG_FILE)) as stream:
         versions = json.load(stream)['versions']
     card = {
