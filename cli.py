@@ -143,6 +143,13 @@ _SHARED_FLAGS = {  # name: (define, default, help[, bounds])
         'Channels of the first U-Net level (the original: 32); 16 is about 4x cheaper.',
         _POSITIVE,
     ),
+    'depth': (
+        flags.DEFINE_integer,
+        4,
+        'Poolings of the U-Net (the original: 4); fewer make a smaller, faster model that sees '
+        'less context.',
+        {'lower_bound': 1, 'upper_bound': 4},
+    ),
     'num_classes': (
         flags.DEFINE_integer,
         2,

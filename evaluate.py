@@ -59,6 +59,7 @@ cli.define_flags(
     'preprocess',
     'transpose_conv',
     'base_channels',
+    'depth',
     'num_classes',
     'visulize',
     'output_dir',
@@ -239,8 +240,8 @@ def load_model(
 
 def check_weights_width(weights, architecture):
     """Refuses, before the model is built (a wide one takes gigabytes), weights whose widest
-    layer is not the architecture's: base_channels * 2 ** DEPTH channels at the bottom."""
-    base = architecture['base_channels'] * 2**model.DEPTH
+    layer is not the architecture's: base_channels * 2 ** depth channels at the bottom."""
+    base = architecture['base_channels'] * 2 ** architecture['depth']
     try:
         with h5py.File(weights, 'r') as stream:
             shapes = []
@@ -256,7 +257,8 @@ def check_weights_width(weights, architecture):
         raise cli.UserError(
             f'{weights}: does not fit the architecture in {run_folder.ARCHITECTURE_FILE} '
             f'(its widest layer has {widest} channels; '
-            f'base_channels={architecture["base_channels"]} has {base})'
+            f'base_channels={architecture["base_channels"]} at depth {architecture["depth"]} '
+            f'has {base})'
         )
 
 

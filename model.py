@@ -17,9 +17,9 @@ from keras import layers
 
 import cli
 
-DEPTH = 4
-MULTIPLE = 2**DEPTH  # input sides must be multiples of this
-ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preprocess')
+DEPTH, MAX_DEPTH = 4, 4  # the original's levels of pooling, and the most a model may have
+MULTIPLE = 2**MAX_DEPTH  # input sides must be multiples of this, whatever the depth
+ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preprocess', 'depth')
 BEST_METRICS = ('F1', 'AUC_ROC', 'loss')  # the best has the highest value, but the lowest loss
 MAX_BASE_CHANNELS = 512  # 16x the original's width; more is no U-Net a machine here can hold
 
@@ -44,17 +44,18 @@ def build_unet(
     base_channels: int = 32,
     transpose_conv: bool = False,
     in_channels: int = 1,
+    depth: int = DEPTH,
 ) -> keras.Model:
-    """U-Net taking (batch, H, W, in_channels) images, H and W multiples of 16, and returning
-    (batch, H, W, num_classes) float32 logits."""
+    """U-Net of `depth` poolings taking (batch, H, W, in_channels) images, H and W multiples of
+    16, and returning (batch, H, W, num_classes) float32 logits."""
     inputs = keras.Input((None, None, in_channels), name='image')
     x, skips = inputs, []
-    for level in range(DEPTH):
+    for level in range(depth):
         x = _conv_block(x, base_channels * 2**level, f'down{level}')
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f'pool{level}')(x)
-    x = _conv_block(x, base_channels * 2**DEPTH, 'bottom')
-    for level in reversed(range(DEPTH)):
+    x = _conv_block(x, base_channels * 2**depth, 'bottom')
+    for level in reversed(range(depth)):
         channels = base_channels * 2**level
         x = _upsample(x, channels, transpose_conv, f'up{level}')
         x = layers.Concatenate(name=f'up{level}_concat')([skips[level], x])
@@ -74,6 +75,7 @@ def build_from_architecture(architecture: dict) -> keras.Model:
         architecture['base_channels'],
         architecture['transpose_conv'],
         in_channels(architecture['preprocess']),
+        architecture['depth'],
     )
 
 

@@ -35,7 +35,7 @@ from absl import logging
 import cli
 import fileio
 import scale
-from model import ARCHITECTURE_KEYS, BEST_METRICS, MAX_BASE_CHANNELS
+from model import ARCHITECTURE_KEYS, BEST_METRICS, DEPTH, MAX_BASE_CHANNELS, MAX_DEPTH
 
 ARCHITECTURE_FILE = 'architecture.json'
 SCALE_FILE = 'scale.json'  # the FOV diameter of the training images, which evaluate.py matches
@@ -56,7 +56,10 @@ ARCHITECTURE_FIELDS = {
     ),
     'transpose_conv': (fileio.is_bool, 'true or false'),
     'preprocess': (fileio.is_bool, 'true or false'),
+    'depth': (fileio.is_integer(1, MAX_DEPTH), f'an integer from 1 to {MAX_DEPTH}'),
 }
+# Settings newer than some run folders, with the value those runs were trained with.
+ADDED_SETTINGS = {'depth': DEPTH}
 SCALE_FIELDS = {
     'fov_diameter': (
         fileio.is_number(scale.MIN_FOV_DIAMETER, scale.MAX_FOV_DIAMETER),
@@ -121,7 +124,8 @@ def read_config(logdir: str, setting_fields: fileio.Fields) -> tuple[dict, list]
     )
     if saved is None:
         return None
-    settings = fileio.check_fields(path, saved['settings'], setting_fields, prefix='settings.')
+    settings = {**ADDED_SETTINGS, **saved['settings']}
+    settings = fileio.check_fields(path, settings, setting_fields, prefix='settings.')
     return settings, [list(knot) for knot in saved['learning_rate_knots']]
 
 
@@ -159,10 +163,12 @@ def save_architecture(logdir: str, architecture: dict) -> None:
 
 def load_architecture(logdir: str) -> dict | None:
     """The architecture saved by train.py in `logdir`, or None where there is none."""
-    saved = fileio.read_json(
-        os.path.join(logdir, ARCHITECTURE_FILE), ARCHITECTURE_FIELDS, missing_ok=True
-    )
-    return saved and {key: saved[key] for key in ARCHITECTURE_KEYS}
+    path = os.path.join(logdir, ARCHITECTURE_FILE)
+    saved = fileio.read_json(path, {}, missing_ok=True)
+    if saved is None:
+        return None
+    saved = fileio.check_fields(path, {**ADDED_SETTINGS, **saved}, ARCHITECTURE_FIELDS)
+    return {key: saved[key] for key in ARCHITECTURE_KEYS}
 
 
 def save_scale(logdir: str, model_scale: scale.ModelScale) -> None:

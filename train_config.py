@@ -28,6 +28,7 @@ class TrainConfig:
     # the model (also written to architecture.json, which evaluate.py reads)
     num_classes: int = 2
     base_channels: int = 32
+    depth: int = model.DEPTH
     transpose_conv: bool = False
     preprocess: bool = False
     # the data
@@ -77,6 +78,7 @@ cli.define_flags(
     'preprocess',
     'transpose_conv',
     'base_channels',
+    'depth',
     'num_classes',
 )
 flags.DEFINE_float(

@@ -620,13 +620,17 @@ def test_weights_of_another_width_are_refused_before_the_model_is_built(trained,
     logdir = tmp_path / 'log'
     shutil.copytree(trained, logdir)
     architecture = json.load(open(logdir / 'architecture.json'))
-    (logdir / 'architecture.json').write_text(json.dumps({**architecture, 'base_channels': 512}))
-    result = run_here('evaluate.py', f'--logdir={logdir}', f'--predict={tmp_path}/none*')
-    assert result.returncode == 2
-    assert last_line(result.stderr) == (  # the trained run is base 8: 128 channels at the bottom
-        f'error: {logdir}/model.weights.h5: does not fit the architecture in architecture.json '
-        '(its widest layer has 128 channels; base_channels=512 has 8192)'
-    )
+    for change, expected in (
+        ({'base_channels': 512}, 'base_channels=512 at depth 4 has 8192'),
+        ({'depth': 2}, 'base_channels=8 at depth 2 has 32'),
+    ):
+        (logdir / 'architecture.json').write_text(json.dumps({**architecture, **change}))
+        result = run_here('evaluate.py', f'--logdir={logdir}', f'--predict={tmp_path}/none*')
+        assert result.returncode == 2
+        assert last_line(result.stderr) == (  # the trained run: base 8, depth 4, 128 at the bottom
+            f'error: {logdir}/model.weights.h5: does not fit the architecture in '
+            f'architecture.json (its widest layer has 128 channels; {expected})'
+        )
 
 
 def test_an_evaluation_runs_in_process_from_its_config_alone(trained, synthetic, tmp_path):

@@ -8,7 +8,7 @@ import model
 import run_folder
 
 
-def expected_parameters(base, in_channels, classes, transpose_conv):
+def expected_parameters(base, in_channels, classes, transpose_conv, depth=4):
     """Counted by hand from the layers: 3x3 convs without bias, batch norm (4 per channel:
     gamma, beta, moving mean and variance), 2x2 transposed or 1x1 upsampling convs with bias,
     and a 1x1 head with bias."""
@@ -17,11 +17,11 @@ def expected_parameters(base, in_channels, classes, transpose_conv):
         return 9 * cin * cout + 4 * cout + 9 * cout * cout + 4 * cout
 
     total, cin = 0, in_channels
-    for level in range(4):
+    for level in range(depth):
         total += block(cin, base * 2**level)
         cin = base * 2**level
-    total += block(cin, base * 16)
-    for level in reversed(range(4)):
+    total += block(cin, base * 2**depth)
+    for level in reversed(range(depth)):
         channels = base * 2**level
         kernel = 4 if transpose_conv else 1
         total += kernel * 2 * channels * channels + channels  # from 2*channels below
@@ -46,6 +46,15 @@ def test_both_upsampling_modes_give_the_same_shapes(base):
     assert model.build_unet(2, base, True, 1).count_params() == expected_parameters(
         base, 1, 2, True
     )
+
+
+@pytest.mark.parametrize('depth', [1, 2, 3])
+def test_a_shallower_net_has_fewer_levels_and_the_same_output_shape(depth):
+    unet = model.build_unet(2, 8, False, 1, depth)
+    assert unet.count_params() == expected_parameters(8, 1, 2, False, depth)
+    assert unet.get_layer('bottom_conv1').output.shape[-1] == 8 * 2**depth
+    image = np.random.default_rng(0).random((1, 48, 32, 1), np.float32)
+    assert model.predict_probabilities(unet, image).shape == (1, 48, 32, 2)
 
 
 @pytest.mark.parametrize('height, width', [(37, 53), (584, 565), (16, 17)])
@@ -73,16 +82,25 @@ def utils_softmax(logits):
 
 
 def test_architecture_round_trip_and_conflicts(tmp_path):
-    saved = {'num_classes': 2, 'base_channels': 16, 'transpose_conv': True, 'preprocess': True}
+    saved = {
+        'num_classes': 2,
+        'base_channels': 16,
+        'transpose_conv': True,
+        'preprocess': True,
+        'depth': 3,
+    }
     run_folder.save_architecture(str(tmp_path), saved)
     assert run_folder.load_architecture(str(tmp_path)) == saved
     assert model.check_architecture(saved, {'base_channels': 16}, 'x') == saved
     with pytest.raises(
         cli.UserError,
         match=r'x holds a model of another architecture: '
-        r'--base_channels=32 \(trained with 16\), --transpose_conv=False \(trained with True\)',
+        r'--base_channels=32 \(trained with 16\), --transpose_conv=False \(trained with True\), '
+        r'--depth=4 \(trained with 3\)',
     ):
-        model.check_architecture(saved, {'transpose_conv': False, 'base_channels': 32}, 'x')
+        model.check_architecture(
+            saved, {'transpose_conv': False, 'base_channels': 32, 'depth': 4}, 'x'
+        )
     (tmp_path / run_folder.ARCHITECTURE_FILE).write_text('{"num_classes": 2}')
     with pytest.raises(cli.UserError, match='architecture.json: "base_channels" is missing'):
         run_folder.load_architecture(str(tmp_path))

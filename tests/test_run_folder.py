@@ -15,6 +15,7 @@ import pytest
 import cli
 from conftest import (
     ROOT,
+    TRAINED_DEPTH,
     checkpoint_step,
     evaluation_dir,
     interrupt,
@@ -69,7 +70,7 @@ def test_corrupt_checkpoint_state_resumes_from_the_intact_checkpoints(
             'empty': '',
         }[damage]
     )
-    train_here(logdir, synthetic['training'], max_iters=205, save_interval=5)
+    train_here(logdir, synthetic['training'], max_iters=205, save_interval=5, depth=TRAINED_DEPTH)
     assert 'resuming at step 200 of 205' in logs()
     assert steps_of(read_events(logdir), 'train/loss') == list(range(1, 206))
     assert sorted(p.name for p in (logdir / 'checkpoints').glob('*.index')) == [
@@ -86,7 +87,7 @@ def test_an_unreadable_newest_checkpoint_is_skipped_with_a_warning(
     logdir = copy_run(trained, tmp_path)
     data = logdir / 'checkpoints' / 'ckpt-200.data-00000-of-00001'
     data.write_bytes(data.read_bytes()[:1000])
-    train_here(logdir, synthetic['training'], max_iters=110, save_interval=5)
+    train_here(logdir, synthetic['training'], max_iters=110, save_interval=5, depth=TRAINED_DEPTH)
     assert 'unreadable checkpoints skipped (ckpt-200: ' in logs()
     assert 'resuming at step 100 of 110' in logs()
     # The steps 101-200 written by the first run were trimmed: each step appears once.
@@ -101,7 +102,7 @@ def test_no_readable_checkpoint_stops_and_changes_nothing(trained, synthetic, tm
         data.write_bytes(b'')
     before = tree_digest(logdir)
     with pytest.raises(cli.UserError) as error:
-        train_here(logdir, synthetic['training'], max_iters=400)
+        train_here(logdir, synthetic['training'], max_iters=400, depth=TRAINED_DEPTH)
     assert str(error.value).startswith(
         f'{logdir}/checkpoints: no checkpoint can be read (ckpt-200: '
     )
@@ -114,7 +115,7 @@ def test_weights_without_checkpoints_are_never_overwritten(trained, synthetic, t
     shutil.rmtree(logdir / 'checkpoints')
     before = tree_digest(logdir)
     with pytest.raises(cli.UserError) as error:
-        train_here(logdir, synthetic['training'], max_iters=400)
+        train_here(logdir, synthetic['training'], max_iters=400, depth=TRAINED_DEPTH)
     assert str(error.value) == (
         f'--logdir={logdir} holds trained weights ({logdir}/model.weights.h5) but no '
         f'checkpoint to resume from ({logdir}/checkpoints is missing or empty); train into a new '
@@ -158,21 +159,25 @@ def test_kill_during_a_save_leaves_leftovers_that_the_next_run_removes(
         (logdir / folder / '.tmp.xyz.part').write_bytes(b'half')
     (logdir / 'checkpoints' / 'ckpt-250_temp').mkdir()
     (logdir / 'checkpoints' / 'ckpt-250_temp' / 'part-00000-of-00001.index').write_bytes(b'x')
-    train_here(logdir, synthetic['training'], max_iters=202)
+    train_here(logdir, synthetic['training'], max_iters=202, depth=TRAINED_DEPTH)
     assert leftovers(logdir) == []
 
 
 def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, synthetic, logs):
-    with tmpfs(tmp_path / 'small', '14m') as disk:
+    with tmpfs(tmp_path / 'small', '14m') as disk:  # a save of the original's depth: ~4 MiB
         logdir = disk / 'log'
         with pytest.raises(cli.UserError) as error:
-            train_here(logdir, synthetic['training'], max_iters=8, save_interval=2)
+            train_here(
+                logdir, synthetic['training'], max_iters=8, save_interval=2, depth=TRAINED_DEPTH
+            )
         assert str(error.value).startswith(f'--logdir={logdir}: the disk is full (')
         assert str(error.value).endswith(f'the last good checkpoint is {logdir}/checkpoints/ckpt-2')
         assert leftovers(logdir) == []
         moved = tmp_path / 'moved'
         shutil.copytree(logdir, moved)
-    train_here(moved, synthetic['training'], max_iters=8, save_interval=2)  # a moved logdir
+    train_here(
+        moved, synthetic['training'], max_iters=8, save_interval=2, depth=TRAINED_DEPTH
+    )  # moved
     assert 'resuming at step 2 of 8' in logs()
     assert steps_of(read_events(moved), 'train/loss') == list(range(1, 9))
 
@@ -188,7 +193,7 @@ def test_read_only_logdir_is_one_line_and_evaluate_writes_elsewhere(trained, syn
             match=f'^--logdir={logdir}: cannot write there '
             r'\(Read-only file system\)$',
         ):
-            train_here(logdir, synthetic['training'], max_iters=210)
+            train_here(logdir, synthetic['training'], max_iters=210, depth=TRAINED_DEPTH)
         evaluate = ['evaluate.py', f'--logdir={logdir}', f'--label_file_path={synthetic["test"]}']
         result = run_here(*evaluate)
         assert result.returncode == 2
@@ -246,7 +251,7 @@ def test_resume_after_a_finished_run_rewrites_weights_from_the_checkpoint(
     original = tmp_path / 'original.weights.h5'
     shutil.copy(weights, original)
     weights.write_bytes(b'stale')  # as if killed between the last checkpoint and the export
-    train_here(logdir, synthetic['training'], max_iters=200, save_interval=100)
+    train_here(logdir, synthetic['training'], max_iters=200, save_interval=100, depth=TRAINED_DEPTH)
     assert 'already trained to --max_iters=200' in logs()
     assert same_weights(weights, original)
 

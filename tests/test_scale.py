@@ -17,7 +17,7 @@ import model
 import run_folder
 import scale
 import utils
-from conftest import ROOT, last_line, require_shared, run_here, train_here
+from conftest import ROOT, TRAINED_DEPTH, last_line, require_shared, run_here, train_here
 
 
 def disc_mask(size, diameter):
@@ -181,7 +181,7 @@ def test_training_records_the_scale_it_learned(trained, synthetic):
 def test_a_rerun_of_a_finished_run_keeps_its_vessel_calibre(trained, synthetic, tmp_path):
     logdir = tmp_path / 'log'
     shutil.copytree(trained, logdir)
-    train_here(logdir, synthetic['training'], max_iters=200, save_interval=100)
+    train_here(logdir, synthetic['training'], max_iters=200, save_interval=100, depth=TRAINED_DEPTH)
     assert run_folder.load_scale(logdir) == run_folder.load_scale(trained)
     assert run_folder.load_scale(logdir).vessel_calibre is not None
 

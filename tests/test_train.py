@@ -55,6 +55,7 @@ def test_loss_falls_and_summaries_are_complete(trained):
     )
     assert json.load(open(os.path.join(trained, 'architecture.json'))) == {
         'base_channels': 8,
+        'depth': 4,
         'num_classes': 2,
         'preprocess': True,
         'transpose_conv': False,

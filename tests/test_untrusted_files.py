@@ -121,6 +121,21 @@ def test_the_shipped_config_reads_back():
     )
 
 
+def test_a_run_saved_before_depth_was_a_setting_has_the_original_depth(tmp_path):
+    """The shipped models' architecture.json and config.json predate --depth: they read as the
+    original's 4 poolings; a depth the model cannot have is refused."""
+    folder = os.path.join('models', 'drive')
+    assert 'depth' not in json.load(open(os.path.join(folder, run_folder.ARCHITECTURE_FILE)))
+    assert run_folder.load_architecture(folder)['depth'] == 4
+    assert train_config.load_saved(folder)[0].depth == 4
+    architecture = {'num_classes': 2, 'base_channels': 8, 'transpose_conv': False}
+    (tmp_path / run_folder.ARCHITECTURE_FILE).write_text(
+        json.dumps({**architecture, 'preprocess': True, 'depth': 5})
+    )
+    with pytest.raises(cli.UserError, match='"depth" must be an integer from 1 to 4, found 5'):
+        run_folder.load_architecture(str(tmp_path))
+
+
 def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
     notes = tmp_path / 'notes.txt'
     notes.write_text('my notes\n')
