@@ -287,7 +287,7 @@ def trained(tmp_path_factory, synthetic):
     """The logdir of a tiny model of the original's depth trained 200 steps on the synthetic
     set."""
     logdir = str(tmp_path_factory.mktemp('run') / 'log')
-    result = run_script(
+    result = run_here(
         'train.py',
         f'--logdir={logdir}',
         f'--label_file_path={synthetic["training"]}',
