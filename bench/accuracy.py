@@ -226,7 +226,7 @@ def spread(runs, evaluation):
     }
 
 
-def main():
+def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('dataset', choices=['drive', 'chase'])
     parser.add_argument(
@@ -251,7 +251,11 @@ def main():
         action='store_true',
         help='evaluate the models an earlier run trained, without training',
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = parse_arguments()
     logging.set_verbosity(logging.INFO)
     extra_flags = args.train_flags.split()
     name = args.dataset + (f'_{args.tag}' if args.tag else '')
@@ -285,9 +289,15 @@ def main():
     path = os.path.join(RESULTS, f'accuracy_{name}.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)
+    print_table(record, runs)
+    print(f'wrote {path}')
+
+
+def print_table(record, runs):
+    """The record's mean +- standard deviation per evaluation, as a markdown table."""
     print(
-        f'| {folder}, {runs[0]["steps"]} steps, mean +- std of {len(runs)} runs | F1 | AUC-ROC '
-        '| IoU | Se | Sp | Acc |'
+        f'| {record["dataset"]}, {runs[0]["steps"]} steps, mean +- std of {len(runs)} runs | F1 '
+        '| AUC-ROC | IoU | Se | Sp | Acc |'
     )
     for evaluation, entry in record['evaluations'].items():
         print(
@@ -298,7 +308,6 @@ def main():
             )
             + ' |'
         )
-    print(f'wrote {path}')
 
 
 if __name__ == '__main__':

@@ -224,7 +224,7 @@ def cameras(evaluate_only):
     print(f'wrote {path}')
 
 
-def main():
+def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument(
         '--folds',
@@ -233,25 +233,59 @@ def main():
     )
     parser.add_argument('--evaluate_only', action='store_true')
     parser.add_argument('--cameras', action='store_true', help='the four-camera benchmark')
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = parse_arguments()
     logging.set_verbosity(logging.INFO)
     os.chdir(ROOT)  # the runs' label files are relative to it
     if args.cameras:
         return cameras(args.evaluate_only)
+    two_cameras(args)
+
+
+def chase_rows(drive_scores, chase_only, folds, fold_names):
+    """The CHASE_DB1 rows: the DRIVE model on all 20 images, CHASE_DB1's own cross-validation,
+    the combined model on its held-out folds (and, for a subset of folds, the CHASE-only models
+    of the same folds beside it)."""
+    chase_cv = chase_only['evaluations']['threshold 0.5']['scores']
+    chase_cv = {key: chase_cv[key] for key in METRICS}
+    which = f"fold{'s' * (len(folds) > 1)} {fold_names}"
+    held_out = f"{which} held out, {sum(len(fold['test_images']) for fold in folds)} images"
+    rows = {
+        'DRIVE': {'images': 'all 20', **drive_scores},
+        'CHASE_DB1': {
+            'images': f'{FOLDS}-fold CV, mean (bench/results/accuracy_chase.json)',
+            'rescaled': chase_cv,
+            'native': chase_cv,
+        },
+        'DRIVE + CHASE_DB1': {
+            'images': held_out,
+            'rescaled': mean_over(folds, 'rescaled'),
+            'native': mean_over(folds, 'native'),
+        },
+    }
+    if len(folds) < FOLDS:
+        rows[f'CHASE_DB1, {which} only'] = {
+            'images': f'{held_out} (accuracy_chase.json)',
+            **dict.fromkeys(('rescaled', 'native'), mean_over(folds, 'chase_only')),
+        }
+    return rows
+
+
+def two_cameras(args):
+    """The DRIVE and CHASE_DB1 tables: each shipped model on DRIVE test and CHASE_DB1, and the
+    combined model's CHASE_DB1 folds."""
     data = prepare_data('DRIVE', 'CHASEDB1')
     drive_test = os.path.join(data, 'DRIVE', 'test.txt')
     chase_all = os.path.join(data, 'CHASEDB', 'training.txt')
     models = {label: os.path.join(ROOT, 'models', name) for label, name in MODELS.items()}
-    drive_scores = both_ways(models['DRIVE'], chase_all, 'drive_chase-all')
     with open(os.path.join(RESULTS, 'accuracy_chase.json')) as stream:
         chase_only = json.load(stream)
     folds = combined_folds(
         data, [int(fold) for fold in args.folds.split(',')], chase_only['folds'], args.evaluate_only
     )
-    chase_cv = chase_only['evaluations']['threshold 0.5']['scores']
-    chase_cv = {key: chase_cv[key] for key in METRICS}
-    which = f"fold{'s' * (len(folds) > 1)} {args.folds}"
-    held_out = f"{which} held out, {sum(len(fold['test_images']) for fold in folds)} images"
     record = {
         'date': time.strftime('%Y-%m-%d'),
         'threshold': 0.5,
@@ -260,26 +294,11 @@ def main():
             label: both_ways(models[label], drive_test, f'{name}_drive-test')
             for label, name in MODELS.items()
         },
-        'CHASE_DB1': {
-            'DRIVE': {'images': 'all 20', **drive_scores},
-            'CHASE_DB1': {
-                'images': f'{FOLDS}-fold CV, mean (bench/results/accuracy_chase.json)',
-                'rescaled': chase_cv,
-                'native': chase_cv,
-            },
-            'DRIVE + CHASE_DB1': {
-                'images': held_out,
-                'rescaled': mean_over(folds, 'rescaled'),
-                'native': mean_over(folds, 'native'),
-            },
-        },
+        'CHASE_DB1': chase_rows(
+            both_ways(models['DRIVE'], chase_all, 'drive_chase-all'), chase_only, folds, args.folds
+        ),
         'combined_folds': folds,
     }
-    if len(folds) < FOLDS:  # a subset: the CHASE-only models of the same folds beside it
-        record['CHASE_DB1'][f'CHASE_DB1, {which} only'] = {
-            'images': f'{held_out} (accuracy_chase.json)',
-            **dict.fromkeys(('rescaled', 'native'), mean_over(folds, 'chase_only')),
-        }
     path = os.path.join(RESULTS, 'cross_dataset.json')
     with open(path, 'w') as stream:
         json.dump(record, stream, indent=2)

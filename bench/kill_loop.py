@@ -61,27 +61,19 @@ def leftovers(logdir):
     )
 
 
-def main():
+def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--kills', type=int, default=30)
     parser.add_argument('--max_iters', type=int, default=500)
     parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
-    work = tempfile.mkdtemp(prefix='kill_loop_')
-    preprocess.generate_synthetic(os.path.join(work, 'raw', 'SYNTH'), 8, 2, 128, seed=0)
-    preprocess.process(os.path.join(work, 'raw'), os.path.join(work, 'data'))
-    logdir = os.path.join(work, 'log')
-    command = [
-        sys.executable,
-        os.path.join(ROOT, 'train.py'),
-        f'--logdir={logdir}',
-        f'--label_file_path={os.path.join(work, "data", "SYNTH", "training.txt")}',
-        f'--max_iters={args.max_iters}',
-        *TRAINING,
-    ]
-    started, killed = time.time(), 0
-    for start in range(args.kills):
+    return parser.parse_args()
+
+
+def kill_repeatedly(command, kills, rng, logdir):
+    """Starts `command` up to `kills` times, each killed with SIGKILL after 5-15 s unless it
+    finished first; returns how many were killed."""
+    killed = 0
+    for start in range(kills):
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -97,6 +89,26 @@ def main():
             process.wait()
             killed += 1
         print(f'start {start + 1}: killed; steps in TensorBoard so far {len(loss_steps(logdir))}')
+    return killed
+
+
+def main():
+    args = parse_arguments()
+    rng = random.Random(args.seed)
+    work = tempfile.mkdtemp(prefix='kill_loop_')
+    preprocess.generate_synthetic(os.path.join(work, 'raw', 'SYNTH'), 8, 2, 128, seed=0)
+    preprocess.process(os.path.join(work, 'raw'), os.path.join(work, 'data'))
+    logdir = os.path.join(work, 'log')
+    command = [
+        sys.executable,
+        os.path.join(ROOT, 'train.py'),
+        f'--logdir={logdir}',
+        f'--label_file_path={os.path.join(work, "data", "SYNTH", "training.txt")}',
+        f'--max_iters={args.max_iters}',
+        *TRAINING,
+    ]
+    started = time.time()
+    killed = kill_repeatedly(command, args.kills, rng, logdir)
     final = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     steps = loss_steps(logdir)
     result = {

@@ -116,13 +116,6 @@ def main():
 
 def render(card):
     """MODEL.md from card.json."""
-    rows = [
-        f"| {e['data']} | {e['images']} | {e['threshold']:.4f} | "
-        + ' | '.join(f"{e['scores'][key]:.4f}" for key in METRICS)
-        + ' |'
-        for e in card['evaluations']
-    ]
-    weights = run_folder.weights_path(os.path.join('models', card['name']))
     return '\n'.join(
         [
             f"# Model card: {card['name']}",
@@ -134,46 +127,65 @@ def render(card):
             f"python evaluate.py --logdir=models/{card['name']} --predict='photos/*.jpg'",
             '```',
             '',
-            '## Training',
-            '',
-            '```bash',
-            'python preprocess.py --data_dir=../shared/data   # DRIVE, CHASEDB1, STARE, HRF',
-            card['command'],
-            '```',
-            '',
-            f"- Code: commit {card['commit']} of this repository.",
-            f"- Data: {card['training_data']} (label files written by preprocess.py).",
-            f"- Steps: {card['steps']}; training loop "
-            f"{card['training_loop_seconds'] / 60:.1f} minutes "
-            f"on {card['machine']}, TensorFlow {card['versions']['tensorflow']}, Keras "
-            f"{card['versions']['keras']}.",
-            f"- Scale: the training images' median FOV diameter is {card['fov_diameter']} px "
-            '(scale.json); evaluate.py resizes every image to it before predicting and maps the '
-            'probabilities back.',
-            f"- Calibrated threshold: {card['calibrated_threshold']:.4f} (the best F1 on the "
-            'training images, `evaluate.py --calibrate_on`).',
-            f"- Files: architecture.json, scale.json, config.json (every setting), {weights}.",
-            '',
-            '## Metrics',
-            '',
-            'Inside the FOV, at native resolution, with rescaling (the default). '
-            'Reproduce one with `python evaluate.py --logdir=models/'
-            f"{card['name']} --label_file_path=data/DATA.txt --threshold=T`; "
-            '`tests/test_shipped_models.py` does, to 1e-4.',
-            '',
-            '| data | images | threshold | ' + ' | '.join(METRICS) + ' |',
-            '| --- | --- | --- |' + ' --- |' * len(METRICS),
-            *rows,
-            '',
-            'Each figure is of this one trained model (one run). Between training runs of the CPU '
-            'recipe with other seeds, DRIVE test F1 varies by a standard deviation of about 0.001 '
-            '(README, Results): a difference smaller than that is a tie.',
-            '',
+            *_training_section(card),
+            *_metrics_section(card),
             *([card['notes'], ''] if card['notes'] else []),
             f"Measured {card['date']}.",
             '',
         ]
     )
+
+
+def _training_section(card):
+    weights = run_folder.weights_path(os.path.join('models', card['name']))
+    return [
+        '## Training',
+        '',
+        '```bash',
+        'python preprocess.py --data_dir=../shared/data   # DRIVE, CHASEDB1, STARE, HRF',
+        card['command'],
+        '```',
+        '',
+        f"- Code: commit {card['commit']} of this repository.",
+        f"- Data: {card['training_data']} (label files written by preprocess.py).",
+        f"- Steps: {card['steps']}; training loop "
+        f"{card['training_loop_seconds'] / 60:.1f} minutes "
+        f"on {card['machine']}, TensorFlow {card['versions']['tensorflow']}, Keras "
+        f"{card['versions']['keras']}.",
+        f"- Scale: the training images' median FOV diameter is {card['fov_diameter']} px "
+        '(scale.json); evaluate.py resizes every image to it before predicting and maps the '
+        'probabilities back.',
+        f"- Calibrated threshold: {card['calibrated_threshold']:.4f} (the best F1 on the "
+        'training images, `evaluate.py --calibrate_on`).',
+        f"- Files: architecture.json, scale.json, config.json (every setting), {weights}.",
+        '',
+    ]
+
+
+def _metrics_section(card):
+    rows = [
+        f"| {e['data']} | {e['images']} | {e['threshold']:.4f} | "
+        + ' | '.join(f"{e['scores'][key]:.4f}" for key in METRICS)
+        + ' |'
+        for e in card['evaluations']
+    ]
+    return [
+        '## Metrics',
+        '',
+        'Inside the FOV, at native resolution, with rescaling (the default). '
+        'Reproduce one with `python evaluate.py --logdir=models/'
+        f"{card['name']} --label_file_path=data/DATA.txt --threshold=T`; "
+        '`tests/test_shipped_models.py` does, to 1e-4.',
+        '',
+        '| data | images | threshold | ' + ' | '.join(METRICS) + ' |',
+        '| --- | --- | --- |' + ' --- |' * len(METRICS),
+        *rows,
+        '',
+        'Each figure is of this one trained model (one run). Between training runs of the CPU '
+        'recipe with other seeds, DRIVE test F1 varies by a standard deviation of about 0.001 '
+        '(README, Results): a difference smaller than that is a tie.',
+        '',
+    ]
 
 
 if __name__ == '__main__':

@@ -334,13 +334,29 @@ def peak_memory_mib(base):
     return {'before_predict': round(float(out[0])), 'peak': round(float(out[1]))}
 
 
-def main():
-    if not os.path.isdir(os.path.join(SHARED, 'DRIVE')):
-        sys.exit('DRIVE is not in ../shared/data: nothing to measure')
-    drive = drive_data()
-    examples = dataset.load_label_files(os.path.join(drive, 'training.txt'), preprocess=True)
-    gpus = tf.config.list_physical_devices('GPU')
-    path = os.path.join(RESULTS, 'throughput_gpu.json' if gpus else 'throughput.json')
+def training_rates(drive, examples, name, setting):
+    """Steps and megapixels per second of one training setting: train.py, and in memory."""
+    side = setting['patch_size'] or setting['image_size']
+    megapixels = setting['batch'] * side * side / 1e6
+    rates = {
+        'train_script': train_script_rate(os.path.join(drive, 'training.txt'), setting, name),
+        **in_memory_rates(examples, setting),
+    }
+    result = {
+        'setting': setting,
+        'steps_per_sec': {k: round(v, 3) for k, v in rates.items()},
+        'megapixels_per_sec': {
+            k: round(v * megapixels, 3) for k, v in rates.items() if k != 'pipeline_only'
+        },
+        'train_script_over_pure_compute': round(rates['train_script'] / rates['pure_compute'], 3),
+    }
+    print(name, json.dumps(result), flush=True)
+    return result
+
+
+def remeasure_one_part(path, examples):
+    """With --pipeline_only, --photos_only or --loop_only: measures that part again into the
+    record at `path`; returns whether it did."""
     only = {
         '--pipeline_only': ('pipeline_per_core', lambda: pipeline_per_core(examples)),
         '--photos_only': ('photos', photo_cost.measure),
@@ -353,7 +369,20 @@ def main():
             record[key] = measure()
             with open(path, 'w') as stream:
                 json.dump(record, stream, indent=2)
-            return print(f'wrote {path}')
+            print(f'wrote {path}')
+            return True
+    return False
+
+
+def main():
+    if not os.path.isdir(os.path.join(SHARED, 'DRIVE')):
+        sys.exit('DRIVE is not in ../shared/data: nothing to measure')
+    drive = drive_data()
+    examples = dataset.load_label_files(os.path.join(drive, 'training.txt'), preprocess=True)
+    gpus = tf.config.list_physical_devices('GPU')
+    path = os.path.join(RESULTS, 'throughput_gpu.json' if gpus else 'throughput.json')
+    if remeasure_one_part(path, examples):
+        return
     record = {
         'machine': platform.processor() or platform.machine(),
         'cpus': os.cpu_count(),
@@ -362,26 +391,11 @@ def main():
         else None,
         'tensorflow': tf.__version__,
         'date': time.strftime('%Y-%m-%d'),
-        'training': {},
+        'training': {
+            name: training_rates(drive, examples, name, setting)
+            for name, setting in {**SETTINGS, **(GPU_SETTINGS if gpus else {})}.items()
+        },
     }
-    for name, setting in {**SETTINGS, **(GPU_SETTINGS if gpus else {})}.items():
-        side = setting['patch_size'] or setting['image_size']
-        megapixels = setting['batch'] * side * side / 1e6
-        rates = {
-            'train_script': train_script_rate(os.path.join(drive, 'training.txt'), setting, name),
-            **in_memory_rates(examples, setting),
-        }
-        record['training'][name] = {
-            'setting': setting,
-            'steps_per_sec': {k: round(v, 3) for k, v in rates.items()},
-            'megapixels_per_sec': {
-                k: round(v * megapixels, 3) for k, v in rates.items() if k != 'pipeline_only'
-            },
-            'train_script_over_pure_compute': round(
-                rates['train_script'] / rates['pure_compute'], 3
-            ),
-        }
-        print(name, json.dumps(record['training'][name]), flush=True)
     record['inference'] = {
         f'base{base}': {
             'drive_test_20_images_seconds': evaluation_seconds(drive, base),
