@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import features  # noqa: E402
 import fileio  # noqa: E402
 import fov  # noqa: E402
+import label_files  # noqa: E402
 import report  # noqa: E402
 import utils  # noqa: E402
 from bench.common import RESULTS, ROOT, SHARED, WORK, run  # noqa: E402
@@ -35,7 +36,7 @@ from bench.common import RESULTS, ROOT, SHARED, WORK, run  # noqa: E402
 COMPARED = features.COLUMNS[features.COLUMNS.index('vessel_density') :]  # every measured one
 
 
-def label_files():
+def agreement_sets():
     """{set: (model, label file)}, writing the label files of the sets preprocess.py does not
     prepare into bench/work/agreement."""
     folder = os.path.join(WORK, 'agreement')
@@ -47,6 +48,13 @@ def label_files():
             os.path.join(ROOT, 'data', 'CHASEDB', 'training.txt'),
         ),
     }
+    sets['HRF (unseen camera)'] = ('drive_chase', hrf_label_file(folder))
+    sets['STARE (unseen camera)'] = ('drive_chase', stare_label_file(folder))
+    return sets
+
+
+def hrf_label_file(folder):
+    """HRF's training half as downloaded: its images, manual1 labels and mask FOVs."""
     hrf = os.path.join(SHARED, 'HRF')
     names = sorted(os.path.basename(path) for path in glob.glob(os.path.join(hrf, 'images', '*')))
     rows = [
@@ -54,15 +62,14 @@ def label_files():
         for name in names
         for stem in [os.path.splitext(name)[0]]
     ]
-    sets['HRF (unseen camera)'] = (
-        'drive_chase',
-        write_label_file(
-            folder,
-            'hrf.txt',
-            [os.path.join(hrf, part) for part in ('images', 'manual1', 'mask')],
-            rows,
-        ),
+    return write_label_file(
+        folder, 'hrf.txt', [os.path.join(hrf, part) for part in ('images', 'manual1', 'mask')], rows
     )
+
+
+def stare_label_file(folder):
+    """STARE's training half: its images and ah labels, with FOV masks derived from the images
+    (STARE ships none)."""
     stare = os.path.join(SHARED, 'STARE')
     masks = os.path.join(folder, 'stare_masks')
     os.makedirs(masks, exist_ok=True)
@@ -73,16 +80,12 @@ def label_files():
             os.path.join(masks, f'{stem}.png'), 255 * fov.derive(utils.read_image(path))
         )
         rows.append((f'{stem}.ppm', f'{stem}.ah.ppm', f'{stem}.png'))
-    sets['STARE (unseen camera)'] = (
-        'drive_chase',
-        write_label_file(
-            folder,
-            'stare.txt',
-            [os.path.join(stare, 'stare-images'), os.path.join(stare, 'labels-ah'), masks],
-            rows,
-        ),
+    return write_label_file(
+        folder,
+        'stare.txt',
+        [os.path.join(stare, 'stare-images'), os.path.join(stare, 'labels-ah'), masks],
+        rows,
     )
-    return sets
 
 
 def write_label_file(folder, name, folders, rows):
@@ -187,7 +190,7 @@ def measure_seconds():
 def main():
     os.environ.setdefault('OMP_NUM_THREADS', '1')
     record = {'reference_fov_px': features.REFERENCE_FOV_PX, 'threshold': 0.5, 'sets': {}}
-    for name, (model, label_file) in label_files().items():
+    for name, (model, label_file) in agreement_sets().items():
         started = time.time()
         pairs = measured(name, model, label_file)
         record['sets'][name] = {
