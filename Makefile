@@ -45,7 +45,7 @@ lint:  ## ruff: the lint rules, then the formatting (ruff format to apply it)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
-test: lint  ## lint, then the test suite (5-8 minutes on 2 idle cores)
+test: lint  ## lint, then the test suite (4-5 minutes on 2 idle cores)
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 journey:  ## the slow tests: the README's main command in a fresh copy, every shipped model's whole card
