@@ -32,10 +32,17 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-import evaluate  # noqa: E402
 import train  # noqa: E402
 import train_config  # noqa: E402
-from bench.common import RESULTS, ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
+from bench.common import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    SHARED,
+    WORK,
+    evaluation_result,
+    read_scalars,
+    run,
+)
 
 with open(os.path.join(ROOT, 'recipes', 'cpu.flags')) as _recipe:  # its flags, for the records
     CPU_RECIPE = [line.strip() for line in _recipe if line.startswith('--')]
@@ -94,32 +101,18 @@ def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_onl
         'logdir': logdir,
         'evaluations': {},
     }
-    for evaluation, flags in EVALUATIONS.items():
-        _, seconds = run(
-            'evaluate.py',
-            f'--logdir={logdir}',
-            f'--label_file_path={test}',
-            '--visulize=True',
-            *flags(training),
+    for evaluation, flags in EVALUATIONS.items():  # each into {logdir}/evaluations, overlays too
+        started = time.time()
+        metrics = evaluation_result(
+            f'--logdir={logdir}', f'--label_file_path={test}', '--visulize=True', *flags(training)
         )
-        name = evaluation_folder(test, steps, training, evaluation)
-        with open(os.path.join(logdir, evaluate.EVALUATIONS_DIR, name, 'metrics.json')) as stream:
-            metrics = json.load(stream)
         record['evaluations'][evaluation] = {
             'threshold': metrics['threshold'],
-            'seconds': round(seconds, 1),
+            'seconds': round(time.time() - started, 1),
             'scores': metrics['scores'],
         }
     record['second_observer'] = metrics.get('second_observer')
     return record
-
-
-def evaluation_folder(test, steps, training, evaluation):
-    """The folder evaluate.py writes one of EVALUATIONS to."""
-    calibrated = evaluation != 'threshold 0.5'
-    return evaluate.evaluation_name(
-        test, f'step{steps}', 0.5, training if calibrated else None, evaluation.endswith('flips')
-    )
 
 
 def write_label_file(path, folder, names):

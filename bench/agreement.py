@@ -31,7 +31,7 @@ import fov  # noqa: E402
 import label_files  # noqa: E402
 import report  # noqa: E402
 import utils  # noqa: E402
-from bench.common import RESULTS, ROOT, SHARED, WORK, run  # noqa: E402
+from bench.common import RESULTS, ROOT, SHARED, WORK, evaluation_result  # noqa: E402
 
 COMPARED = features.COLUMNS[features.COLUMNS.index('vessel_density') :]  # every measured one
 
@@ -97,15 +97,13 @@ def write_label_file(folder, name, folders, rows):
 
 def measured(name, model, label_file):
     """{source: [rows]} of the features.csv that evaluate.py writes for one set."""
-    out = os.path.join(WORK, 'agreement', name.split()[0])
-    run(
-        'evaluate.py',
+    result = evaluation_result(
         f'--logdir={os.path.join(ROOT, "models", model)}',
         f'--label_file_path={label_file}',
-        f'--output_dir={out}',
+        f'--output_dir={os.path.join(WORK, "agreement", name.split()[0])}',
     )
-    [path] = glob.glob(os.path.join(out, 'evaluations', '*', report.FEATURES_CSV))
-    rows = list(csv.DictReader(open(path)))
+    with open(os.path.join(result['out_dir'], report.FEATURES_CSV)) as stream:
+        rows = list(csv.DictReader(stream))
     return {
         source: [row for row in rows if row['source'] == source]
         for source in ('predicted', 'manual')

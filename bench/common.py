@@ -27,19 +27,24 @@ def run(script, *args):
     return result.stdout, time.time() - started
 
 
-def evaluation_metrics(output_dir, *args):
-    """evaluate.run in this process, its settings parsed from evaluate.py's flags `args`, into a
-    fresh output_dir; returns the whole-set result (what metrics.json holds)."""
+def evaluation_result(*args):
+    """evaluate.run in this process, its settings parsed from evaluate.py's flags `args`;
+    returns the whole-set result (what metrics.json holds, with 'per_image' and 'out_dir')."""
     from absl import flags
 
     import evaluate
 
-    shutil.rmtree(output_dir, ignore_errors=True)
     try:
-        flags.FLAGS(['evaluate.py', f'--output_dir={output_dir}', *args])
-        result = evaluate.run(evaluate.EvalConfig.from_flags())
+        flags.FLAGS(['evaluate.py', *args])
+        return evaluate.run(evaluate.EvalConfig.from_flags())
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def evaluation_metrics(output_dir, *args):
+    """evaluation_result into a fresh output_dir, without its 'out_dir'."""
+    shutil.rmtree(output_dir, ignore_errors=True)
+    result = evaluation_result(f'--output_dir={output_dir}', *args)
     return {key: value for key, value in result.items() if key != 'out_dir'}
 
 

@@ -45,13 +45,20 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import dataset  # noqa: E402
-import evaluate  # noqa: E402
 import model  # noqa: E402
 import optimization  # noqa: E402
 import run_folder  # noqa: E402
 import train  # noqa: E402
 from bench import photo_cost  # noqa: E402
-from bench.common import RESULTS, ROOT, SHARED, WORK, read_scalars, run  # noqa: E402
+from bench.common import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    SHARED,
+    WORK,
+    evaluation_result,
+    read_scalars,
+    run,
+)
 
 SETTINGS = {
     'a_whole_512_batch2_base32': {
@@ -294,14 +301,11 @@ def evaluation_seconds(drive, base):
         'base_channels': base,
         'transpose_conv': False,
         'preprocess': True,
+        'depth': model.DEPTH,
     }
     run_folder.save_architecture(logdir, architecture)
     model.build_from_architecture(architecture).save_weights(run_folder.weights_path(logdir))
-    label_file = f'{drive}/test.txt'
-    run('evaluate.py', f'--logdir={logdir}', f'--label_file_path={label_file}')
-    name = evaluate.evaluation_name(label_file, 'last', 0.5, None, False)
-    with open(os.path.join(logdir, evaluate.EVALUATIONS_DIR, name, 'metrics.json')) as stream:
-        return json.load(stream)['seconds']
+    return evaluation_result(f'--logdir={logdir}', f'--label_file_path={drive}/test.txt')['seconds']
 
 
 PEAK_MEMORY_SCRIPT = '''
