@@ -17,7 +17,7 @@ import fileio
 import label_files
 import preprocess
 import utils
-from conftest import ROOT, TINY_TRAINING, last_line, run_script
+from conftest import ROOT, TINY_TRAINING, last_line, run_here, run_script
 
 
 @pytest.mark.parametrize('extension', ['.png', '.jpg', '.tif'])
@@ -54,7 +54,7 @@ def test_train_names_a_broken_image_in_the_label_file(tmp_path, synthetic):
     subprocess.run(['cp', '-r', root, str(broken)], check=True)
     image = broken / 'training' / 'images' / '02_training.png'
     image.write_bytes(image.read_bytes()[:100])
-    result = run_script(
+    result = run_here(
         'train.py',
         f'--logdir={tmp_path / "log"}',
         f'--label_file_path={broken / "training.txt"}',

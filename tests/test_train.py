@@ -428,15 +428,18 @@ def test_bad_tf_config_is_one_line(monkeypatch, config, message):
     assert str(error.value).startswith(message)
 
 
-def test_a_missing_peer_is_waited_for_with_progress_then_a_timeout(tmp_path, synthetic):
+def test_a_missing_peer_is_waited_for_with_progress_then_a_timeout(
+    tmp_path, synthetic, monkeypatch
+):
     workers = [f'127.0.0.1:{free_port()}' for _ in range(2)]
     config = json.dumps({'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': 0}})
-    result = train(
-        tmp_path / 'log',
-        synthetic['training'],
+    monkeypatch.setenv('TF_CONFIG', config)  # the wait comes before any cluster is made
+    result = run_here(
+        'train_distribute.py',
+        f'--logdir={tmp_path / "log"}',
+        f'--label_file_path={synthetic["training"]}',
+        *TINY_TRAINING,
         '--cluster_timeout=1',
-        script='train_distribute.py',
-        env={'TF_CONFIG': config},
     )
     assert result.returncode == 2
     assert f'waiting 0 s (of --cluster_timeout=1) for {workers[1]}' in result.stderr
