@@ -1,6 +1,6 @@
 """Agreement of the features of predicted and manual vessel maps, and the cost of measuring.
 
-  python bench/agreement.py            # about 10 minutes on 2 cores
+  python bench/agreement.py            # about 3 minutes on 2 cores
 
 For each set: evaluate.py with a shipped model (threshold 0.5) writes features.csv for the
 predicted and the manual map of every image; for every feature this reports the mean difference
