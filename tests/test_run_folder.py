@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import cli
+import model
 from conftest import (
     ROOT,
     TRAINED_DEPTH,
@@ -168,16 +169,15 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path,
         logdir = disk / 'log'
         with pytest.raises(cli.UserError) as error:
             train_here(
-                logdir, synthetic['training'], max_iters=8, save_interval=2, depth=TRAINED_DEPTH
+                logdir, synthetic['training'], max_iters=8, save_interval=2, depth=model.DEPTH
             )
         assert str(error.value).startswith(f'--logdir={logdir}: the disk is full (')
         assert str(error.value).endswith(f'the last good checkpoint is {logdir}/checkpoints/ckpt-2')
         assert leftovers(logdir) == []
         moved = tmp_path / 'moved'
         shutil.copytree(logdir, moved)
-    train_here(
-        moved, synthetic['training'], max_iters=8, save_interval=2, depth=TRAINED_DEPTH
-    )  # moved
+    # A moved logdir resumes.
+    train_here(moved, synthetic['training'], max_iters=8, save_interval=2, depth=model.DEPTH)
     assert 'resuming at step 2 of 8' in logs()
     assert steps_of(read_events(moved), 'train/loss') == list(range(1, 9))
 
