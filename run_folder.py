@@ -59,7 +59,7 @@ ARCHITECTURE_FIELDS = {
     'depth': (fileio.is_integer(1, MAX_DEPTH), f'an integer from 1 to {MAX_DEPTH}'),
 }
 # Settings newer than some run folders, with the value those runs were trained with.
-ADDED_SETTINGS = {'depth': DEPTH}
+ADDED_SETTINGS = {'depth': DEPTH, 'vessel_weight': 1.0}
 SCALE_FIELDS = {
     'fov_diameter': (
         fileio.is_number(scale.MIN_FOV_DIAMETER, scale.MAX_FOV_DIAMETER),

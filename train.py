@@ -16,6 +16,7 @@ import cli
 cli.quiet_tensorflow()
 
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 
@@ -39,12 +40,20 @@ GRADIENT_CLIP_NORM = 10.0
 
 
 def pixel_loss(
-    labels: tf.Tensor, logits: tf.Tensor, masks: tf.Tensor, fov_loss: bool, dice_weight: float = 0.0
+    labels: tf.Tensor,
+    logits: tf.Tensor,
+    masks: tf.Tensor,
+    fov_loss: bool,
+    dice_weight: float = 0.0,
+    vessel_weight: float = 1.0,
 ) -> tf.Tensor:
-    """Per-example loss over the pixels that count (the FOV, or all): mean cross-entropy, plus
-    dice_weight times the soft Dice loss 1 - 2|P.Y| / (|P| + |Y|) of the vessel probability P."""
+    """Per-example loss over the pixels that count (the FOV, or all): mean cross-entropy, vessel
+    pixels weighing vessel_weight and the others 1, plus dice_weight times the soft Dice loss
+    1 - 2|P.Y| / (|P| + |Y|) of the vessel probability P."""
     weights = masks if fov_loss else tf.ones_like(masks)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    if vessel_weight != 1:
+        losses *= tf.where(labels > 0, vessel_weight, 1.0)
     loss = tf.reduce_sum(losses * weights, [1, 2]) / tf.maximum(tf.reduce_sum(weights, [1, 2]), 1)
     if dice_weight:
         vessel = tf.nn.softmax(logits)[..., 1] * weights
@@ -54,25 +63,34 @@ def pixel_loss(
     return loss
 
 
+def config_loss(config: train_config.TrainConfig) -> Callable:
+    """pixel_loss(labels, logits, masks) with the run's loss settings."""
+    return functools.partial(
+        pixel_loss,
+        fov_loss=config.fov_loss,
+        dice_weight=config.dice_weight,
+        vessel_weight=config.vessel_weight,
+    )
+
+
 def make_train_loop(
     strategy: tf.distribute.Strategy,
     unet: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     global_batch: int,
-    fov_loss: bool,
-    dice_weight: float = 0.0,
+    example_loss: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor],
 ) -> Callable[[Iterator, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     """A @tf.function running `steps` steps (a tensor: one trace serves every count) on every
     replica, as SimCLR's steps_per_loop: the host waits once per call, not once per step.
-    Returns each step's global mean loss and the learning rate of its update. The optimizer
-    must take gradients already summed across replicas, as FusedAdam does."""
+    `example_loss` gives each example's loss (pixel_loss's form). Returns each step's global
+    mean loss and the learning rate of its update. The optimizer must take gradients already
+    summed across replicas, as FusedAdam does."""
 
     def replica_step(images, labels, masks):
         with tf.GradientTape() as tape:
             logits = unet(images, training=True)
             loss = tf.nn.compute_average_loss(
-                pixel_loss(labels, logits, masks, fov_loss, dice_weight),
-                global_batch_size=global_batch,
+                example_loss(labels, logits, masks), global_batch_size=global_batch
             )
         gradients = tape.gradient(loss, unet.trainable_variables)
         # Clip the global gradient, not each replica's share: summed once here (FusedAdam
@@ -218,7 +236,7 @@ class Trainer:
         log_start(config, strategy, len(examples), self.unet, self.start, resumed)
         self.iterator, self.preview = input_streams(strategy, config, examples, self.start)
         self.train_steps = make_train_loop(
-            strategy, self.unet, optimizer, config.batch_size, config.fov_loss, config.dice_weight
+            strategy, self.unet, optimizer, config.batch_size, config_loss(config)
         )
         self.writer = (
             tf.summary.create_file_writer(os.path.join(config.logdir, run_folder.SUMMARY_DIR))

@@ -43,6 +43,7 @@ class TrainConfig:
     max_iters: int = 2000
     fov_loss: bool = True
     dice_weight: float = 0.0
+    vessel_weight: float = 1.0
     mixed_precision: bool = False
     # validation and the best checkpoint
     validation_label_file: str | None = None
@@ -139,6 +140,14 @@ flags.DEFINE_float(
     'Add this times the soft Dice loss of '
     'the vessel probability (over the same pixels) to the cross-entropy; 0: none.',
     lower_bound=0.0,
+)
+flags.DEFINE_float(
+    'vessel_weight',
+    TrainConfig.vessel_weight,
+    'Weight of vessel pixels in the cross-entropy (the others weigh 1). Above 1 moves the '
+    'threshold with the best F1 up towards 0.5: a model whose best threshold is t at 1 has it '
+    'near 0.5 at (1 - t) / t.',
+    lower_bound=0.01,
 )
 flags.DEFINE_integer(
     'log_interval', TrainConfig.log_interval, 'Steps between progress lines.', lower_bound=1

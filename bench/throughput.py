@@ -26,6 +26,7 @@ HRF-sized images (time per image, peak memory).
   python bench/throughput.py --loop_only        # steps per call against one step per call
 """
 
+import functools
 import itertools
 import json
 import os
@@ -192,7 +193,11 @@ def call_rates(batch, setting, rounds=3):
     optimizer = optimization.FusedAdam(schedule)
     optimizer.build(unet.trainable_variables)
     steps = train.make_train_loop(
-        tf.distribute.get_strategy(), unet, optimizer, setting['batch'], fov_loss=True
+        tf.distribute.get_strategy(),
+        unet,
+        optimizer,
+        setting['batch'],
+        functools.partial(train.pixel_loss, fov_loss=True),
     )
     in_memory = iter(tf.data.Dataset.from_tensors(batch).repeat())
     one, loop = tf.constant(1), tf.constant(LOOP)

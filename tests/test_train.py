@@ -325,6 +325,30 @@ def test_pixel_loss_on_a_hand_worked_example():
     assert float(train_module.pixel_loss(labels, logits, masks, False)[0]) == pytest.approx(
         everywhere, rel=1e-5
     )
+    # vessel_weight 3: the one vessel pixel counts three times, the mean still over 3 FOV pixels
+    weighted = train_module.pixel_loss(labels, logits, masks, True, vessel_weight=3.0)
+    assert float(weighted[0]) == pytest.approx(5 * np.log(2) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize('vessel_weight', [1.0, 1.5, 4.0])
+def test_vessel_weight_moves_the_minimising_probability_as_theory_says(vessel_weight):
+    """One logit pair fitted to labels with vessel share f: weighted cross-entropy is lowest at
+    p = w f / (w f + 1 - f), so the threshold 1 / (1 + w) of the unweighted probability maps
+    to 0.5."""
+    import train as train_module
+
+    labels = tf.constant(np.eye(4, dtype=np.int32)[None, :, :])  # vessel share f = 1/4
+    masks = tf.ones([1, 4, 4])
+    vessel_logit = tf.Variable(0.0)
+    optimizer = tf.keras.optimizers.SGD(learning_rate=2.0)
+    for _ in range(300):
+        with tf.GradientTape() as tape:
+            logits = tf.stack([tf.zeros([1, 4, 4]), tf.fill([1, 4, 4], vessel_logit)], axis=-1)
+            loss = train_module.pixel_loss(labels, logits, masks, True, vessel_weight=vessel_weight)
+        optimizer.apply_gradients([(tape.gradient(loss, vessel_logit), vessel_logit)])
+    share = 0.25
+    expected = vessel_weight * share / (vessel_weight * share + 1 - share)
+    assert float(tf.sigmoid(vessel_logit)) == pytest.approx(expected, abs=1e-4)
 
 
 def test_fused_adam_makes_the_textbook_adam_update_in_graph():

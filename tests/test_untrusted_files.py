@@ -136,6 +136,19 @@ def test_a_run_saved_before_depth_was_a_setting_has_the_original_depth(tmp_path)
         run_folder.load_architecture(str(tmp_path))
 
 
+def test_a_run_saved_before_vessel_weight_was_a_setting_trained_unweighted(tmp_path):
+    """config.json files from before --vessel_weight read as 1 (every pixel weighing the same);
+    a weight its flag refuses is refused when read back."""
+    folder = os.path.join('models', 'drive')
+    settings = json.load(open(os.path.join(folder, run_folder.CONFIG_FILE)))
+    assert 'vessel_weight' not in settings['settings']
+    assert train_config.load_saved(folder)[0].vessel_weight == 1.0
+    settings['settings']['vessel_weight'] = 0
+    (tmp_path / run_folder.CONFIG_FILE).write_text(json.dumps(settings))
+    with pytest.raises(cli.UserError, match='"settings.vessel_weight" must be a number'):
+        train_config.load_saved(str(tmp_path))
+
+
 def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
     notes = tmp_path / 'notes.txt'
     notes.write_text('my notes\n')
