@@ -884,23 +884,12 @@ class EvalConfig:
 def run(config: EvalConfig) -> dict | list[dict]:
     """Evaluates config.label_file_path (returns what metrics.json holds, with 'per_image' and
     'out_dir') or, with config.predict, predicts those photos (returns their report rows)."""
-    unet, architecture, checkpoint, step = load_model(
-        config.logdir, config.checkpoint, config.architecture
-    )
+    predictor, unet, checkpoint, step, model_scale = load_predictor(config)
     out_dir = check_outputs(config)
-    channels = model.in_channels(architecture['preprocess'])
-    traced = make_predictor(unet, channels)
-    model_scale = run_folder.load_scale(config.logdir) if config.rescale else None
-    if config.rescale and model_scale is None:
-        logging.warning(
-            "%s: no readable %s (train.py writes it): images are predicted at their "
-            "own size, not brought to the model's scale",
-            config.logdir,
-            run_folder.SCALE_FILE,
-        )
     if config.export_dir:
-        export(unet, channels, config.export_dir, model_scale and model_scale.fov_diameter)
-    predictor = photo_predictor(traced, architecture['preprocess'], model_scale, config)
+        export(
+            unet, unet.input_shape[-1], config.export_dir, model_scale and model_scale.fov_diameter
+        )
     threshold = config.threshold
     if config.calibrate_on:
         threshold = calibrate_threshold(
@@ -909,6 +898,27 @@ def run(config: EvalConfig) -> dict | list[dict]:
     if config.predict:
         return predict_files(predictor, config.predict, out_dir, threshold, config)
     return evaluate_label_file(predictor, config, threshold, out_dir, checkpoint, step, model_scale)
+
+
+def load_predictor(
+    config: 'EvalConfig',
+) -> tuple[Callable, keras.Model, str, int, scale.ModelScale | None]:
+    """(photo predictor, model, checkpoint name, step, the model's scale or None) of the run
+    folder config.logdir, as load_model and photo_predictor make them."""
+    unet, architecture, checkpoint, step = load_model(
+        config.logdir, config.checkpoint, config.architecture
+    )
+    model_scale = run_folder.load_scale(config.logdir) if config.rescale else None
+    if config.rescale and model_scale is None:
+        logging.warning(
+            "%s: no readable %s (train.py writes it): images are predicted at their "
+            "own size, not brought to the model's scale",
+            config.logdir,
+            run_folder.SCALE_FILE,
+        )
+    traced = make_predictor(unet, model.in_channels(architecture['preprocess']))
+    predictor = photo_predictor(traced, architecture['preprocess'], model_scale, config)
+    return predictor, unet, checkpoint, step, model_scale
 
 
 def photo_predictor(

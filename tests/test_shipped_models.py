@@ -54,15 +54,8 @@ def card_rows(card_path, data):
 def card_predictor(card_path):
     """The shipped model's photo predictor, as evaluate.run builds it for its folder."""
     import evaluate
-    import model
-    import run_folder
 
-    folder = os.path.dirname(card_path)
-    unet, architecture, _, _ = evaluate.load_model(folder)
-    preprocess_ = architecture['preprocess']
-    traced = evaluate.make_predictor(unet, model.in_channels(preprocess_))
-    config = evaluate.EvalConfig(logdir=folder)
-    return evaluate.photo_predictor(traced, preprocess_, run_folder.load_scale(folder), config)
+    return evaluate.load_predictor(evaluate.EvalConfig(logdir=os.path.dirname(card_path)))[0]
 
 
 def predicted_counts(card_path, data, real_data, rows, indices=None):
