@@ -19,6 +19,7 @@ README_END = '<!-- end of the table bench/report.py writes -->'
 CAMERAS_BEGIN = '<!-- four cameras: written by bench/report.py from cross_camera.json -->'
 CAMERAS_END = '<!-- end of the four-camera table -->'
 METRICS = ('F1', 'AUC_ROC', 'IoU', 'Se', 'Sp', 'Acc')
+LOSS_FLAGS = ('--dice_weight', '--vessel_weight')  # named in a run's recipe column
 
 
 def read_record(name):
@@ -43,7 +44,7 @@ def accuracy_rows(records):
     ]
     observers = {}
     for name, record in records.items():
-        extra = ' '.join(flag for flag in record['recipe'] if 'dice' in flag) or 'CPU recipe'
+        extra = ' '.join(f for f in record['recipe'] if f.startswith(LOSS_FLAGS)) or 'CPU recipe'
         name = name[len('accuracy_') :]
         runs = record.get('folds') or record.get('runs') or [record]
         if 'folds' in record:

@@ -532,7 +532,9 @@ def test_the_cpu_recipe_flag_file_sets_the_recipe(tmp_path):
         config = train_config.config_from_flags()
     finally:
         train_config.FLAGS.unparse_flags()
-    recipe = dict(preprocess=True, patch_size=64, base_channels=16, initial_lr=1e-3)
+    recipe = dict(
+        preprocess=True, patch_size=64, base_channels=16, initial_lr=1e-3, vessel_weight=1.5
+    )
     assert {key: getattr(config, key) for key in recipe} == recipe
     assert (config.augmentation, config.batch_size) == (True, 8)
 
