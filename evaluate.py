@@ -364,7 +364,7 @@ def calibrate_threshold(predictor, label_file, evaluated=None):
     return threshold
 
 
-def export(unet: keras.Model, channels: int, export_dir: str, model_diameter: float | None) -> None:
+def export(unet: keras.Model, export_dir: str, model_diameter: float | None) -> None:
     """A SavedModel for serving. `serve` maps a float batch [N, H, W, C] in [0, 1] (what the
     model sees: RGB, or the preprocessed gray image) of any size to vessel probabilities
     [N, H, W]. Where the run recorded its scale, `serve_at_scale` also takes each image's FOV
@@ -372,7 +372,7 @@ def export(unet: keras.Model, channels: int, export_dir: str, model_diameter: fl
     (except that a preprocessed image is resized after preprocessing, not before)."""
     archive = keras.export.ExportArchive()
     archive.track(unet)
-    images = tf.TensorSpec([None, None, None, channels], tf.float32, name='images')
+    images = tf.TensorSpec([None, None, None, unet.input_shape[-1]], tf.float32, name='images')
     archive.add_endpoint(
         'serve',
         lambda batch: model.predict_probabilities(unet, batch)[..., 1],
@@ -887,9 +887,7 @@ def run(config: EvalConfig) -> dict | list[dict]:
     predictor, unet, checkpoint, step, model_scale = load_predictor(config)
     out_dir = check_outputs(config)
     if config.export_dir:
-        export(
-            unet, unet.input_shape[-1], config.export_dir, model_scale and model_scale.fov_diameter
-        )
+        export(unet, config.export_dir, model_scale and model_scale.fov_diameter)
     threshold = config.threshold
     if config.calibrate_on:
         threshold = calibrate_threshold(
