@@ -341,8 +341,8 @@ def cross_camera_rows(record):
         "image rescaled to the model's scale by the FOV disc's diameter / by the calibre of "
         'its predicted main vessels (`evaluate.py --scale_by=vessels`). Held-out images: '
         "DRIVE's test set; the whole training halves of the others (their test halves are not "
-        'here). * the model trained on these images. "The other three cameras": models/all\'s '
-        f"recipe (the CPU recipe with {' '.join(record['combined_flags'])}) for {record['steps']} "
+        'here). * the model trained on these images. "The other three cameras": the recipe '
+        f"`{' '.join(record['recipe'])}` for {record['steps']} "
         'steps on the other three training sets. "In-domain CV": the same recipe, '
         f"{len(next(iter(record['in_domain'].values()))['folds'])}-fold subject-wise "
         'cross-validation of CHASE_DB1, STARE and HRF at once, DRIVE\'s training set always in.',
