@@ -209,12 +209,12 @@ def in_domain_folds(data, evaluate_only):
 
 
 def cameras(evaluate_only, shipped):
-    data = os.path.relpath(prepare_data('DRIVE', 'CHASEDB1', 'STARE', 'HRF'), ROOT)
     path = os.path.join(RESULTS, 'cross_camera.json')
+    record = read_record('cross_camera.json') if shipped else None
+    if shipped and record is None:
+        sys.exit(f'--shipped: no {path} to update; run --cameras first')
+    data = os.path.relpath(prepare_data('DRIVE', 'CHASEDB1', 'STARE', 'HRF'), ROOT)
     if shipped:  # the record's trainings stand; these shipped models are scored again
-        record = read_record('cross_camera.json')
-        if record is None:
-            sys.exit(f'--shipped: no {path} to update; run --cameras first')
         models = shipped.split(',')
         record['shipped'].update(shipped_on_cameras(data, models))
         record.setdefault('shipped_rescored', {}).update(
