@@ -329,9 +329,16 @@ def cross_camera_table(record):
     return rows
 
 
+def trained_with(training):
+    """'the recipe `FLAGS` for N steps (DATE)' of one trained section of cross_camera.json."""
+    recipe = ' '.join(training['recipe'])
+    return f"the recipe `{recipe}` for {training['steps']} steps ({training['date']})"
+
+
 def cross_camera_rows(record):
     if not record:
         return []
+    loco, in_domain = (record['trainings'][s] for s in ('leave_one_camera_out', 'in_domain'))
     return [
         '## Across cameras: DRIVE, CHASE_DB1, STARE and HRF',
         '',
@@ -341,10 +348,10 @@ def cross_camera_rows(record):
         "image rescaled to the model's scale by the FOV disc's diameter / by the calibre of "
         'its predicted main vessels (`evaluate.py --scale_by=vessels`). Held-out images: '
         "DRIVE's test set; the whole training halves of the others (their test halves are not "
-        'here). * the model trained on these images. "The other three cameras": the recipe '
-        f"`{' '.join(record['recipe'])}` for {record['steps']} "
-        'steps on the other three training sets. "In-domain CV": the same recipe, '
-        f"{len(next(iter(record['in_domain'].values()))['folds'])}-fold subject-wise "
+        'here). * the model trained on these images. "The other three cameras": '
+        f'{trained_with(loco)} on the other three training sets. "In-domain CV": '
+        + ('the same recipe' if in_domain == loco else trained_with(in_domain))
+        + f", {len(next(iter(record['in_domain'].values()))['folds'])}-fold subject-wise "
         'cross-validation of CHASE_DB1, STARE and HRF at once, DRIVE\'s training set always in.',
         '',
     ]
