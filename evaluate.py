@@ -32,10 +32,8 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
-import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -44,6 +42,7 @@ from absl import app, flags, logging  # noqa: E402
 import dataset  # noqa: E402
 import features  # noqa: E402
 import fov  # noqa: E402
+import inference  # noqa: E402
 import metrics  # noqa: E402
 import model  # noqa: E402
 import report  # noqa: E402
@@ -191,150 +190,6 @@ IMAGE_EXTENSIONS = (
 PREDICTION_FILES = ('prob', 'mask', 'overlay')  # {name}_{suffix}.png for each --predict image
 STALE_SECONDS = 60  # a temporary file this old in an output folder was left by a killed run
 REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')
-
-
-# ----------------------------------------------------------------------------- the model
-
-
-def load_model(
-    logdir: str, checkpoint: str = 'last', given: dict | None = None
-) -> tuple[keras.Model, dict, str, int]:
-    """Builds the saved architecture, checks it against any architecture flag the user gave, and
-    loads the weights `checkpoint` names: 'last' (the newest checkpoint, or the exported weights
-    of a run folder without checkpoints), 'best' (the best validation step's) or a step whose
-    checkpoint is kept. `given`: the architecture settings the user named ({key: value}).
-    Returns the model, the architecture, the checkpoint's name for outputs ('step4000',
-    'best-step3500', 'last') and its step."""
-    if not logdir:
-        raise cli.UserError('--logdir is required')
-    architecture = run_folder.load_architecture(logdir)
-    weights = run_folder.weights_path(logdir)
-    if architecture is None or not os.path.exists(weights):
-        raise cli.UserError(
-            f'--logdir={logdir}: no trained model ({run_folder.ARCHITECTURE_FILE}, '
-            f'{run_folder.WEIGHTS_FILE} and {run_folder.SCALE_FILE} are written by '
-            'train.py)'
-        )
-    model.check_architecture(architecture, given or {}, f'--logdir={logdir}')
-    check_weights_width(weights, architecture)
-    unet = model.build_from_architecture(architecture)
-    if checkpoint.isdigit():
-        step = int(checkpoint)
-        restore_step(unet, logdir, step)
-        return unet, architecture, f'step{step}', step
-    if checkpoint == 'best':
-        best = run_folder.read_best(logdir)
-        if best is None:
-            raise cli.UserError(
-                f'--checkpoint=best: {logdir} has no best checkpoint (train '
-                'with --validation_label_file to keep one)'
-            )
-        step = best['step']
-        load_weights(unet, run_folder.best_weights_path(logdir))
-        return unet, architecture, f'best-step{step}', step
-    step = run_folder.restore_newest(tf.train.Checkpoint(model=unet), logdir)
-    if not step:  # a run folder without checkpoints, as the shipped models
-        load_weights(unet, weights)
-    return unet, architecture, f'step{step}' if step else 'last', step or 0
-
-
-def check_weights_width(weights, architecture):
-    """Refuses, before the model is built (a wide one takes gigabytes), weights whose widest
-    layer is not the architecture's: base_channels * 2 ** depth channels at the bottom."""
-    base = architecture['base_channels'] * 2 ** architecture['depth']
-    try:
-        with h5py.File(weights, 'r') as stream:
-            shapes = []
-            stream.visititems(
-                lambda _, item: (
-                    shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None
-                )
-            )
-        widest = max((shape[-1] for shape in shapes if shape), default=base)
-    except OSError:
-        return  # not HDF5: load_weights names the file
-    if widest != base:
-        raise cli.UserError(
-            f'{weights}: does not fit the architecture in {run_folder.ARCHITECTURE_FILE} '
-            f'(its widest layer has {widest} channels; '
-            f'base_channels={architecture["base_channels"]} at depth {architecture["depth"]} '
-            f'has {base})'
-        )
-
-
-def load_weights(unet, weights):
-    try:
-        with warnings.catch_warnings():  # Keras warns once per layer before it raises
-            warnings.simplefilter('ignore')
-            unet.load_weights(weights)
-    except OSError as error:
-        raise cli.UserError(
-            f'{weights}: not a readable weights file, truncated or corrupt '
-            f'({cli.first_line(error)})'
-        ) from None
-    except ValueError as error:
-        raise cli.UserError(
-            f'{weights}: does not fit the architecture in '
-            f'{run_folder.ARCHITECTURE_FILE} ({cli.first_line(error)})'
-        ) from None
-
-
-def restore_step(unet, logdir, step):
-    """Loads the model's weights from the kept checkpoint of `step`."""
-    kept = run_folder.checkpoint_steps(run_folder.checkpoint_dir(logdir))
-    if step not in kept:
-        raise cli.UserError(
-            f'--checkpoint={step}: no such checkpoint in {run_folder.checkpoint_dir(logdir)} '
-            f'(kept: {", ".join(map(str, sorted(kept))) or "none"})'
-        )
-    try:
-        run_folder.read_checkpoint(tf.train.Checkpoint(model=unet), logdir, step)
-    except cli.UserError as error:
-        raise cli.UserError(f'{run_folder.checkpoint_dir(logdir)}/{error}') from None
-
-
-def make_predictor(unet: keras.Model, channels: int) -> Callable[[np.ndarray], tf.Tensor]:
-    """Image batch of any size -> vessel probability (padding inside, traced once)."""
-    probabilities = model.make_predictor(unet, channels)
-    return lambda images: probabilities(images)[..., 1]
-
-
-def predict_image(
-    predict_batch: Callable[[np.ndarray], tf.Tensor],
-    image: np.ndarray,
-    tile_size: int = 0,
-    overlap: int = 128,
-) -> np.ndarray:
-    """Vessel probabilities (HxW float32) for one HxWxC float image in [0, 1].
-
-    With tile_size > 0 (overlap-tile strategy): the image is padded to a multiple of 16 as for
-    whole-image inference, cut into tile_size tiles aligned to 16, each predicted with `overlap`
-    pixels of real image context on every side (never beyond the image), and only its centre
-    kept. Where `overlap` covers the receptive field this equals whole-image inference."""
-    height, width = image.shape[:2]
-    if not tile_size:
-        return predict_batch(image[None])[0].numpy()
-    padded = np.pad(image, [(0, -height % model.MULTIPLE), (0, -width % model.MULTIPLE), (0, 0)])
-    out = np.zeros(padded.shape[:2], np.float32)
-    for top in range(0, padded.shape[0], tile_size):
-        for left in range(0, padded.shape[1], tile_size):
-            y0, x0 = max(top - overlap, 0), max(left - overlap, 0)
-            y1 = min(top + tile_size + overlap, padded.shape[0])
-            x1 = min(left + tile_size + overlap, padded.shape[1])
-            probability = predict_batch(padded[None, y0:y1, x0:x1])[0].numpy()
-            out[top : top + tile_size, left : left + tile_size] = probability[
-                top - y0 : top - y0 + tile_size, left - x0 : left - x0 + tile_size
-            ]
-    return out[:height, :width]
-
-
-def predict_flipped(
-    predict_one: Callable[[np.ndarray], np.ndarray], image: np.ndarray
-) -> np.ndarray:
-    """The mean of `predict_one` over the image and its vertical, horizontal and double flips, each
-    prediction flipped back."""
-    flips = ((), (0,), (1,), (0, 1))
-    return sum(np.flip(predict_one(np.flip(image, axes)), axes) for axes in flips) / len(flips)
 
 
 def calibrate_threshold(predictor, label_file, evaluated=None):
@@ -903,7 +758,7 @@ def load_predictor(
 ) -> tuple[Callable, keras.Model, str, int, scale.ModelScale | None]:
     """(photo predictor, model, checkpoint name, step, the model's scale or None) of the run
     folder config.logdir, as load_model and photo_predictor make them."""
-    unet, architecture, checkpoint, step = load_model(
+    unet, architecture, checkpoint, step = inference.load_model(
         config.logdir, config.checkpoint, config.architecture
     )
     model_scale = run_folder.load_scale(config.logdir) if config.rescale else None
@@ -914,7 +769,7 @@ def load_predictor(
             config.logdir,
             run_folder.SCALE_FILE,
         )
-    traced = make_predictor(unet, model.in_channels(architecture['preprocess']))
+    traced = inference.make_predictor(unet, model.in_channels(architecture['preprocess']))
     predictor = photo_predictor(traced, architecture['preprocess'], model_scale, config)
     return predictor, unet, checkpoint, step, model_scale
 
@@ -931,9 +786,9 @@ def photo_predictor(
 
     def at_model_scale(image):
         def once(view):
-            return predict_image(traced, view, config.tile_size, config.tile_overlap)
+            return inference.predict_image(traced, view, config.tile_size, config.tile_overlap)
 
-        return predict_flipped(once, image) if config.tta else once(image)
+        return inference.predict_flipped(once, image) if config.tta else once(image)
 
     def predictor(rgb, inside, path):
         return scale.predict_at_scale(

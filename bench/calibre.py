@@ -17,7 +17,7 @@ import cli  # noqa: E402
 cli.quiet_tensorflow()
 
 import dataset  # noqa: E402
-import evaluate  # noqa: E402
+import inference  # noqa: E402
 import run_folder  # noqa: E402
 import train  # noqa: E402
 import train_config  # noqa: E402
@@ -25,7 +25,7 @@ import train_config  # noqa: E402
 
 def add_calibre(folder):
     config, _ = train_config.load_saved(folder)
-    unet = evaluate.load_model(folder)[0]
+    unet = inference.load_model(folder)[0]
     examples = dataset.load_label_files(
         config.label_file_path, config.preprocess, config.fov_diameter or None
     )

@@ -99,22 +99,22 @@ def copies(path, name):
 
 def model_seconds(path):
     """The model alone on the photo brought to its scale (median of 3, after one warm-up)."""
-    import evaluate
     import fov
+    import inference
     import model
     import run_folder
     import scale
     import utils
 
-    unet, architecture, _, _ = evaluate.load_model(MODEL)
-    predict = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
+    unet, architecture, _, _ = inference.load_model(MODEL)
+    predict = inference.make_predictor(unet, model.in_channels(architecture['preprocess']))
     rgb = utils.read_image(path)
     decision = scale.decide(fov.derive(rgb), run_folder.load_scale(MODEL), path)
     image = scale.at_model_scale(rgb, decision.factor, architecture['preprocess'])
     times = []
     for _ in range(4):
         started = time.perf_counter()
-        evaluate.predict_image(predict, image)
+        inference.predict_image(predict, image)
         times.append(time.perf_counter() - started)
     return {'seconds': round(float(np.median(times[1:])), 3), 'input': list(image.shape[:2])}
 

@@ -319,16 +319,16 @@ sys.path.insert(0, sys.argv[1])
 import utils
 import cli
 cli.quiet_tensorflow()
-import numpy as np, model, evaluate
+import numpy as np, model, inference
 
 def high_water_mib():  # VmHWM starts afresh at exec, unlike ru_maxrss (inherited from the parent)
     status = open('/proc/self/status').read()
     return int(status.split('VmHWM:')[1].split()[0]) / 1024
 
 unet = model.build_unet(base_channels=int(sys.argv[2]))
-predict = evaluate.make_predictor(unet, 1)
+predict = inference.make_predictor(unet, 1)
 before = high_water_mib()
-evaluate.predict_image(predict, np.random.default_rng(0).random((1024, 1024, 1), np.float32))
+inference.predict_image(predict, np.random.default_rng(0).random((1024, 1024, 1), np.float32))
 print(before, high_water_mib())
 '''
 

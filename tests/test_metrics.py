@@ -172,15 +172,15 @@ def test_best_f1_threshold_never_splits_tied_scores():
 def drive_predictions(drive):
     """(labels, probabilities) inside the FOV of 4 DRIVE test images, predicted by models/drive."""
     import dataset
-    import evaluate
+    import inference
     import model
 
-    unet, architecture, _, _ = evaluate.load_model(f'{ROOT}/models/drive')
-    predict = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
+    unet, architecture, _, _ = inference.load_model(f'{ROOT}/models/drive')
+    predict = inference.make_predictor(unet, model.in_channels(architecture['preprocess']))
     samples = label_files.parse_label_file(drive['test'])[:4]
     pairs = []
     for example in dataset.iter_examples(samples, architecture['preprocess']):
-        probability = evaluate.predict_image(predict, example.image.astype(np.float32) / 255)
+        probability = inference.predict_image(predict, example.image.astype(np.float32) / 255)
         inside = example.mask.astype(bool)
         pairs.append((example.label[inside], probability[inside]))
     return pairs

@@ -308,12 +308,12 @@ def test_a_tiny_spot_in_a_huge_frame_is_refused_before_any_allocation():
 
 @pytest.fixture(scope='module')
 def drive_chase_predict():
-    import evaluate
+    import inference
 
-    unet, architecture, _, _ = evaluate.load_model(os.path.join(ROOT, 'models', 'drive_chase'))
-    traced = evaluate.make_predictor(unet, model.in_channels(architecture['preprocess']))
+    unet, architecture, _, _ = inference.load_model(os.path.join(ROOT, 'models', 'drive_chase'))
+    traced = inference.make_predictor(unet, model.in_channels(architecture['preprocess']))
     return (
-        lambda image: evaluate.predict_image(traced, image),
+        lambda image: inference.predict_image(traced, image),
         run_folder.load_scale(os.path.join(ROOT, 'models', 'drive_chase')),
     )
 

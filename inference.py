@@ -1,0 +1,156 @@
+"""A trained run folder's U-Net as a vessel predictor: its architecture and weights loaded and
+checked, and images of any size predicted whole, in tiles, or averaged over flips."""
+
+import os
+import warnings
+from collections.abc import Callable
+
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
+
+import cli
+import model
+import run_folder
+
+
+def load_model(
+    logdir: str, checkpoint: str = 'last', given: dict | None = None
+) -> tuple[keras.Model, dict, str, int]:
+    """Builds the saved architecture, checks it against any architecture flag the user gave, and
+    loads the weights `checkpoint` names: 'last' (the newest checkpoint, or the exported weights
+    of a run folder without checkpoints), 'best' (the best validation step's) or a step whose
+    checkpoint is kept. `given`: the architecture settings the user named ({key: value}).
+    Returns the model, the architecture, the checkpoint's name for outputs ('step4000',
+    'best-step3500', 'last') and its step."""
+    if not logdir:
+        raise cli.UserError('--logdir is required')
+    architecture = run_folder.load_architecture(logdir)
+    weights = run_folder.weights_path(logdir)
+    if architecture is None or not os.path.exists(weights):
+        raise cli.UserError(
+            f'--logdir={logdir}: no trained model ({run_folder.ARCHITECTURE_FILE}, '
+            f'{run_folder.WEIGHTS_FILE} and {run_folder.SCALE_FILE} are written by '
+            'train.py)'
+        )
+    model.check_architecture(architecture, given or {}, f'--logdir={logdir}')
+    check_weights_width(weights, architecture)
+    unet = model.build_from_architecture(architecture)
+    if checkpoint.isdigit():
+        step = int(checkpoint)
+        restore_step(unet, logdir, step)
+        return unet, architecture, f'step{step}', step
+    if checkpoint == 'best':
+        best = run_folder.read_best(logdir)
+        if best is None:
+            raise cli.UserError(
+                f'--checkpoint=best: {logdir} has no best checkpoint (train '
+                'with --validation_label_file to keep one)'
+            )
+        step = best['step']
+        load_weights(unet, run_folder.best_weights_path(logdir))
+        return unet, architecture, f'best-step{step}', step
+    step = run_folder.restore_newest(tf.train.Checkpoint(model=unet), logdir)
+    if not step:  # a run folder without checkpoints, as the shipped models
+        load_weights(unet, weights)
+    return unet, architecture, f'step{step}' if step else 'last', step or 0
+
+
+def check_weights_width(weights, architecture):
+    """Refuses, before the model is built (a wide one takes gigabytes), weights whose widest
+    layer is not the architecture's: base_channels * 2 ** depth channels at the bottom."""
+    base = architecture['base_channels'] * 2 ** architecture['depth']
+    try:
+        with h5py.File(weights, 'r') as stream:
+            shapes = []
+            stream.visititems(
+                lambda _, item: (
+                    shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None
+                )
+            )
+        widest = max((shape[-1] for shape in shapes if shape), default=base)
+    except OSError:
+        return  # not HDF5: load_weights names the file
+    if widest != base:
+        raise cli.UserError(
+            f'{weights}: does not fit the architecture in {run_folder.ARCHITECTURE_FILE} '
+            f'(its widest layer has {widest} channels; '
+            f'base_channels={architecture["base_channels"]} at depth {architecture["depth"]} '
+            f'has {base})'
+        )
+
+
+def load_weights(unet, weights):
+    try:
+        with warnings.catch_warnings():  # Keras warns once per layer before it raises
+            warnings.simplefilter('ignore')
+            unet.load_weights(weights)
+    except OSError as error:
+        raise cli.UserError(
+            f'{weights}: not a readable weights file, truncated or corrupt '
+            f'({cli.first_line(error)})'
+        ) from None
+    except ValueError as error:
+        raise cli.UserError(
+            f'{weights}: does not fit the architecture in '
+            f'{run_folder.ARCHITECTURE_FILE} ({cli.first_line(error)})'
+        ) from None
+
+
+def restore_step(unet, logdir, step):
+    """Loads the model's weights from the kept checkpoint of `step`."""
+    kept = run_folder.checkpoint_steps(run_folder.checkpoint_dir(logdir))
+    if step not in kept:
+        raise cli.UserError(
+            f'--checkpoint={step}: no such checkpoint in {run_folder.checkpoint_dir(logdir)} '
+            f'(kept: {", ".join(map(str, sorted(kept))) or "none"})'
+        )
+    try:
+        run_folder.read_checkpoint(tf.train.Checkpoint(model=unet), logdir, step)
+    except cli.UserError as error:
+        raise cli.UserError(f'{run_folder.checkpoint_dir(logdir)}/{error}') from None
+
+
+def make_predictor(unet: keras.Model, channels: int) -> Callable[[np.ndarray], tf.Tensor]:
+    """Image batch of any size -> vessel probability (padding inside, traced once)."""
+    probabilities = model.make_predictor(unet, channels)
+    return lambda images: probabilities(images)[..., 1]
+
+
+def predict_image(
+    predict_batch: Callable[[np.ndarray], tf.Tensor],
+    image: np.ndarray,
+    tile_size: int = 0,
+    overlap: int = 128,
+) -> np.ndarray:
+    """Vessel probabilities (HxW float32) for one HxWxC float image in [0, 1].
+
+    With tile_size > 0 (overlap-tile strategy): the image is padded to a multiple of 16 as for
+    whole-image inference, cut into tile_size tiles aligned to 16, each predicted with `overlap`
+    pixels of real image context on every side (never beyond the image), and only its centre
+    kept. Where `overlap` covers the receptive field this equals whole-image inference."""
+    height, width = image.shape[:2]
+    if not tile_size:
+        return predict_batch(image[None])[0].numpy()
+    padded = np.pad(image, [(0, -height % model.MULTIPLE), (0, -width % model.MULTIPLE), (0, 0)])
+    out = np.zeros(padded.shape[:2], np.float32)
+    for top in range(0, padded.shape[0], tile_size):
+        for left in range(0, padded.shape[1], tile_size):
+            y0, x0 = max(top - overlap, 0), max(left - overlap, 0)
+            y1 = min(top + tile_size + overlap, padded.shape[0])
+            x1 = min(left + tile_size + overlap, padded.shape[1])
+            probability = predict_batch(padded[None, y0:y1, x0:x1])[0].numpy()
+            out[top : top + tile_size, left : left + tile_size] = probability[
+                top - y0 : top - y0 + tile_size, left - x0 : left - x0 + tile_size
+            ]
+    return out[:height, :width]
+
+
+def predict_flipped(
+    predict_one: Callable[[np.ndarray], np.ndarray], image: np.ndarray
+) -> np.ndarray:
+    """The mean of `predict_one` over the image and its vertical, horizontal and double flips, each
+    prediction flipped back."""
+    flips = ((), (0,), (1,), (0, 1))
+    return sum(np.flip(predict_one(np.flip(image, axes)), axes) for axes in flips) / len(flips)
