@@ -7,6 +7,7 @@
   python bench/cross_dataset.py --cameras   # the four cameras: six trainings of 17-35 min
   python bench/cross_dataset.py --cameras --shipped=all   # re-scores models/all in that record
   python bench/cross_dataset.py --cameras --sections=leave_one_camera_out   # redoes one section
+  python bench/cross_dataset.py --cameras --sections=in_domain --steps=10000   # models/all's length
 
 Rows: the models in models/ (trained on DRIVE, on CHASE_DB1, on both). Columns: DRIVE's test set,
 and CHASE_DB1 images the model did not train on: all 20 for the DRIVE model; for the CHASE and
@@ -17,7 +18,7 @@ FOV at threshold 0.5. Writes bench/results/cross_dataset.json and prints a Markd
 
 --cameras: the four cameras (DRIVE, CHASE_DB1, STARE, HRF; each camera's held-out images are
 DRIVE's test set and the others' whole training halves). Every shipped model on every camera; the
-all-four recipe (models/all's, at CAMERA_STEPS) trained on three cameras and tested on the fourth
+all-four recipe (models/all's, for --steps) trained on three cameras and tested on the fourth
 (leave one camera out); and the same recipe in-domain, by subject-wise CV_FOLDS-fold
 cross-validation of CHASE_DB1, STARE and HRF at once (each fold trains on DRIVE's training set and
 the other folds of the three). Runs resume where they stopped. Writes
@@ -26,6 +27,7 @@ keeping the recipe, steps and date of its own trainings.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -137,13 +139,24 @@ def held_out_set(data, camera):
     return os.path.join(data, CAMERAS[camera], name)
 
 
-def trained_run(name, training_files, evaluate_only):
-    """bench/work/log_{name}, trained on the label files at models/all's recipe for
-    CAMERA_STEPS steps: resumed where it stopped, at once returned where it is done."""
-    logdir = os.path.join(WORK, f'log_{name}')
-    if not evaluate_only:
+@dataclasses.dataclass(frozen=True)
+class Trainings:
+    """How the --cameras sections get their models: trained for `steps` (resumed where they
+    stopped), or, with evaluate_only, as they are."""
+
+    evaluate_only: bool = False
+    steps: int = CAMERA_STEPS
+
+
+def trained_run(name, training_files, trainings):
+    """bench/work/log_{name} (log_{name}_{steps}steps at other than CAMERA_STEPS), trained on
+    the label files at models/all's recipe for trainings.steps: resumed where it stopped, at once
+    returned where it is done."""
+    suffix = '' if trainings.steps == CAMERA_STEPS else f'_{trainings.steps}steps'
+    logdir = os.path.join(WORK, f'log_{name}{suffix}')
+    if not trainings.evaluate_only:
         config = recipe_config(
-            logdir, ','.join(training_files), CAMERA_STEPS, [*CPU_RECIPE, *CAMERA_FLAGS]
+            logdir, ','.join(training_files), trainings.steps, [*CPU_RECIPE, *CAMERA_FLAGS]
         )
         train.train(tf.distribute.get_strategy(), config)
     return logdir
@@ -166,7 +179,7 @@ def shipped_on_cameras(data, models=SHIPPED):
     return table
 
 
-def leave_one_camera_out(data, evaluate_only):
+def leave_one_camera_out(data, trainings):
     """{camera: the recipe trained on the other three cameras' training sets, on it}."""
     rows = {}
     for camera, folder in CAMERAS.items():
@@ -174,7 +187,7 @@ def leave_one_camera_out(data, evaluate_only):
         logdir = trained_run(
             f'loco_{folder}',
             [os.path.join(data, CAMERAS[c], 'training.txt') for c in others],
-            evaluate_only,
+            trainings,
         )
         rows[camera] = {
             'trained_on': others,
@@ -183,7 +196,7 @@ def leave_one_camera_out(data, evaluate_only):
     return rows
 
 
-def in_domain_folds(data, evaluate_only):
+def in_domain_folds(data, trainings):
     """{camera: mean over folds, and each fold}: the recipe on each fold's held-out images of
     CHASE_DB1, STARE and HRF, trained on DRIVE's training set and the rest of the three."""
     cameras = [c for c in CAMERAS if c != 'DRIVE']
@@ -192,7 +205,7 @@ def in_domain_folds(data, evaluate_only):
     for fold in range(CV_FOLDS):
         training = [os.path.join(data, 'DRIVE', 'training.txt')]
         training += [folds[c][fold][1] for c in cameras]
-        logdir = trained_run(f'all_fold{fold}of{CV_FOLDS}', training, evaluate_only)
+        logdir = trained_run(f'all_fold{fold}of{CV_FOLDS}', training, trainings)
         for camera in cameras:
             held_out, _, test = folds[camera][fold]
             scores = by_rule(logdir, test, f'all_fold{fold}_{CAMERAS[camera]}')
@@ -210,7 +223,7 @@ def in_domain_folds(data, evaluate_only):
     }
 
 
-def cameras(evaluate_only, shipped, sections):
+def cameras(trainings, shipped, sections):
     path = os.path.join(RESULTS, 'cross_camera.json')
     update = bool(shipped or sections)
     record = read_record('cross_camera.json') if update else None
@@ -218,9 +231,9 @@ def cameras(evaluate_only, shipped, sections):
         sys.exit(f'--shipped, --sections: no {path} to update; run --cameras first')
     data = os.path.relpath(prepare_data('DRIVE', 'CHASEDB1', 'STARE', 'HRF'), ROOT)
     if not update:
-        record = trained_on_cameras(data, evaluate_only)
+        record = trained_on_cameras(data, trainings)
     for section in sections:  # the record's other trained section stands
-        run_section(record, section, data, evaluate_only)
+        run_section(record, section, data, trainings)
     if shipped:  # the record's trainings stand; these shipped models are scored again
         models = shipped.split(',')
         record['shipped'].update(shipped_on_cameras(data, models))
@@ -233,18 +246,18 @@ def cameras(evaluate_only, shipped, sections):
     print(f'wrote {path}')
 
 
-def run_section(record, section, data, evaluate_only):
+def run_section(record, section, data, trainings):
     """Trains and scores one of TRAINED_SECTIONS into the record, with the recipe, steps and
     date of its trainings under record['trainings']."""
-    record[section] = TRAINED_SECTIONS[section](data, evaluate_only)
+    record[section] = TRAINED_SECTIONS[section](data, trainings)
     record.setdefault('trainings', {})[section] = {
         'date': time.strftime('%Y-%m-%d'),
-        'steps': CAMERA_STEPS,
+        'steps': trainings.steps,
         'recipe': [*CPU_RECIPE, *CAMERA_FLAGS],
     }
 
 
-def trained_on_cameras(data, evaluate_only):
+def trained_on_cameras(data, trainings):
     """The whole four-camera record: its trainings (resumed where they stopped) and evaluations."""
     record = {
         'date': time.strftime('%Y-%m-%d'),
@@ -255,7 +268,7 @@ def trained_on_cameras(data, evaluate_only):
         'loco_anchors': LOCO_ANCHORS,
     }
     for section in TRAINED_SECTIONS:
-        run_section(record, section, data, evaluate_only)
+        run_section(record, section, data, trainings)
     record['shipped'] = shipped_on_cameras(data)
     return record
 
@@ -274,6 +287,12 @@ def parse_arguments():
         help='comma-separated CHASE folds (0-4) for which to retrain the combined model',
     )
     parser.add_argument('--evaluate_only', action='store_true')
+    parser.add_argument(
+        '--steps',
+        type=int,
+        default=CAMERA_STEPS,
+        help='with --cameras: training steps of each trained section\'s runs (models/all: 10000)',
+    )
     parser.add_argument('--cameras', action='store_true', help='the four-camera benchmark')
     parser.add_argument(
         '--shipped',
@@ -289,6 +308,8 @@ def parse_arguments():
     )
     args = parser.parse_args()
     args.sections = [section for section in args.sections.split(',') if section]
+    if args.steps < 1:
+        parser.error(f'--steps={args.steps}: give a positive number of training steps')
     unknown = sorted(set(args.sections) - set(TRAINED_SECTIONS))
     if unknown:
         parser.error(f"--sections: no section {', '.join(unknown)}")
@@ -300,7 +321,7 @@ def main():
     logging.set_verbosity(logging.INFO)
     os.chdir(ROOT)  # the runs' label files are relative to it
     if args.cameras:
-        return cameras(args.evaluate_only, args.shipped, args.sections)
+        return cameras(Trainings(args.evaluate_only, args.steps), args.shipped, args.sections)
     two_cameras(args)
 
 
