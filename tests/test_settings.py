@@ -148,16 +148,16 @@ def test_evaluations_of_several_checkpoints_sit_side_by_side(tmp_path, synthetic
     ]
     assert run_here(*evaluate).returncode == 0
     assert run_here(*evaluate, '--checkpoint=10', '--threshold=0.3').returncode == 0
-    import evaluate as evaluate_module
+    import inference
 
     with pytest.raises(cli.UserError) as error:
-        evaluate_module.load_model(str(logdir), 'best')
+        inference.load_model(str(logdir), 'best')
     assert str(error.value) == (
         f'--checkpoint=best: {logdir} has no best checkpoint (train with '
         '--validation_label_file to keep one)'
     )
     with pytest.raises(cli.UserError) as error:
-        evaluate_module.load_model(str(logdir), '7')
+        inference.load_model(str(logdir), '7')
     assert str(error.value) == (
         f'--checkpoint=7: no such checkpoint in {logdir}/checkpoints (kept: 10, 20)'
     )
