@@ -25,11 +25,9 @@ cli.quiet_tensorflow()
 import concurrent.futures  # noqa: E402
 import csv  # noqa: E402
 import dataclasses  # noqa: E402
-import glob  # noqa: E402
 import io  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -40,11 +38,10 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import dataset  # noqa: E402
-import features  # noqa: E402
-import fov  # noqa: E402
 import inference  # noqa: E402
 import metrics  # noqa: E402
 import model  # noqa: E402
+import photos  # noqa: E402
 import report  # noqa: E402
 import run_folder  # noqa: E402
 import scale  # noqa: E402
@@ -175,20 +172,6 @@ for _name in ('tile_size', 'tile_overlap'):
 METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
 OVERLAY_DIR = 'overlays'
 EVALUATIONS_DIR = 'evaluations'
-IMAGE_EXTENSIONS = (
-    '.png',
-    '.jpg',
-    '.jpeg',
-    '.tif',
-    '.tiff',
-    '.gif',
-    '.bmp',
-    '.webp',
-    '.ppm',
-    '.ppm.gz',
-)
-PREDICTION_FILES = ('prob', 'mask', 'overlay')  # {name}_{suffix}.png for each --predict image
-STALE_SECONDS = 60  # a temporary file this old in an output folder was left by a killed run
 REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')
 
 
@@ -354,7 +337,7 @@ def measured_pair(example, prediction, overlay_dir, decision, config):
     thumbnail = f'{OVERLAY_DIR}/{example.name}.png' if overlay_dir else None
     return [
         {
-            **report_row(example.name, source, vessels, example.mask, decision, config),
+            **report.row(example.name, source, vessels, example.mask, decision, config),
             'thumbnail': thumbnail,
         }
         for source, vessels in (
@@ -491,158 +474,6 @@ def write_curves(directory, histogram, scores, second_observer):
         fileio.save_figure(fig, os.path.join(directory, filename))
 
 
-# ----------------------------------------------------------------------------- new images
-
-
-def find_images(pattern: str) -> list[str]:
-    """The image files --predict names: a file, a folder (its image files), or a glob pattern."""
-    if os.path.isfile(pattern):
-        return [pattern]
-    if os.path.isdir(pattern):
-        paths = sorted(
-            os.path.join(pattern, name)
-            for name in os.listdir(pattern)
-            if name.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    else:
-        paths = sorted(glob.glob(pattern))
-    if not paths:
-        raise cli.UserError(f'--predict={pattern}: matches no files')
-    return paths
-
-
-def predict_files(predictor, pattern, out_dir, threshold, config):
-    """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
-    masks; each photo's files are written (and its features measured) while the next one is
-    predicted. A file that cannot be read or predicted is reported and skipped; the run then
-    ends with an error."""
-    paths = find_images(pattern)
-    fileio.refuse_input_folder(out_dir, paths, '--predict_dir')
-    fileio.remove_temporaries(out_dir, STALE_SECONDS)
-    rows, pending = [], None  # pending: (index, path, the report row or its Future)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
-        for index, (path, name) in enumerate(
-            label_files.output_stems(paths, '--predict').items(), 1
-        ):
-            try:
-                photo = predict_photo(predictor, path, threshold)
-                outcome = writer.submit(write_photo, photo, out_dir, name, config)
-            except cli.UserError as error:
-                print(f'error: {error}', file=sys.stderr)
-                outcome = report.unreadable(os.path.basename(path), cli.first_line(error))
-            if pending:
-                rows.append(finished(*pending, len(paths)))
-            pending = (index, path, outcome)
-        rows.append(finished(*pending, len(paths)))
-    failed = sum('decision' not in row for row in rows)
-    print(f'wrote {len(PREDICTION_FILES) * (len(paths) - failed)} files to {out_dir}')
-    if config.features:
-        write_report(out_dir, rows, f'Vessel maps of {pattern}')
-    if failed:
-        raise cli.UserError(f'{failed} of {len(paths)} images could not be predicted (named above)')
-    return rows
-
-
-def finished(index, path, outcome, count):
-    """The report row of one photo once its files are written (a failure's row as it is)."""
-    if not isinstance(outcome, concurrent.futures.Future):
-        return outcome
-    row = outcome.result()  # a full disk (or any error writing) ends the run here
-    logging.info(
-        '[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s',
-        index,
-        count,
-        path,
-        100 * row['share'],
-        row['decision'].factor,
-        row['decision'].rule,
-        ''.join(f'; {flag}' for flag in row['flags']),
-    )
-    return row
-
-
-@dataclasses.dataclass
-class Photo:
-    """One predicted photo: the RGB image, its FOV mask, vessel probabilities (0-255) and map
-    inside the FOV, and how it was scaled (scale.Decision)."""
-
-    path: str
-    rgb: np.ndarray
-    inside: np.ndarray
-    probability: np.ndarray  # uint8: what {name}_prob.png holds
-    vessels: np.ndarray
-    decision: scale.Decision
-
-
-def predict_photo(predictor, path, threshold):
-    rgb = utils.read_image(path)
-    inside = fov.read(rgb, path)
-    probability, decision = predictor(rgb, inside, path)
-    probability *= inside
-    vessels = np.greater_equal(probability, threshold).view(np.uint8)
-    vessels &= inside  # threshold 0 too
-    np.rint(np.multiply(probability, 255, out=probability), out=probability)  # in place: photos
-    return Photo(path, rgb, inside, probability.astype(np.uint8), vessels, decision)  # are large
-
-
-def write_photo(photo, out_dir, name, config):
-    """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
-    the photo), whole or not at all; returns the photo's report row, with the vessel share of
-    its FOV."""
-    images = {  # each made as it is written; the overlay is a copy for writing to spoil
-        'prob': lambda: photo.probability,
-        'mask': lambda: photo.vessels * 255,
-        'overlay': lambda: utils.in_green(photo.rgb, photo.vessels),
-    }
-    written = [os.path.join(out_dir, f'{name}_{suffix}.png') for suffix in PREDICTION_FILES]
-    try:
-        for target, suffix in zip(written, PREDICTION_FILES, strict=True):
-            fileio.write_png(target, images[suffix](), scratch=suffix == 'overlay')
-    except BaseException:
-        for target in written:
-            if os.path.exists(target):
-                os.remove(target)
-        raise
-    row = report_row(
-        os.path.basename(photo.path),
-        'predicted',
-        photo.vessels,
-        photo.inside,
-        photo.decision,
-        config,
-    )
-    return {
-        **row,
-        'thumbnail': f'{name}_overlay.png',
-        'decision': photo.decision,
-        'share': float(photo.vessels[photo.inside.astype(bool)].mean()),
-    }
-
-
-def report_row(image, source, vessels, inside, decision, config):
-    """The features (with --features) and flags of one vessel map, whose photo was brought to
-    the model's scale as `decision` (scale.Decision) says."""
-    measured = None
-    if config.features:
-        mm_per_px = features.mm_per_native_px(
-            config.photo_fov_diameter or fov.diameter(inside),
-            config.fov_degrees,
-            config.pixel_size_um,
-        )
-        measured = features.measure(vessels, inside, mm_per_native_px=mm_per_px)
-    return {
-        'image': image,
-        'source': source,
-        **(measured or {}),
-        'flags': report.photo_flags(inside, measured, decision),
-    }
-
-
-def write_report(out_dir, rows, title):
-    csv_path, html_path = report.write(out_dir, rows, title)
-    print(f'features: {csv_path}; report: {html_path}')
-
-
 def evaluation_folders(config, out_dir, checkpoint, threshold, samples):
     """This evaluation's folder under out_dir/evaluations and its overlay folder (None without
     --visulize), checked to hold no input, with stale temporary files removed."""
@@ -663,7 +494,7 @@ def evaluation_folders(config, out_dir, checkpoint, threshold, samples):
     for folder in (out_dir, overlay_dir):
         fileio.refuse_input_folder(folder, inputs, '--output_dir')
         if folder and os.path.isdir(folder):
-            fileio.remove_temporaries(folder, STALE_SECONDS)
+            fileio.remove_temporaries(folder, fileio.STALE_SECONDS)
     return out_dir, overlay_dir
 
 
@@ -694,7 +525,7 @@ def evaluate_label_file(predictor, config, threshold, out_dir, checkpoint, step,
     if overlay_dir:
         print(f'overlays, probability maps and ROC/PR curves: {overlay_dir}/')
     if config.features:
-        write_report(out_dir, measured, f'Vessel maps of {label_file} ({checkpoint})')
+        report.publish(out_dir, measured, f'Vessel maps of {label_file} ({checkpoint})')
     return {**result, 'per_image': rows, 'out_dir': out_dir}
 
 
@@ -749,7 +580,7 @@ def run(config: EvalConfig) -> dict | list[dict]:
             predictor, config.calibrate_on, None if config.predict else config.label_file_path
         )
     if config.predict:
-        return predict_files(predictor, config.predict, out_dir, threshold, config)
+        return photos.predict_files(predictor, config.predict, out_dir, threshold, config)
     return evaluate_label_file(predictor, config, threshold, out_dir, checkpoint, step, model_scale)
 
 

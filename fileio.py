@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 Check = Callable[[Any], bool]  # a JSON field's test
 Fields = Mapping[str, tuple[Check, str]]  # {field: (its test, what it must be)}
+STALE_SECONDS = 60  # a temporary file this old in a shared output folder was left by a killed run
 
 
 def writable_dir(path: str, flag: str) -> str:

@@ -42,6 +42,32 @@ def photo_flags(
     return flags
 
 
+def row(image, source, vessels, inside, decision, config):
+    """The row of one vessel map: its features (where config.features) and flags, its photo
+    brought to the model's scale as `decision` (scale.Decision) says. config: an
+    evaluate.EvalConfig (features, photo_fov_diameter, fov_degrees, pixel_size_um)."""
+    measured = None
+    if config.features:
+        mm_per_px = features.mm_per_native_px(
+            config.photo_fov_diameter or fov.diameter(inside),
+            config.fov_degrees,
+            config.pixel_size_um,
+        )
+        measured = features.measure(vessels, inside, mm_per_native_px=mm_per_px)
+    return {
+        'image': image,
+        'source': source,
+        **(measured or {}),
+        'flags': photo_flags(inside, measured, decision),
+    }
+
+
+def publish(out_dir, rows, title):
+    """Writes features.csv and report.html (write) and prints where."""
+    csv_path, html_path = write(out_dir, rows, title)
+    print(f'features: {csv_path}; report: {html_path}')
+
+
 def unreadable(image: str, error: str) -> dict:
     """The row of a photo that could not be read or predicted."""
     return {

@@ -24,6 +24,7 @@ import fov
 import label_files
 import metrics
 import model
+import photos
 import run_folder
 import utils
 from conftest import SHARED_DATA, evaluation_dir, last_line, run_here, run_script, tmpfs
@@ -612,9 +613,9 @@ def test_an_evaluation_runs_in_process_from_its_config_alone(trained, synthetic,
     assert [row['image'] for row in written['per_image']] == [
         row['image'] for row in result['per_image']
     ]
-    photos = os.path.join(os.path.dirname(synthetic['test']), 'test', 'images')
+    photo_dir = os.path.join(os.path.dirname(synthetic['test']), 'test', 'images')
     rows = evaluate.run(
-        dataclasses.replace(config, predict=photos, predict_dir=str(tmp_path / 'out'))
+        dataclasses.replace(config, predict=photo_dir, predict_dir=str(tmp_path / 'out'))
     )
     assert len(rows) == 2 and all(0 < row['share'] < 0.5 for row in rows)
-    assert len(os.listdir(tmp_path / 'out')) == 2 * len(evaluate.PREDICTION_FILES)
+    assert len(os.listdir(tmp_path / 'out')) == 2 * len(photos.PREDICTION_FILES)

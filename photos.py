@@ -1,0 +1,164 @@
+"""Vessel maps of unlabelled photos (evaluate.py --predict): for each photo its probabilities,
+binary map and overlay as PNGs, and its row of the features report.
+
+  python evaluate.py --logdir=models/all --predict='photos/*.jpg' --predict_dir=maps
+
+Each photo is read, its FOV found, predicted at the model's scale by the run's predictor
+(evaluate.load_predictor) and its files written while the next photo is predicted.
+"""
+
+import concurrent.futures
+import dataclasses
+import glob
+import os
+import sys
+
+import numpy as np
+from absl import logging
+
+import cli
+import fileio
+import fov
+import label_files
+import report
+import scale
+import utils
+
+IMAGE_EXTENSIONS = (
+    '.png',
+    '.jpg',
+    '.jpeg',
+    '.tif',
+    '.tiff',
+    '.gif',
+    '.bmp',
+    '.webp',
+    '.ppm',
+    '.ppm.gz',
+)
+PREDICTION_FILES = ('prob', 'mask', 'overlay')  # {name}_{suffix}.png for each photo
+
+
+def find_images(pattern: str) -> list[str]:
+    """The image files --predict names: a file, a folder (its image files), or a glob pattern."""
+    if os.path.isfile(pattern):
+        return [pattern]
+    if os.path.isdir(pattern):
+        paths = sorted(
+            os.path.join(pattern, name)
+            for name in os.listdir(pattern)
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    else:
+        paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise cli.UserError(f'--predict={pattern}: matches no files')
+    return paths
+
+
+def predict_files(predictor, pattern, out_dir, threshold, config):
+    """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
+    masks; each photo's files are written (and its features measured) while the next one is
+    predicted. A file that cannot be read or predicted is reported and skipped; the run then
+    ends with an error."""
+    paths = find_images(pattern)
+    fileio.refuse_input_folder(out_dir, paths, '--predict_dir')
+    fileio.remove_temporaries(out_dir, fileio.STALE_SECONDS)
+    rows, pending = [], None  # pending: (index, path, the report row or its Future)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        for index, (path, name) in enumerate(
+            label_files.output_stems(paths, '--predict').items(), 1
+        ):
+            try:
+                photo = predict_photo(predictor, path, threshold)
+                outcome = writer.submit(write_photo, photo, out_dir, name, config)
+            except cli.UserError as error:
+                print(f'error: {error}', file=sys.stderr)
+                outcome = report.unreadable(os.path.basename(path), cli.first_line(error))
+            if pending:
+                rows.append(finished(*pending, len(paths)))
+            pending = (index, path, outcome)
+        rows.append(finished(*pending, len(paths)))
+    failed = sum('decision' not in row for row in rows)
+    print(f'wrote {len(PREDICTION_FILES) * (len(paths) - failed)} files to {out_dir}')
+    if config.features:
+        report.publish(out_dir, rows, f'Vessel maps of {pattern}')
+    if failed:
+        raise cli.UserError(f'{failed} of {len(paths)} images could not be predicted (named above)')
+    return rows
+
+
+def finished(index, path, outcome, count):
+    """The report row of one photo once its files are written (a failure's row as it is)."""
+    if not isinstance(outcome, concurrent.futures.Future):
+        return outcome
+    row = outcome.result()  # a full disk (or any error writing) ends the run here
+    logging.info(
+        '[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s',
+        index,
+        count,
+        path,
+        100 * row['share'],
+        row['decision'].factor,
+        row['decision'].rule,
+        ''.join(f'; {flag}' for flag in row['flags']),
+    )
+    return row
+
+
+@dataclasses.dataclass
+class Photo:
+    """One predicted photo: the RGB image, its FOV mask, vessel probabilities (0-255) and map
+    inside the FOV, and how it was scaled (scale.Decision)."""
+
+    path: str
+    rgb: np.ndarray
+    inside: np.ndarray
+    probability: np.ndarray  # uint8: what {name}_prob.png holds
+    vessels: np.ndarray
+    decision: scale.Decision
+
+
+def predict_photo(predictor, path, threshold):
+    rgb = utils.read_image(path)
+    inside = fov.read(rgb, path)
+    probability, decision = predictor(rgb, inside, path)
+    probability *= inside
+    vessels = np.greater_equal(probability, threshold).view(np.uint8)
+    vessels &= inside  # threshold 0 too
+    np.rint(np.multiply(probability, 255, out=probability), out=probability)  # in place: photos
+    return Photo(path, rgb, inside, probability.astype(np.uint8), vessels, decision)  # are large
+
+
+def write_photo(photo, out_dir, name, config):
+    """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
+    the photo), whole or not at all; returns the photo's report row, with the vessel share of
+    its FOV."""
+    images = {  # each made as it is written; the overlay is a copy for writing to spoil
+        'prob': lambda: photo.probability,
+        'mask': lambda: photo.vessels * 255,
+        'overlay': lambda: utils.in_green(photo.rgb, photo.vessels),
+    }
+    written = [os.path.join(out_dir, f'{name}_{suffix}.png') for suffix in PREDICTION_FILES]
+    try:
+        for target, suffix in zip(written, PREDICTION_FILES, strict=True):
+            fileio.write_png(target, images[suffix](), scratch=suffix == 'overlay')
+    except BaseException:
+        for target in written:
+            if os.path.exists(target):
+                os.remove(target)
+        raise
+    row = report.row(
+        os.path.basename(photo.path),
+        'predicted',
+        photo.vessels,
+        photo.inside,
+        photo.decision,
+        config,
+    )
+    return {
+        **row,
+        'thumbnail': f'{name}_overlay.png',
+        'decision': photo.decision,
+        'share': float(photo.vessels[photo.inside.astype(bool)].mean()),
+    }
