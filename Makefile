@@ -49,7 +49,7 @@ test: lint  ## lint, then the test suite (4-5 minutes on 2 idle cores)
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 journey:  ## the slow tests: the README's main command in a fresh copy, every shipped model's whole card
-	$(PYTHON) -m pytest -q -m slow
+	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m slow --durations=8
 
 figures:  ## regenerate the README's figures in images/ (real data from ../shared/data)
 	$(PYTHON) bench/figures.py
