@@ -330,8 +330,10 @@ def cross_camera_table(record):
 
 
 def trained_with(training):
-    """'the recipe `FLAGS` for N steps (DATE)' of one trained section of cross_camera.json."""
-    recipe = ' '.join(training['recipe'])
+    """'the recipe `FLAGS` for N steps (DATE)' of one trained section of cross_camera.json, each
+    flag given once, with the value that absl kept (the last)."""
+    flags = {flag.split('=', 1)[0]: flag for flag in training['recipe']}
+    recipe = ' '.join(flags.values())
     return f"the recipe `{recipe}` for {training['steps']} steps ({training['date']})"
 
 

@@ -182,6 +182,13 @@ def test_the_four_camera_table_shows_each_scale_rule_and_marks_seen_images():
     assert row == '| X | 3 | 0.8123 / 0.8000* | 0.5000 / 0.6000 | 0.7000 / 0.7500 |  | 0.746 |'
 
 
+def test_a_recipe_names_each_flag_once_with_its_last_value():
+    from bench import report
+
+    training = {'recipe': ['--a=1', '--b=x=y', '--a=3'], 'steps': 5, 'date': 'D'}
+    assert report.trained_with(training) == 'the recipe `--a=3 --b=x=y` for 5 steps (D)'
+
+
 def test_the_four_camera_table_in_the_docs_is_written_from_its_record():
     from bench import report
 
