@@ -86,9 +86,18 @@ def wait_for_peers(cluster, own_address, timeout, interval=10):
     while listening on this task's own port for them; prints progress, honours SIGINT/SIGTERM
     and gives up after `timeout` seconds. (TensorFlow's own wait cannot be interrupted.)"""
     peers = [address for tasks in cluster.values() for address in tasks if address != own_address]
-    port = int(own_address.rsplit(':', 1)[1])
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, _exit_on_signal)
+    previous = {
+        number: signal.signal(number, _exit_on_signal) for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        _wait(peers, int(own_address.rsplit(':', 1)[1]), timeout, interval)
+    finally:  # the previous handlers come back, as after cli.StopSignal
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    logging.info('all %d tasks of the cluster are up', len(peers) + 1)
+
+
+def _wait(peers, port, timeout, interval):
     with socket.socket() as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -116,7 +125,6 @@ def wait_for_peers(cluster, own_address, timeout, interval=10):
                 )
                 reported = waited
             _answer(listener)
-    logging.info('all %d tasks of the cluster are up', len(peers) + 1)
 
 
 def _exit_on_signal(number, frame):

@@ -458,6 +458,7 @@ def test_a_missing_peer_is_waited_for_with_progress_then_a_timeout(
     workers = [f'127.0.0.1:{free_port()}' for _ in range(2)]
     config = json.dumps({'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': 0}})
     monkeypatch.setenv('TF_CONFIG', config)  # the wait comes before any cluster is made
+    handlers = [signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)]
     result = run_here(
         'train_distribute.py',
         f'--logdir={tmp_path / "log"}',
@@ -470,6 +471,7 @@ def test_a_missing_peer_is_waited_for_with_progress_then_a_timeout(
     assert last_line(result.stderr) == (
         f'error: TF_CONFIG: {workers[1]} did not start within --cluster_timeout=1 s'
     )
+    assert [signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)] == handlers
     # Signals are honoured while waiting (TensorFlow's own wait ignores them).
     process = subprocess.Popen(
         [
