@@ -186,16 +186,16 @@ def first_line(error: BaseException | str, limit: int = 200) -> str:
     return (str(error).strip().splitlines() or [''])[0][:limit]
 
 
-class StopSignal:
-    """Turns SIGINT/SIGTERM into a request to stop after the current step and save; the previous
-    handlers come back on exit."""
+class SignalHandler:
+    """SIGINT and SIGTERM go to `handler` inside the with-block; the previous handlers come back
+    on exit."""
 
-    def __init__(self):
-        self.received = None
+    def __init__(self, handler):
+        self.handler = handler
 
     def __enter__(self):
         self.previous = {
-            number: signal.signal(number, self._handle)
+            number: signal.signal(number, self.handler)
             for number in (signal.SIGINT, signal.SIGTERM)
         }
         return self
@@ -203,6 +203,14 @@ class StopSignal:
     def __exit__(self, *exc_info):
         for number, handler in self.previous.items():
             signal.signal(number, handler)
+
+
+class StopSignal(SignalHandler):
+    """Turns SIGINT/SIGTERM into a request to stop after the current step and save."""
+
+    def __init__(self):
+        super().__init__(self._handle)
+        self.received = None
 
     def _handle(self, number, frame):
         del frame

@@ -15,7 +15,6 @@ cli.quiet_tensorflow()
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 
@@ -86,19 +85,8 @@ def wait_for_peers(cluster, own_address, timeout, interval=10):
     while listening on this task's own port for them; prints progress, honours SIGINT/SIGTERM
     and gives up after `timeout` seconds. (TensorFlow's own wait cannot be interrupted.)"""
     peers = [address for tasks in cluster.values() for address in tasks if address != own_address]
-    previous = {
-        number: signal.signal(number, _exit_on_signal) for number in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        _wait(peers, int(own_address.rsplit(':', 1)[1]), timeout, interval)
-    finally:  # the previous handlers come back, as after cli.StopSignal
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    logging.info('all %d tasks of the cluster are up', len(peers) + 1)
-
-
-def _wait(peers, port, timeout, interval):
-    with socket.socket() as listener:
+    port = int(own_address.rsplit(':', 1)[1])
+    with cli.SignalHandler(_exit_on_signal), socket.socket() as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind(('', port))
@@ -125,6 +113,7 @@ def _wait(peers, port, timeout, interval):
                 )
                 reported = waited
             _answer(listener)
+    logging.info('all %d tasks of the cluster are up', len(peers) + 1)
 
 
 def _exit_on_signal(number, frame):
