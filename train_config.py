@@ -9,11 +9,13 @@ train_distribute.py share them).
 import dataclasses
 import functools
 import math
+import os
 
 import numpy as np
 from absl import flags
 
 import cli
+import dataset
 import model
 import run_folder
 
@@ -69,6 +71,8 @@ class TrainConfig:
 # Settings a resumed run may change: where the run lives, how long it trains (the learning rate
 # then decays linearly from its current value to 0 at the new end), and how often it reports.
 RESUMABLE = ('logdir', 'max_iters', 'save_interval', 'log_interval', 'validation_interval')
+# Settings that name files: a resumed run compares the files, not how they were spelt.
+LABEL_FILES = ('label_file_path', 'validation_label_file')
 
 FLAGS = flags.FLAGS
 cli.define_flags(
@@ -263,7 +267,9 @@ def check_resume(config: TrainConfig, saved: TrainConfig | None) -> None:
     conflicts = [
         f'--{field.name}={getattr(config, field.name)} (saved: {getattr(saved, field.name)})'
         for field in dataclasses.fields(TrainConfig)
-        if field.name not in RESUMABLE and getattr(config, field.name) != getattr(saved, field.name)
+        if field.name not in RESUMABLE
+        and _as_compared(field.name, getattr(config, field.name))
+        != _as_compared(field.name, getattr(saved, field.name))
     ]
     if conflicts:
         raise cli.UserError(
@@ -272,6 +278,14 @@ def check_resume(config: TrainConfig, saved: TrainConfig | None) -> None:
             + f'; only {", ".join(RESUMABLE)} may '
             'change on resume (or train into a new --logdir)'
         )
+
+
+def _as_compared(name, value):
+    """A setting as a resume compares it: label files by the files they resolve to, so that a
+    run trained with relative paths resumes with absolute ones and the other way round."""
+    if name in LABEL_FILES and value:
+        return [os.path.realpath(path) for path in dataset.label_file_paths(value)]
+    return value
 
 
 def learning_rate_knots(config: TrainConfig, saved_knots: list | None, step: int) -> list:

@@ -61,6 +61,28 @@ def test_every_setting_is_saved_and_a_contradicting_resume_is_refused(tmp_path, 
         run(dataclasses.replace(settings, max_iters=9))  # nothing left to learn with
 
 
+def test_a_resume_compares_label_files_by_the_files_they_name(tmp_path, synthetic, monkeypatch):
+    training, test = synthetic['training'], synthetic['test']  # absolute paths
+    saved = dataclasses.replace(
+        config(tmp_path, synthetic),
+        label_file_path=f'{training},{test}',
+        validation_label_file=test,
+    )
+    monkeypatch.chdir(os.path.dirname(training))
+    respelt = dataclasses.replace(
+        saved, label_file_path='training.txt, ./test.txt', validation_label_file='../SYNTH/test.txt'
+    )
+    train_config.check_resume(respelt, saved)  # the same files, spelt otherwise: accepted
+    train_config.check_resume(saved, respelt)
+    reordered = dataclasses.replace(saved, label_file_path='test.txt,training.txt')
+    with pytest.raises(cli.UserError) as error:
+        train_config.check_resume(reordered, saved)
+    assert str(error.value).startswith(
+        f'--logdir={saved.logdir} was trained with other settings: '
+        f'--label_file_path=test.txt,training.txt (saved: {training},{test}); '
+    )
+
+
 def test_a_resume_with_only_the_logdir_takes_the_saved_settings(tmp_path, synthetic):
     logdir = tmp_path / 'log'
     run(config(tmp_path, synthetic, max_iters=4, save_interval=2))
