@@ -6,8 +6,9 @@
   python bench/cross_dataset.py --folds=0,1,2,3,4 --evaluate_only   # reuses the fold models
   python bench/cross_dataset.py --cameras   # the four cameras: six trainings of 17-35 min
   python bench/cross_dataset.py --cameras --shipped=all   # re-scores models/all in that record
-  python bench/cross_dataset.py --cameras --sections=leave_one_camera_out   # redoes one section
-  python bench/cross_dataset.py --cameras --sections=in_domain --steps=10000   # models/all's length
+  python bench/cross_dataset.py --cameras --sections=leave_one_camera_out --steps=10000
+  python bench/cross_dataset.py --cameras --sections=in_domain --steps=10000
+      # redo one trained section at models/all's length, as the record has both (42-50 min a run)
 
 Rows: the models in models/ (trained on DRIVE, on CHASE_DB1, on both). Columns: DRIVE's test set,
 and CHASE_DB1 images the model did not train on: all 20 for the DRIVE model; for the CHASE and
