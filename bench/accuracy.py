@@ -60,6 +60,14 @@ REFERENCES = {
 }
 
 
+def with_flags(recipe, *flags):
+    """The recipe's flags with each of `flags` in place of the recipe's flag of that name (new
+    names appended), so that a record lists every setting once, as the run used it."""
+    names = [flag.split('=')[0] for flag in flags]
+    kept = [flag for flag in recipe if flag.split('=')[0] not in names]
+    return [*kept, *flags]
+
+
 def recipe_config(logdir, training, steps, flags):
     """The run's settings from the recipe's flags, parsed by train.py's own flag definitions."""
     try:
@@ -90,7 +98,7 @@ def train_and_evaluate(name, training, test, steps, extra_flags=(), evaluate_onl
     if not evaluate_only:
         shutil.rmtree(logdir, ignore_errors=True)
         config = recipe_config(
-            logdir, training, steps, [*CPU_RECIPE, *extra_flags, f'--seed={seed}']
+            logdir, training, steps, with_flags(CPU_RECIPE, *extra_flags, f'--seed={seed}')
         )
         train.train(tf.distribute.get_strategy(), config)
     steps, seconds = trained_steps_and_seconds(logdir)
@@ -262,7 +270,7 @@ def main():
     data = prepare_data(folder)
     record = {
         'dataset': folder,
-        'recipe': CPU_RECIPE + extra_flags,
+        'recipe': with_flags(CPU_RECIPE, *extra_flags),
         'machine': platform.processor() or platform.machine(),
         'cpus': os.cpu_count(),
         'date': time.strftime('%Y-%m-%d'),

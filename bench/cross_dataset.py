@@ -46,7 +46,13 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 import train  # noqa: E402
-from bench.accuracy import CPU_RECIPE, prepare_data, recipe_config, subject_folds  # noqa: E402
+from bench.accuracy import (  # noqa: E402
+    CPU_RECIPE,
+    prepare_data,
+    recipe_config,
+    subject_folds,
+    with_flags,
+)
 from bench.common import RESULTS, ROOT, WORK, evaluation_metrics  # noqa: E402
 from bench.report import (  # noqa: E402
     combined_folds_table,
@@ -56,8 +62,8 @@ from bench.report import (  # noqa: E402
 )
 
 MODELS = {'DRIVE': 'drive', 'CHASE_DB1': 'chase', 'DRIVE + CHASE_DB1': 'drive_chase'}
-COMBINED_FLAGS = ['--fov_diameter=919']  # beyond CPU_RECIPE: CHASE_DB1's scale
-CAMERA_FLAGS = [*COMBINED_FLAGS, '--vessel_weight=1.9']  # models/all's, beyond CPU_RECIPE
+COMBINED_RECIPE = with_flags(CPU_RECIPE, '--fov_diameter=919')  # at CHASE_DB1's scale
+CAMERA_RECIPE = with_flags(COMBINED_RECIPE, '--vessel_weight=1.9')  # models/all's
 COMBINED_STEPS = 6000
 FOLDS = 5  # bench/accuracy.py's CHASE split
 METRICS = ('F1', 'AUC_ROC', 'IoU')
@@ -120,7 +126,7 @@ def combined_folds(data, folds, chase_only_folds, evaluate_only):
         if not evaluate_only:
             shutil.rmtree(logdir, ignore_errors=True)
             training = f"{os.path.join(data, 'DRIVE', 'training.txt')},{chase_training}"
-            config = recipe_config(logdir, training, COMBINED_STEPS, [*CPU_RECIPE, *COMBINED_FLAGS])
+            config = recipe_config(logdir, training, COMBINED_STEPS, COMBINED_RECIPE)
             train.train(tf.distribute.get_strategy(), config)
         chase_scores = chase_only[fold]['evaluations']['threshold 0.5']['scores']
         results.append(
@@ -156,9 +162,7 @@ def trained_run(name, training_files, trainings):
     suffix = '' if trainings.steps == CAMERA_STEPS else f'_{trainings.steps}steps'
     logdir = os.path.join(WORK, f'log_{name}{suffix}')
     if not trainings.evaluate_only:
-        config = recipe_config(
-            logdir, ','.join(training_files), trainings.steps, [*CPU_RECIPE, *CAMERA_FLAGS]
-        )
+        config = recipe_config(logdir, ','.join(training_files), trainings.steps, CAMERA_RECIPE)
         train.train(tf.distribute.get_strategy(), config)
     return logdir
 
@@ -254,7 +258,7 @@ def run_section(record, section, data, trainings):
     record.setdefault('trainings', {})[section] = {
         'date': time.strftime('%Y-%m-%d'),
         'steps': trainings.steps,
-        'recipe': [*CPU_RECIPE, *CAMERA_FLAGS],
+        'recipe': CAMERA_RECIPE,
     }
 
 

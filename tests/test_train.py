@@ -545,9 +545,10 @@ def test_the_benchmarks_train_at_the_cpu_recipe(tmp_path):
     """bench/accuracy.py's runs (and so bench/cross_dataset.py's) are the recipe's: its
     settings, parsed in process, equal train.py's with recipes/cpu.flags and the same flags."""
     import train_config
-    from bench.accuracy import CPU_RECIPE, recipe_config
+    from bench.accuracy import CPU_RECIPE, recipe_config, with_flags
 
-    flags = [*CPU_RECIPE, '--fov_diameter=919']
+    flags = with_flags(CPU_RECIPE, '--fov_diameter=919', '--vessel_weight=1.9')
+    assert flags.count('--vessel_weight=1.9') == 1 and '--vessel_weight=1.5' not in flags
     config = recipe_config(str(tmp_path), 'a.txt,b.txt', 300, flags)
     assert config.label_file_path == 'a.txt,b.txt' and config.max_iters == 300
     assert (config.patch_size, config.base_channels, config.fov_diameter) == (64, 16, 919)
@@ -561,8 +562,10 @@ def test_the_benchmarks_train_at_the_cpu_recipe(tmp_path):
                 '--max_iters=300',
                 '--save_interval=500',
                 '--fov_diameter=919',
+                '--vessel_weight=1.9',
             ]
         )
         assert config == train_config.config_from_flags()
+        assert config.vessel_weight == 1.9
     finally:
         train_config.FLAGS.unparse_flags()
