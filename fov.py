@@ -80,7 +80,7 @@ def _brightness(image):
     return cv2.medianBlur(np.ascontiguousarray(brightest, np.uint8), 5)
 
 
-def threshold(brightness: np.ndarray) -> float:
+def threshold(brightness: np.ndarray) -> float | None:
     """The grey level above which a pixel is FOV: THRESHOLD_SHARE of the way from the
     background's level (the median of the pixels below Otsu's threshold) to that threshold;
     None where that darker half is too bright to be background (the FOV fills the frame)."""
