@@ -63,13 +63,13 @@ from bench.report import (  # noqa: E402
 
 MODELS = {'DRIVE': 'drive', 'CHASE_DB1': 'chase', 'DRIVE + CHASE_DB1': 'drive_chase'}
 COMBINED_RECIPE = with_flags(CPU_RECIPE, '--fov_diameter=919')  # at CHASE_DB1's scale
-CAMERA_RECIPE = with_flags(COMBINED_RECIPE, '--vessel_weight=1.9')  # models/all's
+CAMERA_RECIPE = with_flags(COMBINED_RECIPE, '--vessel_weight=1.9')  # all's 10,000-step release
 COMBINED_STEPS = 6000
 FOLDS = 5  # bench/accuracy.py's CHASE split
 METRICS = ('F1', 'AUC_ROC', 'IoU')
 CAMERAS = {'DRIVE': 'DRIVE', 'CHASE_DB1': 'CHASEDB', 'STARE': 'STARE', 'HRF': 'HRF'}  # data/
 SHIPPED = ('drive', 'chase', 'drive_chase', 'all')
-CAMERA_STEPS = 3000  # models/all's took 10,000; six trainings of 3,000 take 3-6 hours of 2 cores
+CAMERA_STEPS = 3000  # six trainings of 3,000 take 3-6 hours of 2 cores
 SCALE_RULES = ('fov', 'vessels')  # evaluate.py --scale_by
 CV_FOLDS = 2
 LOCO_ANCHORS = {  # bob.ip.binseg's U-Net trained on the four other sets, F1 on this one
@@ -296,7 +296,7 @@ def parse_arguments():
         '--steps',
         type=int,
         default=CAMERA_STEPS,
-        help='with --cameras: training steps of each trained section\'s runs (models/all: 10000)',
+        help='with --cameras: training steps of each trained section\'s runs (the record: 10000)',
     )
     parser.add_argument('--cameras', action='store_true', help='the four-camera benchmark')
     parser.add_argument(
