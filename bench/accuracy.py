@@ -63,9 +63,17 @@ REFERENCES = {
 def with_flags(recipe, *flags):
     """The recipe's flags with each of `flags` in place of the recipe's flag of that name (new
     names appended), so that a record lists every setting once, as the run used it."""
-    names = [flag.split('=')[0] for flag in flags]
-    kept = [flag for flag in recipe if flag.split('=')[0] not in names]
+    names = {setting_name(flag) for flag in flags}
+    kept = [flag for flag in recipe if setting_name(flag) not in names]
     return [*kept, *flags]
+
+
+def setting_name(flag):
+    """The train.py flag that `flag` sets: `--noaugmentation` sets augmentation."""
+    name = flag.split('=')[0].removeprefix('--')
+    if name.startswith('no') and name not in train_config.FLAGS and name[2:] in train_config.FLAGS:
+        return name[2:]
+    return name
 
 
 def recipe_config(logdir, training, steps, flags):

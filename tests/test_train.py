@@ -549,6 +549,11 @@ def test_the_benchmarks_train_at_the_cpu_recipe(tmp_path):
 
     flags = with_flags(CPU_RECIPE, '--fov_diameter=919', '--vessel_weight=1.9')
     assert flags.count('--vessel_weight=1.9') == 1 and '--vessel_weight=1.5' not in flags
+    negated = with_flags(flags, '--noaugmentation')  # a boolean's negation replaces it too
+    assert '--augmentation=True' not in negated and negated[-1] == '--noaugmentation'
+    assert with_flags(negated, '--augmentation=True')[-1] == '--augmentation=True'
+    assert '--noaugmentation' not in with_flags(negated, '--augmentation=True')
+    assert not recipe_config(str(tmp_path), 'a.txt', 300, negated).augmentation
     config = recipe_config(str(tmp_path), 'a.txt,b.txt', 300, flags)
     assert config.label_file_path == 'a.txt,b.txt' and config.max_iters == 300
     assert (config.patch_size, config.base_channels, config.fov_diameter) == (64, 16, 919)
