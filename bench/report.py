@@ -330,10 +330,9 @@ def cross_camera_table(record):
 
 
 def trained_with(training):
-    """'the recipe `FLAGS` for N steps (DATE)' of one trained section of cross_camera.json, each
-    flag given once, with the value that absl kept (the last)."""
-    flags = {flag.split('=', 1)[0]: flag for flag in training['recipe']}
-    recipe = ' '.join(flags.values())
+    """'the recipe `FLAGS` for N steps (DATE)' of one trained section of cross_camera.json (its
+    recipe names each setting once: bench.accuracy.with_flags)."""
+    recipe = ' '.join(training['recipe'])
     return f"the recipe `{recipe}` for {training['steps']} steps ({training['date']})"
 
 
