@@ -30,6 +30,17 @@ def test_four_models_ship_with_cards_and_small_weights():
         assert os.path.exists(os.path.join(folder, 'MODEL.md'))
 
 
+@pytest.mark.parametrize('card_path', CARDS, ids=lambda path: path.split(os.sep)[-2])
+def test_a_model_card_is_rendered_from_its_card_json(card_path):
+    """MODEL.md is bench/ship.py's rendering of card.json, not edited apart from it."""
+    from bench import ship
+
+    with open(card_path) as stream:
+        card = json.load(stream)
+    with open(os.path.join(os.path.dirname(card_path), 'MODEL.md')) as stream:
+        assert stream.read() == ship.render(card)
+
+
 @pytest.fixture(scope='session')
 def real_data(tmp_path_factory):
     """data/ as `preprocess.py --data_dir=../shared/data` writes it (skips without the data)."""
