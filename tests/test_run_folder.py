@@ -131,22 +131,23 @@ def test_repeated_kill_9_loses_and_repeats_no_step_and_leaves_nothing(tmp_path, 
     step once."""
     logdir = tmp_path / 'log'
     rng = random.Random(0)
+    steps = 1000  # the kills, each within a second of a checkpoint, come near step 130 here
     for _ in range(2):  # a second kill resumes a run that was itself resumed
         saved = checkpoint_step(logdir)
         process = start_training(
-            str(logdir), synthetic['training'], '--max_iters=100', '--save_interval=10'
+            str(logdir), synthetic['training'], f'--max_iters={steps}', '--save_interval=10'
         )
         wait_for(lambda saved=saved: checkpoint_step(logdir) > saved)  # work to lose
         time.sleep(rng.uniform(0, 1.0))  # then at a random moment, in a step or a save
         process.kill()
         process.wait()
     killed_at = checkpoint_step(logdir)
-    assert 0 < killed_at < 100  # the kills came after checkpoints, before the end
-    train_here(logdir, synthetic['training'], max_iters=100, save_interval=10)
-    assert f'resuming at step {killed_at} of 100' in logs()
+    assert 0 < killed_at < steps  # the kills came after checkpoints, before the end
+    train_here(logdir, synthetic['training'], max_iters=steps, save_interval=10)
+    assert f'resuming at step {killed_at} of {steps}' in logs()
     events = read_events(logdir)
-    assert steps_of(events, 'train/loss') == list(range(1, 101))
-    assert steps_of(events, 'train/input') == list(range(10, 101, 10))
+    assert steps_of(events, 'train/loss') == list(range(1, steps + 1))
+    assert steps_of(events, 'train/input') == list(range(10, steps + 1, 10))
     assert leftovers(logdir) == []
 
 
