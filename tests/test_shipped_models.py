@@ -21,8 +21,13 @@ SETS = sorted(
 )
 
 
+def model_name(card_path):
+    """The shipped model's name: its folder under models/."""
+    return os.path.basename(os.path.dirname(card_path))
+
+
 def test_four_models_ship_with_cards_and_small_weights():
-    names = {os.path.basename(os.path.dirname(path)) for path in CARDS}
+    names = {model_name(path) for path in CARDS}
     assert names == {'drive', 'chase', 'drive_chase', 'all'}
     for path in CARDS:
         folder = os.path.dirname(path)
@@ -30,7 +35,7 @@ def test_four_models_ship_with_cards_and_small_weights():
         assert os.path.exists(os.path.join(folder, 'MODEL.md'))
 
 
-@pytest.mark.parametrize('card_path', CARDS, ids=lambda path: path.split(os.sep)[-2])
+@pytest.mark.parametrize('card_path', CARDS, ids=model_name)
 def test_a_model_card_is_rendered_from_its_card_json(card_path):
     """MODEL.md is bench/ship.py's rendering of card.json, not edited apart from it."""
     from bench import ship
@@ -53,7 +58,7 @@ def real_data(tmp_path_factory):
     return root / 'data'
 
 
-SET_IDS = [f'{os.path.basename(os.path.dirname(p))}-{d}' for p, d in SETS]
+SET_IDS = [f'{model_name(p)}-{d}' for p, d in SETS]
 THRESHOLD_METRICS = ('F1', 'IoU', 'Se', 'Sp', 'Acc')
 
 
