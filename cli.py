@@ -2,6 +2,7 @@
 scripts take (each defined once), and bad input as one line and exit status 2."""
 
 import logging
+import math
 import os
 import re
 import signal
@@ -53,6 +54,12 @@ class DiskFullError(UserError):
     """No space left where an output is written: every later output would fail too."""
 
 
+class Interrupted(UserError):
+    """Ctrl-C (SIGINT) stopped the work after what was done had been saved: exit code 130."""
+
+    exit_code = 130
+
+
 class UnrecoverableError(UserError):
     """A UserError after which the process cannot end normally (HDF5 after a failed write
     crashes at the interpreter's exit): run_main reports it and ends at once."""
@@ -71,15 +78,25 @@ def run_main(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
                     '--name=value (a space before the value leaves it unused)'
                 )
             check_aliases(sys.argv[1:])
+            check_finite_floats()
             return main(argv)
         except UserError as error:
             print(f'error: {error}', file=sys.stderr, flush=True)
             if isinstance(error, UnrecoverableError):
                 sys.stdout.flush()
                 os._exit(2)
-            sys.exit(2)
+            sys.exit(getattr(error, 'exit_code', 2))
 
     return wrapped
+
+
+def check_finite_floats() -> None:
+    """Refuses NaN and infinity in every float flag (absl's bounds let NaN through)."""
+    for name in flags.FLAGS:
+        flag = flags.FLAGS[name]
+        if isinstance(flag.parser, flags.FloatParser) and flag.value is not None:
+            if not math.isfinite(flag.value):
+                raise UserError(f'--{name}={flag.value}: must be a finite number')
 
 
 def check_aliases(args: list[str]) -> None:

@@ -23,12 +23,9 @@ import utils
 cli.quiet_tensorflow()
 
 import concurrent.futures  # noqa: E402
-import csv  # noqa: E402
 import dataclasses  # noqa: E402
-import io  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
@@ -145,6 +142,13 @@ flags.DEFINE_float(
     lower_bound=0.01,
     upper_bound=1000,
 )
+flags.DEFINE_float(
+    'max_megapixels',
+    utils.MAX_MEGAPIXELS,
+    'The largest photo --predict reads, in megapixels as its header declares them: a larger '
+    'one is refused before it is decoded (a 1 MB PNG can declare 20000x20000 pixels).',
+    lower_bound=0.001,
+)
 flags.DEFINE_string(
     'checkpoint',
     'last',
@@ -170,6 +174,7 @@ for _name in ('tile_size', 'tile_overlap'):
     )
 
 METRICS_JSON, METRICS_CSV = 'metrics.json', 'metrics.csv'
+EXPORT_MARKER = 'retina-unet-export.json'  # in each SavedModel evaluate.py writes
 OVERLAY_DIR = 'overlays'
 EVALUATIONS_DIR = 'evaluations'
 REPORTED = ('F1', 'Acc', 'Se', 'Sp', 'Precision', 'AUC_ROC', 'AUC_PR', 'IoU', 'mIoU')
@@ -224,9 +229,12 @@ def export(unet: keras.Model, export_dir: str, model_diameter: float | None) -> 
             ),
             input_signature=[images, tf.TensorSpec([None], tf.float32, name='fov_diameters')],
         )
-    temporary = tempfile.mkdtemp(prefix='.tmp.', dir=os.path.dirname(os.path.abspath(export_dir)))
+    temporary = fileio.temporary_dir(export_dir)
     try:
         archive.write_out(temporary, verbose=False)
+        fileio.write_json(
+            os.path.join(temporary, EXPORT_MARKER), {'model_fov_diameter': model_diameter}
+        )
         replace_folder(temporary, export_dir)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -239,10 +247,36 @@ def replace_folder(new, old):
     if not os.path.isdir(old):
         os.rename(new, old)
         return
-    retired = tempfile.mkdtemp(prefix='.tmp.', dir=os.path.dirname(os.path.abspath(old)))
+    retired = fileio.temporary_dir(old)
     os.rename(old, os.path.join(retired, 'old'))
     os.rename(new, old)
     shutil.rmtree(retired)
+
+
+def check_export_dir(export_dir: str, kept: list[str]) -> None:
+    """Refuses an --export_dir whose replacement could lose anything but an earlier export: a
+    file; a folder that holds other files than a SavedModel evaluate.py wrote (EXPORT_MARKER);
+    one that is, holds or lies inside a folder of `kept` (the run folder, the inputs' folders,
+    the output folder)."""
+    flag = f'--export_dir={export_dir}'
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise cli.UserError(f'{flag}: a file, not a folder')
+    for folder in kept:
+        if fileio.overlaps(export_dir, folder):
+            raise cli.UserError(
+                f'{flag}: is, holds or lies inside {folder} (the run folder, an input or an '
+                'output folder), which an export would replace; choose a folder of its own'
+            )
+    if (
+        os.path.isdir(export_dir)
+        and os.listdir(export_dir)
+        and not os.path.isfile(os.path.join(export_dir, EXPORT_MARKER))
+    ):
+        raise cli.UserError(
+            f'{flag}: holds files that are not a SavedModel evaluate.py wrote (no '
+            f'{EXPORT_MARKER}); only such a folder, or an empty one, is replaced'
+        )
+    fileio.writable_dir(os.path.dirname(os.path.abspath(export_dir)), '--export_dir')
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -368,17 +402,15 @@ def print_result(result):
 def write_results(out_dir, rows, result, step):
     """metrics.json, metrics.csv and the TensorBoard scalars of one evaluation."""
     fileio.write_json(os.path.join(out_dir, METRICS_JSON), {**result, 'per_image': rows})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=['image', *REPORTED], extrasaction='ignore')
-    writer.writeheader()
-    for row in rows + [{'image': 'all', **result['scores']}]:  # undefined: an empty cell
-        writer.writerow(
-            {
-                key: '' if isinstance(value, float) and np.isnan(value) else value
-                for key, value in row.items()
-            }
-        )
-    fileio.write_atomic(os.path.join(out_dir, METRICS_CSV), text.getvalue())
+    columns = ['image', *REPORTED]
+    fileio.write_csv(
+        os.path.join(out_dir, METRICS_CSV),
+        columns,
+        (
+            [csv_cell(row.get(key, '')) for key in columns]
+            for row in rows + [{'image': 'all', **result['scores']}]
+        ),
+    )
     try:
         with tf.summary.create_file_writer(out_dir).as_default():
             for key in REPORTED:
@@ -389,6 +421,11 @@ def write_results(out_dir, rows, result, step):
             f'{out_dir}: could not write the TensorBoard scalars (is the disk '
             f'full? {cli.first_line(error)})'
         ) from None
+
+
+def csv_cell(value):
+    """A metric as metrics.csv holds it: undefined (NaN) is an empty cell."""
+    return '' if isinstance(value, float) and np.isnan(value) else value
 
 
 def evaluation_name(
@@ -553,6 +590,7 @@ class EvalConfig:
     features: bool = True
     fov_degrees: float | None = None
     pixel_size_um: float | None = None
+    max_megapixels: float = utils.MAX_MEGAPIXELS
 
     @classmethod
     def from_flags(cls):
@@ -638,17 +676,34 @@ def photo_predictor(
 
 def check_outputs(config: 'EvalConfig') -> str:
     """Checks the settings and that the output folder is writable before any work; returns it."""
-    if config.export_dir:
-        if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
-            raise cli.UserError(f'--export_dir={config.export_dir}: a file, not a folder')
-        fileio.writable_dir(os.path.dirname(os.path.abspath(config.export_dir)), '--export_dir')
     if config.predict:
-        return fileio.writable_dir(
+        out_dir = fileio.writable_dir(
             config.predict_dir or os.path.join(config.logdir, 'predictions'), '--predict_dir'
         )
-    if not config.label_file_path:
+    elif not config.label_file_path:
         raise cli.UserError('--label_file_path is required (or --predict for unlabelled images)')
-    return fileio.writable_dir(config.output_dir or config.logdir, '--output_dir')
+    else:
+        out_dir = fileio.writable_dir(config.output_dir or config.logdir, '--output_dir')
+    if config.export_dir:
+        check_export_dir(config.export_dir, [config.logdir, out_dir, *input_folders(config)])
+    return out_dir
+
+
+def input_folders(config: 'EvalConfig') -> set[str]:
+    """The folders of every file this evaluation or prediction reads."""
+    given = [config.calibrate_on, None if config.predict else config.label_file_path]
+    label_paths = [path for paths in given if paths for path in dataset.label_file_paths(paths)]
+    paths = [
+        *(photos.find_images(config.predict) if config.predict else []),
+        *label_paths,
+        *(
+            path
+            for label_file in label_paths
+            for sample in label_files.parse_label_file(label_file)
+            for path in (sample.image, sample.label, sample.mask)
+        ),
+    ]
+    return {os.path.dirname(os.path.abspath(path)) for path in paths}
 
 
 def main(argv: list[str]) -> None:

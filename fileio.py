@@ -1,8 +1,10 @@
 """Files written whole or not at all (atomic replaces), and JSON read back with every field
 checked, so that a damaged or crafted file gives one line naming the file and the field."""
 
+import csv
 import errno
 import glob
+import io
 import json
 import math
 import os
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 Check = Callable[[Any], bool]  # a JSON field's test
 Fields = Mapping[str, tuple[Check, str]]  # {field: (its test, what it must be)}
 STALE_SECONDS = 60  # a temporary file this old in a shared output folder was left by a killed run
+# Temporary names only this project makes: only these are ever cleaned (a user's own .tmp.* stays).
+TEMPORARY_PREFIX = '.retina-unet-tmp.'
+FORMULA_START = ('=', '+', '-', '@', '\t', '\r')  # a spreadsheet runs a cell starting so
 
 
 def writable_dir(path: str, flag: str) -> str:
@@ -50,23 +55,53 @@ def refuse_input_folder(folder: str | None, inputs: Iterable[str], flag: str) ->
             )
 
 
+def overlaps(path: str, other: str) -> bool:
+    """Whether one of two paths is the other or lies inside it (links resolved)."""
+    path, other = os.path.realpath(path), os.path.realpath(other)
+    return os.path.commonpath([path, other]) in (path, other)
+
+
 def temporary_path(path: str) -> str:
-    """A fresh hidden name beside `path` that keeps its whole ending ('.weights.h5' stays)."""
+    """A fresh hidden name beside `path` that keeps its extensions ('.weights.h5' stays, which
+    Keras checks) but not its stem, so that it is never longer than a legal name."""
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix='.tmp.', suffix=f'.{name}', dir=directory)
+    handle, temporary = tempfile.mkstemp(
+        prefix=TEMPORARY_PREFIX, suffix=_extensions(name), dir=directory
+    )
     os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
     return temporary
 
 
+def temporary_dir(beside: str) -> str:
+    """A fresh hidden folder beside folder `beside`, with the modes a new folder gets (not
+    mkdtemp's 0700, which would outlive the rename)."""
+    parent = os.path.dirname(os.path.abspath(beside))
+    temporary = tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=parent)
+    os.chmod(temporary, 0o777 & ~_umask())
+    return temporary
+
+
+def _extensions(name: str) -> str:
+    """'.weights.h5' of 'model.weights.h5', '.png' of 'eye_overlay.png' (at most 24 characters)."""
+    dot = name.find('.', 1)
+    ending = name[dot:] if dot > 0 else ''
+    return ending if len(ending) <= 24 else os.path.splitext(name)[1][:24]
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def remove_temporaries(folder: str, older_than: float = 0.0) -> None:
-    """Removes the temporary files and folders (.tmp.*) that killed writers left in `folder`,
-    those last changed over `older_than` seconds ago (a live writer's are seconds old)."""
+    """Removes the temporary files and folders this project's killed writers left in `folder`
+    (named TEMPORARY_PREFIX*, a name only it makes), those last changed over `older_than` seconds
+    ago (a live writer's are seconds old)."""
     limit = time.time() - older_than
-    for path in glob.glob(os.path.join(glob.escape(folder), '.tmp.*')):
+    for path in glob.glob(os.path.join(glob.escape(folder), glob.escape(TEMPORARY_PREFIX) + '*')):
         if os.lstat(path).st_mtime <= limit:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -86,6 +121,10 @@ def write_atomic(path: str, data: str | bytes | np.ndarray) -> None:
     except BaseException as error:
         if temporary and os.path.exists(temporary):
             os.remove(temporary)
+        if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
+            raise cli.UserError(
+                f'{printable(path)}: the name is too long for this file system'
+            ) from None
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise cli.DiskFullError(
                 f'{os.path.dirname(os.path.abspath(path))}: the disk is full '
@@ -93,6 +132,33 @@ def write_atomic(path: str, data: str | bytes | np.ndarray) -> None:
                 'kept'
             ) from None
         raise
+
+
+def write_csv(path: str, header: list[str], rows: Iterable[list[str]]) -> None:
+    """Writes a CSV atomically, each text cell made safe for spreadsheets (spreadsheet_safe)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator='\n')
+    for row in [header, *rows]:
+        writer.writerow([spreadsheet_safe(printable(str(cell))) for cell in row])
+    write_atomic(path, text.getvalue())
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell that no spreadsheet runs as a formula (OWASP's rule for CSV injection): text that
+    starts with = + - @, a tab or a carriage return gets a leading quote; numbers stay."""
+    if not cell.startswith(FORMULA_START):
+        return cell
+    try:
+        float(cell)
+        return cell
+    except ValueError:
+        return "'" + cell
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: the bytes of a file name that is not UTF-8 (which Python keeps as
+    surrogates, e.g. Latin-1 'M\\xfcller.png') become U+FFFD."""
+    return text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')
 
 
 def write_png(path: str, image: np.ndarray, scratch: bool = False) -> None:

@@ -30,6 +30,7 @@ ARC_BIN_DEGREES = 10
 CLIP_MARGIN = 0.01  # of the radius: how far beyond the fitted circle the mask may reach
 SIDES = ('top', 'bottom', 'left', 'right')
 FRAME_MARGIN = 3  # px; a FOV this close to a side of the frame is cut by it
+MIN_SIDE = 32  # px; the shortest side of a photo that can hold a FOV
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,30 @@ def read(image: np.ndarray, image_path: str, mask_path: str | None = None) -> np
         if not mask.any():
             raise cli.UserError(f'{mask_path}: the FOV mask is empty (all zero)')
     else:
+        refuse_featureless(image, image_path)
         mask = derive(image)
         if not mask.any():
-            raise cli.UserError(f'{image_path}: no field of view found (the image is black)')
+            raise cli.UserError(
+                f'{image_path}: no field of view found (no region stands out from the dark '
+                'background)'
+            )
     return mask
+
+
+def refuse_featureless(image: np.ndarray, path: str) -> None:
+    """Refuses an image in which no retina can be: black, one flat level, or too thin."""
+    height, width = image.shape[:2]
+    if image.max() <= MIN_STEP:
+        raise cli.UserError(f'{path}: no field of view found (the image is black)')
+    if min(height, width) < MIN_SIDE:
+        raise cli.UserError(
+            f'{path}: the image is only {width}x{height} px (a photo that holds a FOV is '
+            f'{MIN_SIDE} px or more on each side)'
+        )
+    if np.ptp(image) <= MIN_STEP:
+        raise cli.UserError(
+            f'{path}: the image is one flat colour (values {image.min()} to {image.max()})'
+        )
 
 
 def derive(image: np.ndarray) -> np.ndarray:

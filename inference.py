@@ -1,7 +1,7 @@
 """A trained run folder's U-Net as a vessel predictor: its architecture and weights loaded and
 checked, and images of any size predicted whole, in tiles, or averaged over flips."""
 
-import os
+import re
 import warnings
 from collections.abc import Callable
 
@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 import cli
+import fileio
 import model
 import run_folder
 
@@ -28,7 +29,7 @@ def load_model(
         raise cli.UserError('--logdir is required')
     architecture = run_folder.load_architecture(logdir)
     weights = run_folder.weights_path(logdir)
-    if architecture is None or not os.path.exists(weights):
+    if architecture is None or not fileio.is_regular_file(weights, missing_ok=True):
         raise cli.UserError(
             f'--logdir={logdir}: no trained model ({run_folder.ARCHITECTURE_FILE}, '
             f'{run_folder.WEIGHTS_FILE} and {run_folder.SCALE_FILE} are written by '
@@ -37,10 +38,18 @@ def load_model(
     model.check_architecture(architecture, given or {}, f'--logdir={logdir}')
     check_weights_width(weights, architecture)
     unet = model.build_from_architecture(architecture)
+    name, step, source = restore(unet, logdir, checkpoint)
+    check_finite(unet, source)
+    return unet, architecture, name, step
+
+
+def restore(unet: keras.Model, logdir: str, checkpoint: str) -> tuple[str, int, str]:
+    """Loads into `unet` the weights `checkpoint` names; returns the name outputs take from them,
+    their step and the file they came from."""
     if checkpoint.isdigit():
         step = int(checkpoint)
         restore_step(unet, logdir, step)
-        return unet, architecture, f'step{step}', step
+        return f'step{step}', step, run_folder.checkpoint_prefix(logdir, step)
     if checkpoint == 'best':
         best = run_folder.read_best(logdir)
         if best is None:
@@ -48,13 +57,31 @@ def load_model(
                 f'--checkpoint=best: {logdir} has no best checkpoint (train '
                 'with --validation_label_file to keep one)'
             )
-        step = best['step']
         load_weights(unet, run_folder.best_weights_path(logdir))
-        return unet, architecture, f'best-step{step}', step
+        return f'best-step{best["step"]}', best['step'], run_folder.best_weights_path(logdir)
     step = run_folder.restore_newest(tf.train.Checkpoint(model=unet), logdir)
-    if not step:  # a run folder without checkpoints, as the shipped models
-        load_weights(unet, weights)
-    return unet, architecture, f'step{step}' if step else 'last', step or 0
+    if step:
+        return f'step{step}', step, run_folder.checkpoint_prefix(logdir, step)
+    weights = run_folder.weights_path(logdir)  # a run folder without checkpoints: shipped models
+    load_weights(unet, weights)
+    return 'last', 0, weights
+
+
+def check_finite(unet: keras.Model, source: str) -> None:
+    """Refuses weights with NaN or infinite values, and weights whose predictions are not finite
+    (e.g. values near 1e38): either would give an empty map, not an error."""
+    broken = [weight.path for weight in unet.weights if not np.isfinite(weight.numpy()).all()]
+    if broken:
+        raise cli.UserError(
+            f'{source}: {len(broken)} weight arrays hold NaN or infinite values ({broken[0]}, '
+            '...); these weights are broken'
+        )
+    probe = np.full((1, 32, 32, unet.input_shape[-1]), 0.5, np.float32)
+    if not np.isfinite(model.predict_probabilities(unet, probe).numpy()).all():
+        raise cli.UserError(
+            f'{source}: the model predicts NaN or infinite values (weights too large to '
+            'compute with); these weights are broken'
+        )
 
 
 def check_weights_width(weights, architecture):
@@ -63,15 +90,21 @@ def check_weights_width(weights, architecture):
     base = architecture['base_channels'] * 2 ** architecture['depth']
     try:
         with h5py.File(weights, 'r') as stream:
-            shapes = []
+            shapes = {}
             stream.visititems(
-                lambda _, item: (
-                    shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None
+                lambda name, item: (
+                    shapes.update({name: item.shape}) if isinstance(item, h5py.Dataset) else None
                 )
             )
-        widest = max((shape[-1] for shape in shapes if shape), default=base)
     except OSError:
         return  # not HDF5: load_weights names the file
+    strays = [name for name in shapes if not _LAYER_WEIGHT.fullmatch(name)]
+    if strays:
+        raise cli.UserError(
+            f'{weights}: holds {strays[0]!r}, which is no layer\'s weights (not a file Keras '
+            'wrote for this model)'
+        )
+    widest = max((shape[-1] for shape in shapes.values() if shape), default=base)
     if widest != base:
         raise cli.UserError(
             f'{weights}: does not fit the architecture in {run_folder.ARCHITECTURE_FILE} '
@@ -81,7 +114,11 @@ def check_weights_width(weights, architecture):
         )
 
 
+_LAYER_WEIGHT = re.compile(r'layers/[^/]+/vars/\d+')  # where Keras 3 keeps a layer's arrays
+
+
 def load_weights(unet, weights):
+    fileio.is_regular_file(weights)
     try:
         with warnings.catch_warnings():  # Keras warns once per layer before it raises
             warnings.simplefilter('ignore')
@@ -132,7 +169,7 @@ def predict_image(
     kept. Where `overlap` covers the receptive field this equals whole-image inference."""
     height, width = image.shape[:2]
     if not tile_size:
-        return predict_batch(image[None])[0].numpy()
+        return finite(predict_batch(image[None])[0].numpy())
     padded = np.pad(image, [(0, -height % model.MULTIPLE), (0, -width % model.MULTIPLE), (0, 0)])
     out = np.zeros(padded.shape[:2], np.float32)
     for top in range(0, padded.shape[0], tile_size):
@@ -144,7 +181,16 @@ def predict_image(
             out[top : top + tile_size, left : left + tile_size] = probability[
                 top - y0 : top - y0 + tile_size, left - x0 : left - x0 + tile_size
             ]
-    return out[:height, :width]
+    return finite(out[:height, :width])
+
+
+def finite(probability: np.ndarray) -> np.ndarray:
+    """`probability`, refused where any value is NaN or infinite (broken weights or input)."""
+    if not np.isfinite(probability).all():
+        raise cli.UserError(
+            'the model predicted NaN or infinite values for this image (broken weights?)'
+        )
+    return probability
 
 
 def predict_flipped(

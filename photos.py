@@ -11,6 +11,7 @@ import concurrent.futures
 import dataclasses
 import glob
 import os
+import signal
 import sys
 
 import numpy as np
@@ -24,31 +25,20 @@ import report
 import scale
 import utils
 
-IMAGE_EXTENSIONS = (
-    '.png',
-    '.jpg',
-    '.jpeg',
-    '.tif',
-    '.tiff',
-    '.gif',
-    '.bmp',
-    '.webp',
-    '.ppm',
-    '.ppm.gz',
-)
 PREDICTION_FILES = ('prob', 'mask', 'overlay')  # {name}_{suffix}.png for each photo
 
 
 def find_images(pattern: str) -> list[str]:
-    """The image files --predict names: a file, a folder (its image files), or a glob pattern."""
+    """The image files --predict names: a file, a folder (its image files; how many files of other
+    kinds it skipped is logged), or a glob pattern."""
     if os.path.isfile(pattern):
         return [pattern]
     if os.path.isdir(pattern):
-        paths = sorted(
-            os.path.join(pattern, name)
-            for name in os.listdir(pattern)
-            if name.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        files = [
+            name for name in os.listdir(pattern) if os.path.isfile(os.path.join(pattern, name))
+        ]
+        paths = sorted(os.path.join(pattern, name) for name in files if utils.is_image_name(name))
+        utils.log_skipped(pattern, [name for name in files if not utils.is_image_name(name)])
     else:
         paths = sorted(glob.glob(pattern))
     if not paths:
@@ -60,32 +50,63 @@ def predict_files(predictor, pattern, out_dir, threshold, config):
     """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
     masks; each photo's files are written (and its features measured) while the next one is
     predicted. A file that cannot be read or predicted is reported and skipped; the run then
-    ends with an error."""
+    ends with an error. Ctrl-C stops after the photo at hand, with the report of those done."""
     paths = find_images(pattern)
     fileio.refuse_input_folder(out_dir, paths, '--predict_dir')
     fileio.remove_temporaries(out_dir, fileio.STALE_SECONDS)
-    rows, pending = [], None  # pending: (index, path, the report row or its Future)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
-        for index, (path, name) in enumerate(
-            label_files.output_stems(paths, '--predict').items(), 1
-        ):
-            try:
-                photo = predict_photo(predictor, path, threshold)
-                outcome = writer.submit(write_photo, photo, out_dir, name, config)
-            except cli.UserError as error:
-                print(f'error: {error}', file=sys.stderr)
-                outcome = report.unreadable(os.path.basename(path), cli.first_line(error))
-            if pending:
-                rows.append(finished(*pending, len(paths)))
-            pending = (index, path, outcome)
-        rows.append(finished(*pending, len(paths)))
+    rows = []
+    try:
+        rows.extend(predicted_rows(predictor, paths, out_dir, threshold, config))
+    except KeyboardInterrupt:
+        interrupted = True
+    else:
+        interrupted = False
     failed = sum('decision' not in row for row in rows)
-    print(f'wrote {len(PREDICTION_FILES) * (len(paths) - failed)} files to {out_dir}')
+    print(f'wrote {len(PREDICTION_FILES) * (len(rows) - failed)} files to {out_dir}')
     if config.features:
-        report.publish(out_dir, rows, f'Vessel maps of {pattern}')
+        with cli.SignalHandler(signal.SIG_IGN):  # a second Ctrl-C must not cut the report
+            report.publish(out_dir, rows, f'Vessel maps of {pattern}')
+    if interrupted:
+        raise cli.Interrupted(f'interrupted after {len(rows)} of {len(paths)} photos')
     if failed:
         raise cli.UserError(f'{failed} of {len(paths)} images could not be predicted (named above)')
     return rows
+
+
+def predicted_rows(predictor, paths, out_dir, threshold, config):
+    """Yields each photo's report row, in order, once its files are written; on Ctrl-C, the
+    rows of the photos already written, then KeyboardInterrupt again."""
+    pending, yielded, interrupted = None, 0, False  # pending: (index, path, row or its Future)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        try:
+            for index, (path, name) in enumerate(
+                label_files.output_stems(paths, '--predict').items(), 1
+            ):
+                outcome = submitted(writer, predictor, path, name, out_dir, threshold, config)
+                if pending:
+                    yield finished(*pending, len(paths))
+                    yielded = pending[0]
+                pending = (index, path, outcome)
+        except KeyboardInterrupt:
+            interrupted = True
+        if pending and pending[0] > yielded:
+            yield finished(*pending, len(paths))
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def submitted(writer, predictor, path, name, out_dir, threshold, config):
+    """The photo predicted and its files handed to `writer` (a Future of its report row), or
+    where it cannot be read or predicted, the row that says why."""
+    try:
+        photo = predict_photo(predictor, path, threshold, config.max_megapixels)
+        return writer.submit(write_photo, photo, out_dir, name, config)
+    except cli.UserError as error:
+        message = fileio.printable(cli.first_line(error))
+        shown = fileio.printable(path)
+        message = message if message.startswith(shown) else f'{shown}: {message}'
+        print(f'error: {message}', file=sys.stderr)
+        return report.unreadable(os.path.basename(path), message)
 
 
 def finished(index, path, outcome, count):
@@ -97,7 +118,7 @@ def finished(index, path, outcome, count):
         '[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s',
         index,
         count,
-        path,
+        fileio.printable(path),
         100 * row['share'],
         row['decision'].factor,
         row['decision'].rule,
@@ -119,8 +140,8 @@ class Photo:
     decision: scale.Decision
 
 
-def predict_photo(predictor, path, threshold):
-    rgb = utils.read_image(path)
+def predict_photo(predictor, path, threshold, max_megapixels=utils.MAX_MEGAPIXELS):
+    rgb = utils.read_image(path, max_megapixels=max_megapixels)
     inside = fov.read(rgb, path)
     probability, decision = predictor(rgb, inside, path)
     probability *= inside

@@ -90,6 +90,29 @@ def _files(folder, pattern):
     return sorted(glob.glob(os.path.join(glob.escape(folder), pattern)))
 
 
+def _image_files(folder):
+    """The image files of `folder`, sorted; other files (Thumbs.db, .DS_Store) are skipped and
+    counted in a log line."""
+    files = [path for path in _files(folder, '*') if os.path.isfile(path)]
+    utils.log_skipped(
+        folder, [os.path.basename(path) for path in files if not utils.is_image_name(path)]
+    )
+    return [path for path in files if utils.is_image_name(path)]
+
+
+def refuse_duplicate_names(samples: list[RawSample]) -> None:
+    """Refuses two images of one split with the same name (21_training.tif and .png): both would
+    be written to one PNG."""
+    seen = {}
+    for sample in samples:
+        if sample.name in seen:
+            raise cli.UserError(
+                f'{sample.image} and {seen[sample.name]} would both be written as '
+                f'{sample.name}.png; keep one of them'
+            )
+        seen[sample.name] = sample.image
+
+
 def _first_match(folder, pattern):
     matches = _files(folder, pattern)
     return matches[0] if matches else None
@@ -99,7 +122,7 @@ def find_drive_layout(split_dir):
     """Samples of one split laid out as DRIVE: images/NN_split.*, 1st_manual/NN_manual1.*,
     mask/NN_split_mask.*, 2nd_manual/NN_manual2.*."""
     samples = []
-    for image in _files(os.path.join(split_dir, 'images'), '*'):
+    for image in _image_files(os.path.join(split_dir, 'images')):
         stem = label_files.file_stem(image)
         label_files.check_listable(stem, image)
         number = glob.escape(stem.split('_')[0])
@@ -230,13 +253,12 @@ def write_split(split_dir, loaded):
 def refuse_overlap(data_dir, output_dir, datasets):
     """Refuses an --output_dir whose dataset folders would lie in (or hold) a downloaded one:
     the next run would find its own PNGs beside the download's images."""
-    inputs = [os.path.realpath(os.path.join(data_dir, folder)) for folder in INPUT_FOLDERS]
     for name in datasets:
-        written = os.path.realpath(os.path.join(output_dir, name))
-        for folder in inputs:
-            if os.path.commonpath([written, folder]) in (written, folder):
+        written = os.path.join(output_dir, name)
+        for folder in INPUT_FOLDERS:
+            if fileio.overlaps(written, os.path.join(data_dir, folder)):
                 raise cli.UserError(
-                    f'--output_dir={output_dir}: would write {written} into '
+                    f'--output_dir={output_dir}: would write {os.path.realpath(written)} into '
                     f'the downloads of --data_dir={data_dir}; choose another '
                     'folder'
                 )
@@ -255,6 +277,9 @@ def process(data_dir: str, output_dir: str) -> dict[str, dict[str, int]]:
             '--synthetic)'
         )
     refuse_overlap(data_dir, output_dir, datasets)
+    for splits in datasets.values():
+        for samples in splits.values():
+            refuse_duplicate_names(samples)
     loaded = {
         (name, split): [(s.name, load_sample(s)) for s in samples]
         for name, splits in datasets.items()

@@ -5,10 +5,9 @@ A row is a dict: 'image', 'source' ('predicted' or 'manual'), the features of fe
 and 'thumbnail' (an image file relative to the output folder, or None).
 """
 
-import csv
 import html
-import io
 import os
+import urllib.parse
 
 import numpy as np
 
@@ -84,26 +83,22 @@ def columns(rows: list[dict]) -> list[str]:
 
 
 def cell(value: object) -> str:
-    """A value as the CSV and the report show it: 6 significant digits, '' for undefined."""
+    """A value as the CSV and the report show it: 6 significant digits, '' for undefined, text
+    as valid UTF-8."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ''
     if isinstance(value, float):
         return f'{value:.6g}'
     if isinstance(value, list):
-        return '; '.join(value)
-    return str(value)
+        return fileio.printable('; '.join(value))
+    return fileio.printable(str(value))
 
 
 def write(out_dir: str, rows: list[dict], title: str) -> tuple[str, str]:
     """Writes features.csv and report.html for `rows` into out_dir; returns their paths."""
     names = columns(rows)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator='\n')
-    writer.writerow(names)
-    for row in rows:
-        writer.writerow([cell(row.get(name)) for name in names])
     paths = os.path.join(out_dir, FEATURES_CSV), os.path.join(out_dir, REPORT_HTML)
-    fileio.write_atomic(paths[0], text.getvalue())
+    fileio.write_csv(paths[0], names, ([cell(row.get(name)) for name in names] for row in rows))
     fileio.write_atomic(paths[1], page(rows, names, title))
     return paths
 
@@ -119,12 +114,13 @@ img { width: 200px; display: block; }
 .missing { color: #a30; }
 """
 
-_SCRIPT = """
+_SCRIPT = r"""
 document.querySelectorAll('img').forEach(function (img) {
   img.addEventListener('error', function () {
     var note = document.createElement('span');
     note.className = 'missing';
-    note.textContent = 'image missing: ' + img.getAttribute('src');
+    note.textContent = 'image missing: ' +
+      decodeURIComponent(img.getAttribute('src').replace(/^\.\//, ''));
     img.replaceWith(note);
   });
 });
@@ -151,6 +147,12 @@ document.querySelectorAll('th').forEach(function (th, column) {
 """
 
 
+def link(path: str) -> str:
+    """A relative link to an output file, as an attribute value: percent-encoded from the name's
+    bytes, so that no name can become a scheme (javascript:), a fragment or a query."""
+    return html.escape('./' + urllib.parse.quote(os.fsencode(path), safe='/'))
+
+
 def page(rows: list[dict], names: list[str], title: str) -> str:
     """The report: one table row per photo, the thumbnail first; opens from disk, no server."""
     shown = [name for name in names if name != 'flags']
@@ -159,8 +161,8 @@ def page(rows: list[dict], names: list[str], title: str) -> str:
     for row in rows:
         thumbnail = row.get('thumbnail')
         image = (
-            f'<a href="{html.escape(thumbnail)}"><img src="{html.escape(thumbnail)}" '
-            f'alt="{html.escape(row["image"])}"></a>'
+            f'<a href="{link(thumbnail)}"><img src="{link(thumbnail)}" '
+            f'alt="{html.escape(cell(row["image"]))}"></a>'
             if thumbnail
             else ''
         )
@@ -169,11 +171,12 @@ def page(rows: list[dict], names: list[str], title: str) -> str:
             f'{html.escape(cell(row.get(name)))}</td>'
             for name in shown
         )
-        flags = '<br>'.join(html.escape(flag) for flag in row.get('flags', []))
+        flags = '<br>'.join(html.escape(cell(flag)) for flag in row.get('flags', []))
         body.append(f'<tr><td>{image}</td>{cells}<td class=flags>{flags}</td></tr>')
+    title = html.escape(cell(title))
     return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f'</title><style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n'
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}'
+        f'</title><style>{_STYLE}</style></head><body>\n<h1>{title}</h1>\n'
         f'<p>Features at a FOV diameter of {features.REFERENCE_FOV_PX} px (columns in '
         'docs/features.md); click a heading to sort. <span id="summary"></span></p>\n'
         f'<table><thead><tr>{head}</tr></thead><tbody>\n'

@@ -366,8 +366,11 @@ def restore_newest(checkpoint: tf.train.Checkpoint, logdir: str) -> int:
 def read_checkpoint(checkpoint: tf.train.Checkpoint, logdir: str, step: int) -> None:
     """Restores the checkpoint of `step` into `checkpoint`; a UserError naming it where it does
     not read back whole."""
+    prefix = checkpoint_prefix(logdir, step)
+    for path in glob.glob(glob.escape(prefix) + '.*'):  # a FIFO would hang the reader
+        fileio.is_regular_file(path)
     try:
-        status = checkpoint.restore(checkpoint_prefix(logdir, step)).expect_partial()
+        status = checkpoint.restore(prefix).expect_partial()
         status.assert_existing_objects_matched()
     except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
         raise cli.UserError(f'ckpt-{step}: {cli.first_line(error)}') from None
@@ -401,6 +404,7 @@ def trim_events(directory: str, last_step: int) -> None:
     before a crash, past the checkpoint the run resumes from) and any record torn by a kill, so
     that the resumed run writes every step exactly once."""
     for path in sorted(glob.glob(os.path.join(glob.escape(directory), 'events.out.tfevents.*'))):
+        fileio.is_regular_file(path)
         kept, changed = [], False
         try:
             for record in tf.data.TFRecordDataset(path).as_numpy_iterator():

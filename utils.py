@@ -2,11 +2,17 @@
 resizing, and overlays. Nothing here imports TensorFlow, so preprocessing tests stay fast.
 """
 
+import collections
 import gzip
+import io
+import os
+import warnings
 import zlib
 
 import cv2
 import numpy as np
+import PIL.Image
+from absl import logging
 
 import cli
 import fileio
@@ -14,10 +20,69 @@ import fileio
 # ----------------------------------------------------------------------------- image I/O
 
 
-def read_image(path: str, gray: bool = False) -> np.ndarray:
-    """Reads PNG/JPEG/TIFF/GIF/BMP/PPM (gzipped too: STARE's .ppm.gz) as uint8: HxWx3 RGB, or
-    HxW when `gray` (a label or mask stored as RGB, as DRIVE's GIFs, must have nearly equal
-    channels: its 2nd_manual palette is (4, 2, 4) and (252, 254, 252))."""
+IMAGE_EXTENSIONS = (
+    '.png',
+    '.jpg',
+    '.jpeg',
+    '.tif',
+    '.tiff',
+    '.gif',
+    '.bmp',
+    '.webp',
+    '.ppm',
+    '.ppm.gz',
+)
+MAX_MEGAPIXELS = 50.0  # the largest photo read by default (HRF's are 8.2; a bomb declares 400)
+PIL.Image.MAX_IMAGE_PIXELS = None  # Pillow only reads headers here; read_image sets the bound
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # read_image's line says it
+
+
+def read_image(path: str, gray: bool = False, max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
+    """Reads PNG/JPEG/TIFF/GIF/BMP/WebP/PPM (gzipped too: STARE's .ppm.gz) as uint8: HxWx3 RGB,
+    or HxW when `gray` (a label or mask stored as RGB, as DRIVE's GIFs, must have nearly equal
+    channels: its 2nd_manual palette is (4, 2, 4) and (252, 254, 252)). An image declaring more
+    than max_megapixels is refused before it is decoded; a transparent one is laid on black."""
+    data = _read_bytes(path)
+    pages, transparent = _check_header(data, path, max_megapixels)
+    # Any depth and colour, turned as a JPEG's or TIFF's EXIF orientation says (which
+    # IMREAD_UNCHANGED ignores); that keeps the alpha of a transparent image, to lay it on black.
+    mode = cv2.IMREAD_UNCHANGED if transparent else cv2.IMREAD_ANYCOLOR
+    image = _is_whole(data) and cv2.imdecode(np.frombuffer(data, np.uint8), mode | 2)
+    if image is None or image is False:  # 2: cv2.IMREAD_ANYDEPTH
+        raise cli.UserError(f'{path}: not a readable image (corrupt or unsupported format)')
+    if pages > 1 and not image.any():
+        raise cli.UserError(f'{path}: the first of its {pages} pages is black (only it is read)')
+    image = _to_8_bits(image, path)
+    if image.ndim == 3 and image.shape[2] in (2, 4):
+        image = _on_black(image)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second copy
+    if not gray:
+        return np.ascontiguousarray(image if image.ndim == 3 else np.stack([image] * 3, axis=-1))
+    if image.ndim == 3 and np.ptp(image.astype(np.int16), axis=-1).max() > 8:
+        raise cli.UserError(f'{path}: a colour image where a gray one is expected')
+    return np.ascontiguousarray(image if image.ndim == 2 else image[..., 0])
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file's name ends as the images read_image reads do."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def log_skipped(folder: str, names: list[str]) -> None:
+    """Logs how many files of `folder` were skipped as not images, and of which kinds."""
+    if names:
+        kinds = collections.Counter(os.path.splitext(name)[1].lower() or name for name in names)
+        logging.warning(
+            '%s: skipped %d files that are not images (%s)',
+            folder,
+            len(names),
+            ', '.join(f'{kind} {count}' for kind, count in kinds.most_common()),
+        )
+
+
+def _read_bytes(path):
+    """The file's bytes (a gzipped file's content), refused where empty or not a regular file."""
     fileio.is_regular_file(path)
     with open(path, 'rb') as stream:
         data = stream.read()
@@ -30,22 +95,56 @@ def read_image(path: str, gray: bool = False) -> np.ndarray:
             raise cli.UserError(
                 f'{path}: not a readable gzip file ({cli.first_line(error)})'
             ) from None
-    # Any depth and colour, and turned as a JPEG's or TIFF's EXIF orientation says (which
-    # IMREAD_UNCHANGED would ignore); an alpha channel is dropped.
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    # OpenCV fills a truncated JPEG with grey instead of failing: require the end marker.
-    if image is None or (data[:2] == b'\xff\xd8' and data.rstrip(b'\0')[-2:] != b'\xff\xd9'):
-        raise cli.UserError(f'{path}: not a readable image (corrupt or unsupported format)')
-    image = _to_8_bits(image, path)
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second copy
-    elif image.ndim == 3:
-        image = image[:, :, 2::-1]  # OpenCV's BGRA to RGB
-    if not gray:
-        return np.ascontiguousarray(image if image.ndim == 3 else np.stack([image] * 3, axis=-1))
-    if image.ndim == 3 and np.ptp(image.astype(np.int16), axis=-1).max() > 8:
-        raise cli.UserError(f'{path}: a colour image where a gray one is expected')
-    return np.ascontiguousarray(image if image.ndim == 2 else image[..., 0])
+    return data
+
+
+def _check_header(data, path, max_megapixels):
+    """Refuses an image whose header declares more than max_megapixels, before it is decoded (a
+    1 MB PNG can declare 20000x20000). Returns its page count and whether it has transparency
+    (1 and False where Pillow does not know the format: OpenCV decides)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # Pillow's words on a damaged file: OpenCV decides
+            with PIL.Image.open(io.BytesIO(data)) as image:
+                (width, height), pages = image.size, getattr(image, 'n_frames', 1)
+                transparent = 'A' in image.mode or 'transparency' in image.info
+    except (OSError, ValueError, SyntaxError):
+        return 1, False
+    if width * height > max_megapixels * 1e6:
+        raise cli.UserError(
+            f'{path}: declares {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), '
+            f'over the bound of {max_megapixels:g} (--max_megapixels raises it)'
+        )
+    return pages, transparent
+
+
+def _is_whole(data):
+    """False for a JPEG or PNG cut short (OpenCV fills a truncated JPEG with grey, and libpng
+    prints its own warning): a JPEG must reach its end marker after its first scan, a PNG its
+    IEND chunk. Bytes after the end (a trailing newline, a Motion Photo's video) are allowed."""
+    if data[:2] == b'\xff\xd8':
+        position = 2
+        while position + 4 <= len(data) and data[position] == 0xFF:
+            if data[position + 1] == 0xDA:  # start of scan: FFD9 alone ends the image
+                return data.find(b'\xff\xd9', position) > 0
+            position += 2 + int.from_bytes(data[position + 2 : position + 4], 'big')
+        return False
+    if data[:8] == b'\x89PNG\r\n\x1a\n':
+        position = 8
+        while position + 8 <= len(data):
+            if data[position + 4 : position + 8] == b'IEND':
+                return True
+            position += 12 + int.from_bytes(data[position : position + 4], 'big')
+        return False
+    return True
+
+
+def _on_black(image):
+    """A BGRA (or gray and alpha) image laid on black: what a transparent background hides
+    does not count."""
+    alpha = image[..., -1:].astype(np.float32) / 255
+    colour = np.rint(image[..., :-1] * alpha).astype(np.uint8)
+    return colour[..., 0] if colour.shape[2] == 1 else colour
 
 
 def _to_8_bits(image, path):

@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
+import fileio  # noqa: E402
 
 cli.quiet_tensorflow()
 
@@ -57,7 +58,7 @@ def leftovers(logdir):
         os.path.relpath(os.path.join(folder, name), logdir)
         for folder, folders, files in os.walk(logdir)
         for name in folders + files
-        if name.startswith('.tmp.') or name.endswith('_temp')
+        if name.startswith(fileio.TEMPORARY_PREFIX) or name.endswith('_temp')
     )
 
 

@@ -83,7 +83,7 @@ def test_preprocess_killed_mid_run_leaves_no_half_file_and_reruns(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     for path in (tmp_path / 'out').rglob('*'):
-        if path.is_file() and not path.name.startswith('.tmp.'):
+        if path.is_file() and not path.name.startswith(fileio.TEMPORARY_PREFIX):
             assert path.suffix == '.png', path  # label files come last: none yet
             assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None, path
     assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import cli
+import fileio
 import model
 from conftest import (
     ROOT,
@@ -45,7 +46,7 @@ def leftovers(logdir):
     return sorted(
         str(path.relative_to(logdir))
         for path in logdir.rglob('*')
-        if path.name.startswith('.tmp.') or path.name.endswith('_temp')
+        if path.name.startswith(fileio.TEMPORARY_PREFIX) or path.name.endswith('_temp')
     )
 
 
@@ -155,10 +156,10 @@ def test_kill_during_a_save_leaves_leftovers_that_the_next_run_removes(
     trained, synthetic, tmp_path
 ):
     logdir = copy_run(trained, tmp_path)
-    (logdir / '.tmp.abc.model.weights.h5').write_bytes(b'half')
+    (logdir / f'{fileio.TEMPORARY_PREFIX}abc.model.weights.h5').write_bytes(b'half')
     for folder in ('best', 'validation_logs'):  # a best-weights export, an event-file trim
         (logdir / folder).mkdir(exist_ok=True)
-        (logdir / folder / '.tmp.xyz.part').write_bytes(b'half')
+        (logdir / folder / f'{fileio.TEMPORARY_PREFIX}xyz.part').write_bytes(b'half')
     (logdir / 'checkpoints' / 'ckpt-250_temp').mkdir()
     (logdir / 'checkpoints' / 'ckpt-250_temp' / 'part-00000-of-00001.index').write_bytes(b'x')
     train_here(logdir, synthetic['training'], max_iters=202, depth=TRAINED_DEPTH)

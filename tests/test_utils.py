@@ -1,5 +1,7 @@
 """Image I/O errors, atomic writes, overlays, label files and temporaries."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -95,21 +97,54 @@ def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path, orientation, co
     assert shown[rows, columns].mean() > 250 and shown.mean() < 255 * 0.1
 
 
-def test_only_stale_temporaries_are_removed(tmp_path):
+def test_only_stale_temporaries_of_this_project_are_removed(tmp_path):
     import os
     import time
 
-    for name in ('.tmp.old.png', '.tmp.fresh.png', 'keep.png'):
+    ours = fileio.TEMPORARY_PREFIX
+    for name in (f'{ours}old.png', f'{ours}fresh.png', 'keep.png', '.tmp.users.png'):
         (tmp_path / name).write_bytes(b'x')
-    (tmp_path / '.tmp.folder').mkdir()
-    (tmp_path / '.tmp.folder' / 'inside').write_bytes(b'x')
+    for name in (f'{ours}folder', '.tmp.users-folder'):  # a sync client's names stay
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'inside').write_bytes(b'x')
     an_hour_ago = time.time() - 3600
-    for name in ('.tmp.old.png', '.tmp.folder'):
+    for name in (f'{ours}old.png', f'{ours}folder', '.tmp.users.png', '.tmp.users-folder'):
         os.utime(tmp_path / name, (an_hour_ago, an_hour_ago))
     fileio.remove_temporaries(str(tmp_path), older_than=60)
-    assert sorted(os.listdir(tmp_path)) == ['.tmp.fresh.png', 'keep.png']
+    users = ['.tmp.users-folder', '.tmp.users.png']
+    assert sorted(os.listdir(tmp_path)) == [f'{ours}fresh.png', *users, 'keep.png']
     fileio.remove_temporaries(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ['keep.png']
+    assert sorted(os.listdir(tmp_path)) == [*users, 'keep.png']
+    assert os.listdir(tmp_path / '.tmp.users-folder') == ['inside']
+
+
+def test_a_temporary_name_keeps_the_extensions_not_the_stem(tmp_path):
+    long_stem = 'x' * 240  # a legal name; with a prefix and the whole name it would not be
+    temporary = fileio.temporary_path(str(tmp_path / f'{long_stem}_overlay.png'))
+    name = os.path.basename(temporary)
+    assert name.startswith(fileio.TEMPORARY_PREFIX) and name.endswith('.png') and len(name) < 64
+    assert os.path.basename(fileio.temporary_path(str(tmp_path / 'model.weights.h5'))).endswith(
+        '.weights.h5'
+    )
+    fileio.write_atomic(str(tmp_path / f'{long_stem}_overlay.png'), b'data')
+    assert (tmp_path / f'{long_stem}_overlay.png').read_bytes() == b'data'
+
+
+@pytest.mark.parametrize(
+    ('cell', 'safe'),
+    [
+        ('=HYPERLINK("http://x","y").png', '\'=HYPERLINK("http://x","y").png'),
+        ('+cmd.png', "'+cmd.png"),
+        ('-2+3.png', "'-2+3.png"),
+        ('@SUM(1).png', "'@SUM(1).png"),
+        ('\tx.png', "'\tx.png"),
+        ('\rx.png', "'\rx.png"),
+        ('-0.25', '-0.25'),  # a negative number stays a number
+        ('eye.png', 'eye.png'),
+    ],
+)
+def test_csv_cells_that_a_spreadsheet_would_run_are_quoted(cell, safe):
+    assert fileio.spreadsheet_safe(cell) == safe
 
 
 def test_a_fifo_or_a_link_loop_in_place_of_an_image_is_named_not_read(tmp_path):
