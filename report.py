@@ -19,13 +19,15 @@ import scale
 FEATURES_CSV, REPORT_HTML = 'features.csv', 'report.html'
 FEW_VESSELS = 0.03  # a vessel density below this (DRIVE's maps: 0.08-0.14) is flagged
 FAR_SCALE = 2.0  # a photo resized by more than this factor (or less than its inverse) is flagged
+MANY_VESSELS = 0.25  # a vessel density above this (manual maps: 5-15%) is flagged as a flood
 
 
 def photo_flags(
     mask: np.ndarray, measured: dict | None = None, decision: scale.Decision = scale.NATIVE
 ) -> list[str]:
     """What a user should see about one photo: its FOV touching the frame, the rule that set its
-    scale where the FOV shows no disc, a resize far from the model's scale, very few vessels."""
+    scale where the FOV shows no disc, a resize far from the model's scale or a scale in doubt,
+    very few vessels or far too many."""
     flags = []
     sides = fov.sides_touched(mask)
     if sides:
@@ -36,8 +38,16 @@ def photo_flags(
     factor = decision.factor
     if not 1 / FAR_SCALE <= factor <= FAR_SCALE:
         flags.append(f"resized x{factor:.2f} to the model's scale (far from the photo's own)")
-    if measured is not None and measured['vessel_density'] < FEW_VESSELS:
-        flags.append(f"few vessels found ({100 * measured['vessel_density']:.1f}% of the FOV)")
+    if decision.doubt:
+        flags.append(f'scale in doubt: {decision.doubt}')
+    density = measured['vessel_density'] if measured else None
+    if density is not None and density < FEW_VESSELS:
+        flags.append(f'few vessels found ({100 * density:.1f}% of the FOV)')
+    if density is not None and density > MANY_VESSELS:
+        flags.append(
+            f'{100 * density:.0f}% of the FOV marked as vessel, far more than retinas show '
+            f'(over {100 * MANY_VESSELS:.0f}%): the map is likely wrong'
+        )
     return flags
 
 

@@ -31,7 +31,17 @@ MIN_SKELETON_PX = 50  # fewer skeleton pixels than this tell no calibre
 CALIBRE_RESPONSE = 0.6  # d log(measured calibre) / d log(resize factor), measured (docs/scale.md)
 CALIBRE_PASSES = 3  # predict-measure-resize passes before the last prediction
 MIN_FACTOR, MAX_FACTOR = 0.25, 4.0  # the resize the calibre rule may choose
+MAX_STEP = 1.5  # the most one calibre pass may enlarge or shrink by
+CALIBRE_PIXELS = 4 * 10**6  # the calibre rule enlarges a photo no larger than this (or its own)
+CALIBRE_BUDGET = 5 * 10**6  # pixels predicted by all passes of the calibre rule together
 VESSELS_KEPT = 0.8  # a resize that loses more of the predicted vessels is past what the model reads
+# Where the FOV shows no disc, an enlargement is also refused where it floods the map: it marks
+# FLOODED times the vessels of the pass before, or its vessels do not join up (the largest
+# connected piece gains less than JOINED_UP of them: brought towards its scale, a vessel tree
+# joins up; past it, texture and noise are marked beside it).
+FLOODED = 2.0
+JOINED_UP = 0.02
+DOUBT = 2.0  # a factor this far from what the vessels' calibre asks is flagged
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,7 @@ class Decision:
 
     factor: float
     rule: str
+    doubt: str | None = None  # why the map may be wrong at this scale, for the report's flags
 
 
 NATIVE = Decision(1.0, 'native size')
@@ -171,54 +182,96 @@ def predict_at_scale(
 @dataclass(frozen=True)
 class _Pass:
     factor: float
-    calibre: float
+    calibre: float | None
     share: float  # of the FOV predicted as vessels
+    connected: float  # of the vessels, in their largest connected piece
     probability: np.ndarray
 
 
 def _by_calibre(predict_one, rgb, mask, preprocess, model_scale, path, disc):
-    """The calibre rule, from the `disc` Decision's factor (None: no disc, from 1): resize until
-    the main vessels predicted are as wide as the model's. Where a step loses vessels (a blurred
-    or diseased photo enlarged past what the model reads: docs/scale.md), the factor before it
-    is kept."""
+    """The calibre rule, from the `disc` Decision's factor (None: no disc, from 1): resize, at
+    most MAX_STEP a pass and within CALIBRE_PIXELS, until the main vessels predicted are as wide
+    as the model's. A resize that loses vessels (a blurred or diseased photo enlarged past what
+    the model reads: docs/scale.md) or, without a disc, floods the map is refused, and the
+    factor before it kept."""
     if model_scale.vessel_calibre is None:
         probability = predict_one(at_model_scale(rgb, 1.0, preprocess))
         return to_native(probability, mask.shape), Decision(
             1.0, 'native size (the FOV shows no disc and the model records no vessel calibre)'
         )
-    factor, kept = (disc.factor if disc else 1.0), None
+    factor, kept, wanted, refused = (disc.factor if disc else 1.0), None, None, None
+    spent = 0
     for passes_left in range(CALIBRE_PASSES, -1, -1):
         probability = predict_one(at_model_scale(rgb, factor, preprocess))
-        calibre, share = _calibre_and_share(probability, mask)
-        if kept and (calibre is None or share < VESSELS_KEPT * kept.share):
-            return to_native(kept.probability, mask.shape), _calibre_decision(kept, disc, True)
-        if calibre is None:
+        spent += probability.shape[0] * probability.shape[1]
+        latest = _measured(factor, probability, mask)
+        refused = kept and _refusal(kept, latest, flooding=disc is None)
+        if refused:
+            break
+        if latest.calibre is None:
             if disc:
                 return to_native(probability, mask.shape), disc
             raise cli.UserError(
                 f'{path}: the FOV shows no disc and too few vessels to tell '
                 'the scale; give --photo_fov_diameter'
             )
-        kept = _Pass(factor, calibre, share, probability)
-        step = (model_scale.vessel_calibre / calibre) ** (1 / CALIBRE_RESPONSE)
-        factor = float(np.clip(factor * step, MIN_FACTOR, MAX_FACTOR))
-        if not passes_left or abs(factor / kept.factor - 1) <= RESCALE_TOLERANCE:
+        kept = latest
+        wanted = factor * (model_scale.vessel_calibre / latest.calibre) ** (1 / CALIBRE_RESPONSE)
+        factor = _next_factor(factor, wanted, rgb.shape, stepwise=disc is None)
+        if (
+            not passes_left
+            or abs(factor / kept.factor - 1) <= RESCALE_TOLERANCE
+            or spent + np.prod(utils.scaled_size(rgb.shape, factor)) > CALIBRE_BUDGET
+        ):
             break
-        _check_size(rgb.shape, factor, path)
-    return to_native(kept.probability, mask.shape), _calibre_decision(kept, disc, False)
+    return to_native(kept.probability, mask.shape), _calibre_decision(kept, disc, refused, wanted)
 
 
-def _calibre_and_share(probability, mask):
-    """(main-vessel calibre, share of the FOV) of the vessels in `probability`."""
+def _next_factor(factor, wanted, shape, stepwise):
+    """The factor the next pass tries: `wanted`, within MIN_FACTOR..MAX_FACTOR and CALIBRE_PIXELS
+    (a photo larger than that is not enlarged); `stepwise` (no disc to start from), at most
+    MAX_STEP away from `factor`."""
+    step = MAX_STEP if stepwise else np.inf
+    high = min(MAX_FACTOR, factor * step, max(factor, np.sqrt(CALIBRE_PIXELS / np.prod(shape[:2]))))
+    return float(np.clip(wanted, max(MIN_FACTOR, factor / step), high))
+
+
+def _measured(factor, probability, mask):
+    """The calibre, vessel share and connectedness of the map `probability` at `factor`."""
     inside = utils.resize_binary(mask, probability.shape[:2]).astype(bool)
     vessels = (_vessel_probability(probability) >= 0.5) & inside
-    return main_calibre(vessels), vessels.sum() / max(inside.sum(), 1)
+    pieces, count = ndimage.label(vessels, np.ones((3, 3)))
+    largest = np.bincount(pieces.ravel())[1:].max() if count else 0
+    found = max(int(vessels.sum()), 1)
+    share = vessels.sum() / max(inside.sum(), 1)
+    return _Pass(factor, main_calibre(vessels), share, largest / found, probability)
 
 
-def _calibre_decision(kept, disc, stopped):
+def _refusal(kept, latest, flooding):
+    """Why the resize from `kept` to `latest` is refused, or None."""
+    resize = f'a resize to x{latest.factor:.2f}'
+    if latest.calibre is None or latest.share < VESSELS_KEPT * kept.share:
+        return f'{resize} lost vessels'
+    if flooding and latest.factor > kept.factor:
+        if latest.share > FLOODED * kept.share:
+            return f'{resize} marked {latest.share / kept.share:.1f}x the vessels'
+        if latest.connected < kept.connected + JOINED_UP:
+            return f'{resize} did not join the vessels up'
+    return None
+
+
+def _calibre_decision(kept, disc, refused, wanted):
+    """The Decision of the calibre rule, doubted where the factor kept is far from what the
+    vessels' calibre asks (a refused resize, or a bound of the rule, stood between)."""
     start = f'from {disc.rule}' if disc else 'the FOV shows no disc'
-    stop = '; stopped where a further resize lost vessels' if stopped else ''
-    return Decision(kept.factor, f'main-vessel calibre ({start}{stop})')
+    stop = f'; stopped where {refused}' if refused else ''
+    doubt = None
+    if wanted and not 1 / DOUBT <= wanted / kept.factor <= DOUBT:
+        doubt = (
+            f"the vessels' calibre asks for x{wanted:.2f}; predicted at x{kept.factor:.2f} "
+            f'({refused or "a bound of the calibre rule"})'
+        )
+    return Decision(kept.factor, f'main-vessel calibre ({start}{stop})', doubt)
 
 
 def _vessel_probability(probability):
@@ -231,7 +284,7 @@ def reference_calibre(
     """The median over `examples` (dataset.Example, already at the model's scale) of the
     main-vessel calibre the model predicts: what the calibre rule matches a photo's to."""
     calibres = [
-        _calibre_and_share(predict_one(example.image.astype(np.float32) / 255.0), example.mask)[0]
+        _measured(1.0, predict_one(example.image.astype(np.float32) / 255.0), example.mask).calibre
         for example in examples
     ]
     calibres = [value for value in calibres if value is not None]

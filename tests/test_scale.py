@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import cv2
@@ -14,6 +15,7 @@ import fileio
 import fov
 import label_files
 import model
+import report
 import run_folder
 import scale
 import utils
@@ -113,7 +115,7 @@ def test_scale_by_vessels_keeps_the_factor_before_a_step_that_loses_vessels():
     )
     assert len(factors) == 2 and factors[1] > 2.0  # it tried the calibre's factor, lost vessels
     assert decision.factor == pytest.approx(270 / fov.diameter(mask))
-    assert decision.rule.endswith('stopped where a further resize lost vessels)')
+    assert re.search(r'stopped where a resize to x2\.\d\d lost vessels\)$', decision.rule)
     # The probabilities are those predicted at the kept factor, back at native size.
     kept = predict(np.zeros((*utils.scaled_size((200, 200), decision.factor), 1)))
     np.testing.assert_array_equal(probability, utils.resize(kept, (200, 200)))
@@ -383,4 +385,75 @@ def test_scale_by_vessels_on_real_photos(drive_chase_predict):
             assert decision.rule.startswith('main-vessel calibre (from FOV diameter'), name
         else:
             assert decision.factor == disc.factor, name
-            assert decision.rule.endswith('a further resize lost vessels)'), name
+            assert re.search(r'a resize to x\d\.\d\d lost vessels\)$', decision.rule), name
+
+
+def tree_model(native_side, joined_at=2.0, flood_above=None):
+    """A fake model of a frame-filling photo: horizontal vessels every 30 px, 3 px wide at native
+    size and predicted as wide as 3 * factor ** CALIBRE_RESPONSE, joined by one vertical vessel;
+    each is cut by gaps that close as the factor nears `joined_at` (brought to its scale, the
+    tree joins up); past `flood_above` it also marks blobs of texture everywhere. Returns
+    (predict, the sizes it was asked to predict)."""
+    sizes = []
+
+    def predict(image):
+        factor = image.shape[0] / native_side
+        sizes.append(image.shape[:2])
+        height, width = image.shape[:2]
+        probability = np.zeros((height, width), np.float32)
+        line = max(1, round(3 * factor**scale.CALIBRE_RESPONSE))
+        tops = range(round(15 * factor), height - line, round(30 * factor))
+        whole = (factor - 1) / (joined_at - 1) * len(tops)  # how many reach the vertical one
+        for index, top in enumerate(tops):
+            probability[top : top + line] = 1
+            if index >= whole:  # cut off from the vertical vessel
+                probability[top : top + line, width // 2 - 4 * line : width // 2 + 4 * line] = 0
+        probability[:, width // 2 : width // 2 + line] = 1
+        if flood_above and factor > flood_above:
+            probability[(np.arange(height)[:, None] // 7 + np.arange(width) // 7) % 3 == 0] = 1
+        return probability
+
+    return predict, sizes
+
+
+def test_a_frame_filling_photo_is_brought_to_the_scale_of_its_vessels():
+    """No disc to fit: the calibre rule steps (at most MAX_STEP a pass) until the vessels are
+    as wide as the model's, each step joining the vessel tree up."""
+    rgb, mask = np.full((300, 300, 3), 128, np.uint8), np.ones((300, 300), np.uint8)
+    predict, _ = tree_model(300)
+    model_scale = scale.ModelScale(919, scale.main_calibre(predict(np.zeros((600, 600))) >= 0.5))
+    predict, sizes = tree_model(300)
+    _, decision = scale.predict_at_scale(predict, rgb, mask, False, model_scale, 'x.png')
+    assert decision.factor == pytest.approx(2.0, rel=0.15), decision
+    assert [size[0] / 300 for size in sizes][:2] == [1.0, pytest.approx(scale.MAX_STEP, abs=0.01)]
+    assert decision.doubt is None
+
+
+def test_an_enlargement_that_floods_the_map_is_refused_and_flagged():
+    rgb, mask = np.full((300, 300, 3), 128, np.uint8), np.ones((300, 300), np.uint8)
+    predict, _ = tree_model(300)
+    model_scale = scale.ModelScale(919, scale.main_calibre(predict(np.zeros((1500, 1500))) >= 0.5))
+    predict, sizes = tree_model(300, joined_at=5.0, flood_above=1.2)
+    probability, decision = scale.predict_at_scale(predict, rgb, mask, False, model_scale, 'x.png')
+    assert decision.factor == 1.0 and len(sizes) == 2  # tried x1.5, which flooded
+    assert re.search(
+        r'stopped where a resize to x1\.50 (marked \d\.\dx the vessels|did not join)', decision.rule
+    )
+    np.testing.assert_array_equal(probability, predict(np.zeros((300, 300))))
+    flags = report.photo_flags(mask, {'vessel_density': 0.4}, decision)
+    assert any(flag.startswith("scale in doubt: the vessels' calibre asks for x") for flag in flags)
+    assert '40% of the FOV marked as vessel, far more than retinas show' in '; '.join(flags)
+
+
+def test_the_calibre_rule_predicts_within_its_pixel_bounds_whatever_the_photo():
+    """A 1600x1000 frame-filling photo whose vessels ask for a 4x enlargement (25.6 megapixels,
+    about 12 GB, before the bound): no pass predicts more than CALIBRE_PIXELS, all passes
+    together no more than CALIBRE_BUDGET."""
+    rgb, mask = np.zeros((1000, 1600, 3), np.uint8), np.ones((1000, 1600), np.uint8)
+    predict, _ = tree_model(1000, joined_at=5.0)
+    model_scale = scale.ModelScale(919, scale.main_calibre(predict(np.zeros((4000, 40))) >= 0.5))
+    predict, sizes = tree_model(1000, joined_at=5.0)
+    _, decision = scale.predict_at_scale(predict, rgb, mask, False, model_scale, 'x.png')
+    pixels = [height * width for height, width in sizes]
+    assert max(pixels) <= scale.CALIBRE_PIXELS and sum(pixels) <= scale.CALIBRE_BUDGET
+    assert 'a bound of the calibre rule' in decision.doubt
