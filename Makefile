@@ -15,7 +15,7 @@ help:
 install:  ## create .venv and install requirements.txt
 	python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt
 
-preprocess:  ## DATA=folder with DRIVE/ and/or CHASEDB1/ -> data/{DRIVE,CHASEDB}
+preprocess:  ## DATA=folder with DRIVE/, CHASEDB1/, STARE/, HRF/ (any of them) -> data/
 	$(PYTHON) preprocess.py --data_dir=$(DATA)
 
 train:  ## train on DATASET with the CPU recipe into LOGDIR
@@ -52,9 +52,9 @@ journey:  ## the slow tests: the README's main command in a fresh copy, every sh
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal -m slow --durations=8
 
 figures:  ## regenerate the README's figures in images/ (real data from ../shared/data)
-	$(PYTHON) bench/figures.py
+	$(PYTHON) -m bench.figures
 
 bench:  ## speed, then DRIVE accuracy (about 30 minutes on 2 cores) into bench/results/
-	$(PYTHON) bench/throughput.py
-	$(PYTHON) bench/accuracy.py drive
-	$(PYTHON) bench/report.py
+	$(PYTHON) -m bench.throughput
+	$(PYTHON) -m bench.accuracy drive
+	$(PYTHON) -m bench.report

@@ -1,7 +1,7 @@
 """Accuracy within a CPU budget, with the project's own scripts on real data (../shared/data).
 
-  python bench/accuracy.py drive           # DRIVE: train on training, evaluate on test, 3 seeds
-  python bench/accuracy.py chase --folds=5 # CHASE_DB1: subject-wise 5-fold CV on its 20 images
+  python -m bench.accuracy drive           # DRIVE: train on training, evaluate on test, 3 seeds
+  python -m bench.accuracy chase --folds=5 # CHASE_DB1: subject-wise 5-fold CV on its 20 images
 
 Each run trains from scratch in bench/work/log_{name}_seed{seed} (--evaluate_only reuses it)
 and is evaluated three ways: at threshold 0.5; at the threshold with the best F1 on its own
@@ -19,8 +19,6 @@ import re
 import shutil
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 import fileio  # noqa: E402

@@ -1,6 +1,6 @@
 """Agreement of the features of predicted and manual vessel maps, and the cost of measuring.
 
-  python bench/agreement.py            # about 3 minutes on 2 cores
+  python -m bench.agreement            # about 3 minutes on 2 cores
 
 For each set: evaluate.py with a shipped model (threshold 0.5) writes features.csv for the
 predicted and the manual map of every image; for every feature this reports the mean difference
@@ -18,10 +18,7 @@ import glob
 import json
 import os
 import statistics
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 

@@ -1,16 +1,13 @@
 """Adds the main-vessel calibre (scale.json's vessel_calibre) to runs trained before train.py
 recorded it, from the images they trained on, as train.py does at the end of a run.
 
-  python bench/calibre.py models/drive models/chase models/drive_chase
+  python -m bench.calibre models/drive models/chase models/drive_chase
 
 The label files are the run's own (config.json), under the current folder's data/.
 """
 
 import dataclasses
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 

@@ -10,7 +10,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 WORK = os.path.join(ROOT, 'bench', 'work')
 RESULTS = os.path.join(ROOT, 'bench', 'results')
-sys.path.insert(0, ROOT)
 
 
 def run(script, *args):

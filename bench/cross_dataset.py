@@ -1,13 +1,13 @@
 """Cross-dataset accuracy of the shipped models, with and without rescaling to the model's scale.
 
-  python bench/cross_dataset.py --folds=0,1,2,3,4   # trains the combined model of each CHASE fold
+  python -m bench.cross_dataset --folds=0,1,2,3,4   # trains the combined model of each CHASE fold
                                                     # (about 25 min of 2 cores each), then
                                                     # evaluates every model on every test set
-  python bench/cross_dataset.py --folds=0,1,2,3,4 --evaluate_only   # reuses the fold models
-  python bench/cross_dataset.py --cameras   # the four cameras: six trainings of 17-35 min
-  python bench/cross_dataset.py --cameras --shipped=all   # re-scores models/all in that record
-  python bench/cross_dataset.py --cameras --sections=leave_one_camera_out --steps=20000
-  python bench/cross_dataset.py --cameras --sections=in_domain --steps=20000
+  python -m bench.cross_dataset --folds=0,1,2,3,4 --evaluate_only   # reuses the fold models
+  python -m bench.cross_dataset --cameras   # the four cameras: six trainings of 17-35 min
+  python -m bench.cross_dataset --cameras --shipped=all   # re-scores models/all in that record
+  python -m bench.cross_dataset --cameras --sections=leave_one_camera_out --steps=20000
+  python -m bench.cross_dataset --cameras --sections=in_domain --steps=20000
       # redo one trained section at models/all's length (about an hour a run)
 
 Rows: the models in models/ (trained on DRIVE, on CHASE_DB1, on both). Columns: DRIVE's test set,
@@ -34,8 +34,6 @@ import os
 import shutil
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Regenerates the README's figures in images/ with the project's own code and real data.
 
-  python bench/figures.py      # after bench/accuracy.py drive (for the curves and overlays)
+  python -m bench.figures      # after bench/accuracy.py drive (for the curves and overlays)
 
 preprocess.png, dataset_sample.png (DRIVE), dataset_sample_chase.png: preprocess.py's figures.
 training_curve.png: train/loss and train/learning_rate read from the DRIVE run's event files.
@@ -11,7 +11,7 @@ and at the model's scale (evaluate.py --predict with and without --norescale).
 fov_stare.png: the FOV fov.derive finds on the 10 STARE training photos (dark, noisy film-scan
 borders), with the circle its diameter comes from.
 
-  python bench/figures.py fov  # that figure alone
+  python -m bench.figures fov  # that figure alone
 """
 
 import glob
@@ -19,8 +19,6 @@ import os
 import shutil
 import sys
 import tempfile
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,7 +1,7 @@
 """train.py killed with SIGKILL again and again: does a run still end with every step once?
 
-  python bench/kill_loop.py                 # 30 starts, each killed after 5-15 s (~8 minutes)
-  python bench/kill_loop.py --kills=5
+  python -m bench.kill_loop                 # 30 starts, each killed after 5-15 s (~8 minutes)
+  python -m bench.kill_loop --kills=5
 
 The issue's repro at full length (tests/test_run_folder.py runs it with 3 kills): the synthetic
 set at 128 px, `--patch_size=48 --batch_size=8 --save_interval=10 --max_iters=500`, each start
@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 import fileio  # noqa: E402

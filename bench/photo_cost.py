@@ -5,7 +5,7 @@ image, an HRF photo (3504x2336) and that photo enlarged to 6000x4000; evaluation
 labelled images of each size (the large one: two HRF images enlarged), and of 5 and 40 HRF
 images (copies of the 15 training images under other names). Model: models/drive_chase (the
 README's model for photos, models/all, has its architecture and scale: the same work). Run by
-bench/throughput.py (`python bench/throughput.py --photos_only`), which writes the figures under
+bench/throughput.py (`python -m bench.throughput --photos_only`), which writes the figures under
 "photos" in bench/results/throughput.json."""
 
 import os

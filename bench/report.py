@@ -3,7 +3,7 @@ the README's results table (between its README_BEGIN and README_END lines) from 
 models' cards (models/*/card.json); and docs/results.md's four-camera table (between its
 CAMERAS_BEGIN and CAMERAS_END lines) from bench/results/cross_camera.json.
 
-  python bench/report.py
+  python -m bench.report
 """
 
 import glob

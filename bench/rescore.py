@@ -1,15 +1,13 @@
 """Re-measures shipped models' cards with the current code (after a change to how the FOV or the
 scale is found): every evaluation row at its own threshold, then card.json and MODEL.md rewritten.
 
-  python bench/rescore.py drive chase drive_chase
+  python -m bench.rescore drive chase drive_chase
 """
 
 import json
 import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT  # noqa: E402
 from bench.ship import CARD, CARD_JSON, card_row, evaluate, render  # noqa: E402

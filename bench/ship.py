@@ -1,7 +1,7 @@
 """Makes a shipped model: copies what evaluate.py needs from a finished run into models/NAME,
 measures it, and writes its model card (MODEL.md, from card.json, which the tests reproduce).
 
-  python bench/ship.py --name=drive --run=log/drive --command="python train.py ..." \
+  python -m bench.ship --name=drive --run=log/drive --command="python train.py ..." \
       --training=DRIVE/training --tests=DRIVE/test,CHASEDB/training
 
 Data names are label files under data/ as `python preprocess.py --data_dir=../shared/data`
@@ -14,10 +14,7 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 import run_folder  # noqa: E402

@@ -20,10 +20,10 @@ Photos ("photos", bench/photo_cost.py): per photo size (DRIVE, CHASE_DB1, HRF, 6
 model alone, --predict per photo after start-up and its peak memory, and evaluation of 5 and 40
 HRF-sized images (time per image, peak memory).
 
-  python bench/throughput.py                    # everything
-  python bench/throughput.py --pipeline_only    # the pipeline per core, merged into the file
-  python bench/throughput.py --photos_only      # the photo costs, merged into the file
-  python bench/throughput.py --loop_only        # steps per call against one step per call
+  python -m bench.throughput                    # everything
+  python -m bench.throughput --pipeline_only    # the pipeline per core, merged into the file
+  python -m bench.throughput --photos_only      # the photo costs, merged into the file
+  python -m bench.throughput --loop_only        # steps per call against one step per call
 """
 
 import functools
@@ -34,8 +34,6 @@ import platform
 import subprocess
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 

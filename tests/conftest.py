@@ -20,7 +20,6 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
-sys.path.insert(0, ROOT)
 
 import preprocess  # noqa: E402
 

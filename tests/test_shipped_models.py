@@ -173,7 +173,7 @@ def test_the_readme_results_table_is_written_from_the_cards():
 
     readme = open(os.path.join(ROOT, 'README.md')).read()
     table = '\n'.join([report.README_BEGIN, *report.readme_table(), report.README_END])
-    assert table in readme  # after a card changes: python bench/report.py
+    assert table in readme  # after a card changes: python -m bench.report
     assert readme.count('\n') < 200
 
 
@@ -206,7 +206,7 @@ def test_the_four_camera_table_in_the_docs_is_written_from_its_record():
     table = '\n'.join(
         [report.CAMERAS_BEGIN, *report.cross_camera_table(record), report.CAMERAS_END]
     )
-    assert table in results  # after bench/cross_dataset.py --cameras: python bench/report.py
+    assert table in results  # after bench/cross_dataset.py --cameras: python -m bench.report
 
 
 def test_the_spread_table_groups_seed_files_and_gives_mean_and_deviation():
