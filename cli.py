@@ -13,6 +13,8 @@ from typing import Any
 
 from absl import flags
 
+from errors import UnrecoverableError, UserError
+
 # TensorFlow's start-up lines on a CPU machine: oneDNN, missing CUDA, CPU features, absl's warning.
 _STARTUP_NOISE = re.compile(
     r'^(WARNING: All log messages before absl::InitializeLog|[IWE]0000 |'
@@ -44,25 +46,6 @@ def quiet_tensorflow() -> None:
     logging.getLogger('absl').addFilter(  # TensorFlow's own INFO lines (one at every save)
         lambda record: record.levelno >= logging.WARNING or 'tensorflow' not in record.pathname
     )
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, never as a traceback."""
-
-
-class DiskFullError(UserError):
-    """No space left where an output is written: every later output would fail too."""
-
-
-class Interrupted(UserError):
-    """Ctrl-C (SIGINT) stopped the work after what was done had been saved: exit code 130."""
-
-    exit_code = 130
-
-
-class UnrecoverableError(UserError):
-    """A UserError after which the process cannot end normally (HDF5 after a failed write
-    crashes at the interpreter's exit): run_main reports it and ends at once."""
 
 
 def run_main(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
@@ -196,11 +179,6 @@ def define_flags(*names: str) -> None:
         define(name, default, help_text, **(bounds[0] if bounds else {}))
         if name in _ALIASES:
             flags.DEFINE_alias(_ALIASES[name], name)
-
-
-def first_line(error: BaseException | str, limit: int = 200) -> str:
-    """The first line of an exception's message, for one-line errors."""
-    return (str(error).strip().splitlines() or [''])[0][:limit]
 
 
 class SignalHandler:

@@ -16,6 +16,7 @@ checkpoint and threshold.
 """
 
 import cli
+import errors
 import fileio
 import label_files
 import utils
@@ -191,7 +192,7 @@ def calibrate_threshold(predictor, label_file, evaluated=None):
         }
         for sample in samples:
             if os.path.realpath(sample.image) in tested:
-                raise cli.UserError(
+                raise errors.UserError(
                     f'--calibrate_on={label_file}: lists {sample.image}, an image of the '
                     f'evaluated {evaluated}; calibrate on other images (the training set)'
                 )
@@ -260,10 +261,10 @@ def check_export_dir(export_dir: str, kept: list[str]) -> None:
     the output folder)."""
     flag = f'--export_dir={export_dir}'
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise cli.UserError(f'{flag}: a file, not a folder')
+        raise errors.UserError(f'{flag}: a file, not a folder')
     for folder in kept:
         if fileio.overlaps(export_dir, folder):
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{flag}: is, holds or lies inside {folder} (the run folder, an input or an '
                 'output folder), which an export would replace; choose a folder of its own'
             )
@@ -272,7 +273,7 @@ def check_export_dir(export_dir: str, kept: list[str]) -> None:
         and os.listdir(export_dir)
         and not os.path.isfile(os.path.join(export_dir, EXPORT_MARKER))
     ):
-        raise cli.UserError(
+        raise errors.UserError(
             f'{flag}: holds files that are not a SavedModel evaluate.py wrote (no '
             f'{EXPORT_MARKER}); only such a folder, or an empty one, is replaced'
         )
@@ -417,9 +418,9 @@ def write_results(out_dir, rows, result, step):
                 if not np.isnan(result['scores'][key]):
                     tf.summary.scalar(f'eval/{key}', result['scores'][key], step=step)
     except (tf.errors.OpError, OSError) as error:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{out_dir}: could not write the TensorBoard scalars (is the disk '
-            f'full? {cli.first_line(error)})'
+            f'full? {errors.first_line(error)})'
         ) from None
 
 
@@ -595,7 +596,7 @@ class EvalConfig:
     @classmethod
     def from_flags(cls):
         if FLAGS.calibrate_on and FLAGS['threshold'].present:
-            raise cli.UserError('give --threshold or --calibrate_on, not both')
+            raise errors.UserError('give --threshold or --calibrate_on, not both')
         names = [field.name for field in dataclasses.fields(cls) if field.name != 'architecture']
         return cls(
             **{name: FLAGS[name].value for name in names},
@@ -681,7 +682,7 @@ def check_outputs(config: 'EvalConfig') -> str:
             config.predict_dir or os.path.join(config.logdir, 'predictions'), '--predict_dir'
         )
     elif not config.label_file_path:
-        raise cli.UserError('--label_file_path is required (or --predict for unlabelled images)')
+        raise errors.UserError('--label_file_path is required (or --predict for unlabelled images)')
     else:
         out_dir = fileio.writable_dir(config.output_dir or config.logdir, '--output_dir')
     if config.export_dir:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-import cli
+import errors
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,7 +40,7 @@ def writable_dir(path: str, flag: str) -> str:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise cli.UserError(f'{flag}={path}: cannot write there ({error.strerror})') from None
+        raise errors.UserError(f'{flag}={path}: cannot write there ({error.strerror})') from None
     return path
 
 
@@ -50,7 +50,7 @@ def refuse_input_folder(folder: str | None, inputs: Iterable[str], flag: str) ->
         return
     for path in inputs:
         if os.path.samefile(os.path.dirname(path) or '.', folder):
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{flag}={folder}: the folder of the input images ({path}); choose another folder'
             )
 
@@ -122,11 +122,11 @@ def write_atomic(path: str, data: str | bytes | np.ndarray) -> None:
         if temporary and os.path.exists(temporary):
             os.remove(temporary)
         if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{printable(path)}: the name is too long for this file system'
             ) from None
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise cli.DiskFullError(
+            raise errors.DiskFullError(
                 f'{os.path.dirname(os.path.abspath(path))}: the disk is full '
                 f'(writing {os.path.basename(path)}); nothing of it was '
                 'kept'
@@ -169,7 +169,7 @@ def write_png(path: str, image: np.ndarray, scratch: bool = False) -> None:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR, dst=image) if scratch else image[..., ::-1]
     ok, encoded = cv2.imencode('.png', image)
     if not ok:
-        raise cli.UserError(f'{path}: could not encode image of shape {image.shape}')
+        raise errors.UserError(f'{path}: could not encode image of shape {image.shape}')
     write_atomic(path, encoded)  # its buffer: no copy
 
 
@@ -208,7 +208,7 @@ def is_regular_file(path: str, missing_ok: bool = False) -> bool:
     except FileNotFoundError:
         if missing_ok and not os.path.lexists(path):
             return False
-        raise cli.UserError(
+        raise errors.UserError(
             f'{path}: '
             + (
                 'a link to a file that does not exist'
@@ -217,9 +217,9 @@ def is_regular_file(path: str, missing_ok: bool = False) -> bool:
             )
         ) from None
     except OSError as error:
-        raise cli.UserError(f'{path}: cannot be read ({error.strerror})') from None
+        raise errors.UserError(f'{path}: cannot be read ({error.strerror})') from None
     if not stat.S_ISREG(mode):
-        raise cli.UserError(f'{path}: not a regular file')
+        raise errors.UserError(f'{path}: not a regular file')
     return True
 
 
@@ -233,7 +233,7 @@ def read_json(path: str, fields: Fields, missing_ok: bool = False) -> dict | Non
         with open(path, encoding='utf-8') as stream:
             value = json.load(stream, parse_constant=_refuse_constant)
     except (OSError, ValueError) as error:
-        raise cli.UserError(f'{path}: not valid JSON ({cli.first_line(error)})') from None
+        raise errors.UserError(f'{path}: not valid JSON ({errors.first_line(error)})') from None
     return check_fields(path, value, fields)
 
 
@@ -241,15 +241,15 @@ def check_fields(path: str, value: Any, fields: Fields, prefix: str = '') -> dic
     """`value` if it is an object whose `fields` pass their checks, else a UserError naming the
     file and the field (prefix: where a nested object stands, e.g. 'settings.')."""
     if not is_object(value):
-        raise cli.UserError(
+        raise errors.UserError(
             f'{path}: expected a JSON object{" at " + prefix[:-1] if prefix else ""}'
             f', found {json.dumps(value)[:60]}'
         )
     for name, (check, expected) in fields.items():
         if name not in value:
-            raise cli.UserError(f'{path}: "{prefix}{name}" is missing')
+            raise errors.UserError(f'{path}: "{prefix}{name}" is missing')
         if not check(value[name]):
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{path}: "{prefix}{name}" must be {expected}, found {json.dumps(value[name])[:60]}'
             )
     return value

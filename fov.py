@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-import cli
+import errors
 import utils
 
 REDUCED_SIDE = 640  # px; the longer side of the copy a FOV is found on
@@ -46,12 +46,12 @@ def read(image: np.ndarray, image_path: str, mask_path: str | None = None) -> np
     if mask_path:
         mask = utils.read_binary_for(mask_path, image, image_path)
         if not mask.any():
-            raise cli.UserError(f'{mask_path}: the FOV mask is empty (all zero)')
+            raise errors.UserError(f'{mask_path}: the FOV mask is empty (all zero)')
     else:
         refuse_featureless(image, image_path)
         mask = derive(image)
         if not mask.any():
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{image_path}: no field of view found (no region stands out from the dark '
                 'background)'
             )
@@ -62,14 +62,14 @@ def refuse_featureless(image: np.ndarray, path: str) -> None:
     """Refuses an image in which no retina can be: black, one flat level, or too thin."""
     height, width = image.shape[:2]
     if image.max() <= MIN_STEP:
-        raise cli.UserError(f'{path}: no field of view found (the image is black)')
+        raise errors.UserError(f'{path}: no field of view found (the image is black)')
     if min(height, width) < MIN_SIDE:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{path}: the image is only {width}x{height} px (a photo that holds a FOV is '
             f'{MIN_SIDE} px or more on each side)'
         )
     if np.ptp(image) <= MIN_STEP:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{path}: the image is one flat colour (values {image.min()} to {image.max()})'
         )
 

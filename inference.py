@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import cli
+import errors
 import fileio
 import model
 import run_folder
@@ -26,11 +26,11 @@ def load_model(
     Returns the model, the architecture, the checkpoint's name for outputs ('step4000',
     'best-step3500', 'last') and its step."""
     if not logdir:
-        raise cli.UserError('--logdir is required')
+        raise errors.UserError('--logdir is required')
     architecture = run_folder.load_architecture(logdir)
     weights = run_folder.weights_path(logdir)
     if architecture is None or not fileio.is_regular_file(weights, missing_ok=True):
-        raise cli.UserError(
+        raise errors.UserError(
             f'--logdir={logdir}: no trained model ({run_folder.ARCHITECTURE_FILE}, '
             f'{run_folder.WEIGHTS_FILE} and {run_folder.SCALE_FILE} are written by '
             'train.py)'
@@ -53,7 +53,7 @@ def restore(unet: keras.Model, logdir: str, checkpoint: str) -> tuple[str, int, 
     if checkpoint == 'best':
         best = run_folder.read_best(logdir)
         if best is None:
-            raise cli.UserError(
+            raise errors.UserError(
                 f'--checkpoint=best: {logdir} has no best checkpoint (train '
                 'with --validation_label_file to keep one)'
             )
@@ -72,13 +72,13 @@ def check_finite(unet: keras.Model, source: str) -> None:
     (e.g. values near 1e38): either would give an empty map, not an error."""
     broken = [weight.path for weight in unet.weights if not np.isfinite(weight.numpy()).all()]
     if broken:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{source}: {len(broken)} weight arrays hold NaN or infinite values ({broken[0]}, '
             '...); these weights are broken'
         )
     probe = np.full((1, 32, 32, unet.input_shape[-1]), 0.5, np.float32)
     if not np.isfinite(model.predict_probabilities(unet, probe).numpy()).all():
-        raise cli.UserError(
+        raise errors.UserError(
             f'{source}: the model predicts NaN or infinite values (weights too large to '
             'compute with); these weights are broken'
         )
@@ -100,13 +100,13 @@ def check_weights_width(weights, architecture):
         return  # not HDF5: load_weights names the file
     strays = [name for name in shapes if not _LAYER_WEIGHT.fullmatch(name)]
     if strays:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{weights}: holds {strays[0]!r}, which is no layer\'s weights (not a file Keras '
             'wrote for this model)'
         )
     widest = max((shape[-1] for shape in shapes.values() if shape), default=base)
     if widest != base:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{weights}: does not fit the architecture in {run_folder.ARCHITECTURE_FILE} '
             f'(its widest layer has {widest} channels; '
             f'base_channels={architecture["base_channels"]} at depth {architecture["depth"]} '
@@ -124,14 +124,14 @@ def load_weights(unet, weights):
             warnings.simplefilter('ignore')
             unet.load_weights(weights)
     except OSError as error:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{weights}: not a readable weights file, truncated or corrupt '
-            f'({cli.first_line(error)})'
+            f'({errors.first_line(error)})'
         ) from None
     except ValueError as error:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{weights}: does not fit the architecture in '
-            f'{run_folder.ARCHITECTURE_FILE} ({cli.first_line(error)})'
+            f'{run_folder.ARCHITECTURE_FILE} ({errors.first_line(error)})'
         ) from None
 
 
@@ -139,14 +139,14 @@ def restore_step(unet, logdir, step):
     """Loads the model's weights from the kept checkpoint of `step`."""
     kept = run_folder.checkpoint_steps(run_folder.checkpoint_dir(logdir))
     if step not in kept:
-        raise cli.UserError(
+        raise errors.UserError(
             f'--checkpoint={step}: no such checkpoint in {run_folder.checkpoint_dir(logdir)} '
             f'(kept: {", ".join(map(str, sorted(kept))) or "none"})'
         )
     try:
         run_folder.read_checkpoint(tf.train.Checkpoint(model=unet), logdir, step)
-    except cli.UserError as error:
-        raise cli.UserError(f'{run_folder.checkpoint_dir(logdir)}/{error}') from None
+    except errors.UserError as error:
+        raise errors.UserError(f'{run_folder.checkpoint_dir(logdir)}/{error}') from None
 
 
 def make_predictor(unet: keras.Model, channels: int) -> Callable[[np.ndarray], tf.Tensor]:
@@ -187,7 +187,7 @@ def predict_image(
 def finite(probability: np.ndarray) -> np.ndarray:
     """`probability`, refused where any value is NaN or infinite (broken weights or input)."""
     if not np.isfinite(probability).all():
-        raise cli.UserError(
+        raise errors.UserError(
             'the model predicted NaN or infinite values for this image (broken weights?)'
         )
     return probability

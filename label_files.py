@@ -5,7 +5,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import cli
+import errors
 
 # A label file's first line names the image, label and mask folders relative to the file; every
 # other line is `image,label,mask` file names. preprocess.py also writes the preprocessed images
@@ -19,7 +19,7 @@ SECOND_OBSERVER_SUFFIX = '_2nd'
 def check_listable(name: str, source: str) -> None:
     """Refuses a file name that a label file cannot hold (its separators: comma, line break)."""
     if any(character in name for character in ',\n\r'):
-        raise cli.UserError(
+        raise errors.UserError(
             f'{source}: a comma or line break in a file name cannot be listed in a '
             'label file; rename the file'
         )
@@ -45,16 +45,16 @@ def parse_label_file(path: str, flag: str = '--label_file_path') -> list[Sample]
     """The samples a label file lists, with absolute paths; a UserError names file and line (or
     the flag that named a missing file)."""
     if not os.path.isfile(path):
-        raise cli.UserError(f'{flag}={path}: file not found')
+        raise errors.UserError(f'{flag}={path}: file not found')
     with open(path, encoding='utf-8-sig', errors='replace') as stream:  # -sig: a BOM is dropped
         lines = [(number, line.strip()) for number, line in enumerate(stream, 1)]
     lines = [(number, line) for number, line in lines if line]
     if not lines:
-        raise cli.UserError(f'{path}: empty label file')
+        raise errors.UserError(f'{path}: empty label file')
     root = os.path.dirname(os.path.abspath(path))
     folders = [field.strip() for field in lines[0][1].split(',')]
     if len(folders) != 3 or not all(folders):
-        raise cli.UserError(
+        raise errors.UserError(
             f'{path}:{lines[0][0]}: expected the folders "images,labels,masks",'
             f' found "{lines[0][1]}"'
         )
@@ -63,14 +63,14 @@ def parse_label_file(path: str, flag: str = '--label_file_path') -> list[Sample]
     for number, line in lines[1:]:
         names = [field.strip() for field in line.split(',')]
         if len(names) != 3 or not all(names):
-            raise cli.UserError(f'{path}:{number}: expected "image,label,mask", found "{line}"')
+            raise errors.UserError(f'{path}:{number}: expected "image,label,mask", found "{line}"')
         paths = [os.path.join(folder, name) for folder, name in zip(folders, names, strict=True)]
         for file in paths:
             if not os.path.isfile(file):
-                raise cli.UserError(f'{path}:{number}: listed file {file} not found')
+                raise errors.UserError(f'{path}:{number}: listed file {file} not found')
         samples.append(paths)
     if not samples:
-        raise cli.UserError(f'{path}: lists no images')
+        raise errors.UserError(f'{path}: lists no images')
     stems = output_stems([paths[0] for paths in samples], path)
     return [Sample(stems[paths[0]], *paths) for paths in samples]
 
@@ -92,7 +92,7 @@ def output_stems(paths: Sequence[str], source: str) -> dict[str, str]:
     for name in set(names):
         same = [path for path, other in zip(paths, names, strict=True) if other == name]
         if len(same) > 1:
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{source}: {same[0]} and {same[1]} would write the same outputs; '
                 'list each image once, under names of their own'
             )

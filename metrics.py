@@ -16,6 +16,9 @@ import numpy as np
 BINS = 2**16
 LOGIT_LIMIT = 20.0  # probabilities within about 2e-9 of 0 or 1 share the end bins
 
+# What may choose a run's best step (train.py --best_metric): the highest value, the lowest loss.
+BEST_METRICS = ('F1', 'AUC_ROC', 'loss')
+
 
 def confusion_matrix(labels, predictions, mask=None) -> np.ndarray:
     """2x2 matrix [[TN, FP], [FN, TP]] (rows: label, columns: prediction) over pixels where

@@ -15,12 +15,11 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-import cli
+import errors
 
 DEPTH, MAX_DEPTH = 4, 4  # the original's levels of pooling, and the most a model may have
 MULTIPLE = 2**MAX_DEPTH  # input sides must be multiples of this, whatever the depth
 ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preprocess', 'depth')
-BEST_METRICS = ('F1', 'AUC_ROC', 'loss')  # the best has the highest value, but the lowest loss
 MAX_BASE_CHANNELS = 512  # 16x the original's width; more is no U-Net a machine here can hold
 
 
@@ -106,7 +105,7 @@ def check_architecture(saved: dict, requested: dict, where: str) -> dict:
         if requested.get(key) is not None and requested[key] != saved[key]
     ]
     if conflicts:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{where} holds a model of another architecture: ' + ', '.join(conflicts)
         )
     return dict(saved)

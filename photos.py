@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 import cli
+import errors
 import fileio
 import fov
 import label_files
@@ -42,7 +43,7 @@ def find_images(pattern: str) -> list[str]:
     else:
         paths = sorted(glob.glob(pattern))
     if not paths:
-        raise cli.UserError(f'--predict={pattern}: matches no files')
+        raise errors.UserError(f'--predict={pattern}: matches no files')
     return paths
 
 
@@ -67,9 +68,11 @@ def predict_files(predictor, pattern, out_dir, threshold, config):
         with cli.SignalHandler(signal.SIG_IGN):  # a second Ctrl-C must not cut the report
             report.publish(out_dir, rows, f'Vessel maps of {pattern}')
     if interrupted:
-        raise cli.Interrupted(f'interrupted after {len(rows)} of {len(paths)} photos')
+        raise errors.Interrupted(f'interrupted after {len(rows)} of {len(paths)} photos')
     if failed:
-        raise cli.UserError(f'{failed} of {len(paths)} images could not be predicted (named above)')
+        raise errors.UserError(
+            f'{failed} of {len(paths)} images could not be predicted (named above)'
+        )
     return rows
 
 
@@ -101,8 +104,8 @@ def submitted(writer, predictor, path, name, out_dir, threshold, config):
     try:
         photo = predict_photo(predictor, path, threshold, config.max_megapixels)
         return writer.submit(write_photo, photo, out_dir, name, config)
-    except cli.UserError as error:
-        message = fileio.printable(cli.first_line(error))
+    except errors.UserError as error:
+        message = fileio.printable(errors.first_line(error))
         shown = fileio.printable(path)
         message = message if message.startswith(shown) else f'{shown}: {message}'
         print(f'error: {message}', file=sys.stderr)

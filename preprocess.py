@@ -19,6 +19,7 @@ import numpy as np
 from absl import app, flags
 
 import cli
+import errors
 import fileio
 import fov
 import label_files
@@ -106,7 +107,7 @@ def refuse_duplicate_names(samples: list[RawSample]) -> None:
     seen = {}
     for sample in samples:
         if sample.name in seen:
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{sample.image} and {seen[sample.name]} would both be written as '
                 f'{sample.name}.png; keep one of them'
             )
@@ -128,7 +129,7 @@ def find_drive_layout(split_dir):
         number = glob.escape(stem.split('_')[0])
         label = _first_match(os.path.join(split_dir, '1st_manual'), f'{number}_manual1.*')
         if label is None:
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{image}: no label {number}_manual1.* in {os.path.join(split_dir, "1st_manual")}'
             )
         mask = _first_match(os.path.join(split_dir, 'mask'), f'{glob.escape(stem)}_mask.*')
@@ -148,7 +149,7 @@ def find_chase(chase_dir):
             continue
         label = os.path.join(chase_dir, f'{stem}_1stHO.png')
         if not os.path.exists(label):
-            raise cli.UserError(f'{image}: no label {os.path.basename(label)} beside it')
+            raise errors.UserError(f'{image}: no label {os.path.basename(label)} beside it')
         second = os.path.join(chase_dir, f'{stem}_2ndHO.png')
         split = 'training' if int(match.group(1)) <= 10 else 'test'
         splits[split].append(
@@ -166,7 +167,7 @@ def find_stare(stare_dir):
         label_files.check_listable(stem, image)
         label = _first_match(os.path.join(stare_dir, 'labels-ah'), f'{stem}.ah.ppm*')
         if label is None:
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{image}: no label {stem}.ah.ppm in {os.path.join(stare_dir, "labels-ah")}'
             )
         second = _first_match(os.path.join(stare_dir, 'labels-vk'), f'{stem}.vk.ppm*')
@@ -190,7 +191,9 @@ def find_hrf(hrf_dir):
         }
         for folder, path in found.items():
             if path is None:
-                raise cli.UserError(f'{image}: no {folder} file in {os.path.join(hrf_dir, folder)}')
+                raise errors.UserError(
+                    f'{image}: no {folder} file in {os.path.join(hrf_dir, folder)}'
+                )
         split = 'training' if int(match.group(1)) in HRF_TRAINING else 'test'
         splits[split].append(RawSample(stem, image, found['manual1'], found['mask']))
     return splits
@@ -257,7 +260,7 @@ def refuse_overlap(data_dir, output_dir, datasets):
         written = os.path.join(output_dir, name)
         for folder in INPUT_FOLDERS:
             if fileio.overlaps(written, os.path.join(data_dir, folder)):
-                raise cli.UserError(
+                raise errors.UserError(
                     f'--output_dir={output_dir}: would write {os.path.realpath(written)} into '
                     f'the downloads of --data_dir={data_dir}; choose another '
                     'folder'
@@ -268,10 +271,10 @@ def process(data_dir: str, output_dir: str) -> dict[str, dict[str, int]]:
     """Reads and checks everything found under `data_dir` first, then writes: bad input leaves
     nothing written. Returns {dataset: {split: count}}."""
     if not os.path.isdir(data_dir):
-        raise cli.UserError(f'--data_dir={data_dir}: no such folder')
+        raise errors.UserError(f'--data_dir={data_dir}: no such folder')
     datasets = find_datasets(data_dir)
     if not datasets:
-        raise cli.UserError(
+        raise errors.UserError(
             f'--data_dir={data_dir}: found no images in DRIVE/, CHASEDB1/, '
             'STARE/, HRF/ or SYNTH/ (unpack the downloads there, or pass '
             '--synthetic)'

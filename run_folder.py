@@ -32,10 +32,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import cli
+import errors
 import fileio
 import scale
-from model import ARCHITECTURE_KEYS, BEST_METRICS, DEPTH, MAX_BASE_CHANNELS, MAX_DEPTH
+from metrics import BEST_METRICS
+from model import ARCHITECTURE_KEYS, DEPTH, MAX_BASE_CHANNELS, MAX_DEPTH
 
 ARCHITECTURE_FILE = 'architecture.json'
 SCALE_FILE = 'scale.json'  # the FOV diameter of the training images, which evaluate.py matches
@@ -225,7 +226,7 @@ def create(logdir: str, chief: bool) -> TextIO | None:
     try:
         os.makedirs(logdir, exist_ok=True)
     except OSError as error:
-        raise cli.UserError(f'--logdir={logdir}: cannot create it ({error.strerror})') from None
+        raise errors.UserError(f'--logdir={logdir}: cannot create it ({error.strerror})') from None
     lock = acquire_lock(logdir) if chief else None
     if chief:
         remove_leftovers(logdir)
@@ -240,13 +241,17 @@ def acquire_lock(logdir: str) -> TextIO:
         handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{path}: a symbolic link, not the lock train.py writes; remove it'
             ) from None
-        raise cli.UserError(f'--logdir={logdir}: cannot write there ({error.strerror})') from None
+        raise errors.UserError(
+            f'--logdir={logdir}: cannot write there ({error.strerror})'
+        ) from None
     if not stat.S_ISREG(os.fstat(handle).st_mode):
         os.close(handle)
-        raise cli.UserError(f'{path}: not a regular file, not the lock train.py writes; remove it')
+        raise errors.UserError(
+            f'{path}: not a regular file, not the lock train.py writes; remove it'
+        )
     stream = os.fdopen(handle, 'a+')
     try:
         fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -254,7 +259,7 @@ def acquire_lock(logdir: str) -> TextIO:
         stream.seek(0)
         owner = stream.read().strip() or 'owner unknown'
         stream.close()
-        raise cli.UserError(
+        raise errors.UserError(
             f'--logdir={logdir}: another train.py ({owner}) is writing it'
         ) from None
     stream.truncate(0)
@@ -296,13 +301,13 @@ def save(
             reason = (
                 'no space left on device'
                 if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left' in text
-                else cli.first_line(error)
+                else errors.first_line(error)
             )
     if reason is None:
         sys.stderr.write(captured.getvalue())
         return
     remove_leftovers(logdir)
-    raise cli.UnrecoverableError(
+    raise errors.UnrecoverableError(
         f'--logdir={logdir}: could not save step {step} ({reason}); the last good '
         f'checkpoint is {manager.latest_checkpoint}'
     )
@@ -318,7 +323,7 @@ def check_free_space(
     needed = int(1.1 * (weights + 2 * trainable + weights)) + 2**21
     free = shutil.disk_usage(logdir).free
     if free < needed:
-        raise cli.UserError(
+        raise errors.UserError(
             f'--logdir={logdir}: the disk is full ({free / 2**20:.1f} MiB '
             f'free, saving needs about {needed / 2**20:.0f} MiB); stopped '
             f'before saving step {step}; the last good checkpoint is '
@@ -347,7 +352,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, logdir: str) -> int:
     for step in checkpoint_steps(checkpoint_dir(logdir)):
         try:
             read_checkpoint(checkpoint, logdir, step)
-        except cli.UserError as error:
+        except errors.UserError as error:
             skipped.append(str(error))
             continue
         if skipped:
@@ -356,7 +361,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, logdir: str) -> int:
             )
         return step
     if skipped:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{checkpoint_dir(logdir)}: no checkpoint can be read ({"; ".join(skipped)}); '
             'nothing was changed'
         )
@@ -373,7 +378,7 @@ def read_checkpoint(checkpoint: tf.train.Checkpoint, logdir: str, step: int) -> 
         status = checkpoint.restore(prefix).expect_partial()
         status.assert_existing_objects_matched()
     except Exception as error:  # noqa: BLE001 - TensorFlow's reader raises many kinds
-        raise cli.UserError(f'ckpt-{step}: {cli.first_line(error)}') from None
+        raise errors.UserError(f'ckpt-{step}: {errors.first_line(error)}') from None
 
 
 def repair_checkpoint_state(directory: str, restored: int) -> None:

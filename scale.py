@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import morphology
 
-import cli
+import errors
 import fov
 import utils
 
@@ -69,7 +69,7 @@ def factor_for(diameter: float, target: float, shape: tuple, path: str) -> float
     """The factor that brings a FOV diameter to `target`: 1 within RESCALE_TOLERANCE. A FOV too
     small to rescale, or a result over MAX_SCALED_PIXELS, is an error naming the file."""
     if diameter < MIN_FOV_DIAMETER:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{path}: the field of view is only {diameter:.1f} px across; at '
             f"least {MIN_FOV_DIAMETER} px are needed to bring it to the model's "
             'scale'
@@ -82,7 +82,7 @@ def factor_for(diameter: float, target: float, shape: tuple, path: str) -> float
 def _check_size(shape, factor, path):
     height, width = utils.scaled_size(shape, factor)
     if height * width > MAX_SCALED_PIXELS:
-        raise cli.UserError(
+        raise errors.UserError(
             f"{path}: bringing it to the model's scale (x{factor:.2f}) would "
             f'make a {width}x{height} image (over '
             f'{MAX_SCALED_PIXELS // 10**6} megapixels); is the FOV a small '
@@ -95,7 +95,7 @@ def disc_diameter(mask: np.ndarray, path: str) -> float:
     error naming the file where it does not."""
     diameter = fov.diameter(mask)
     if diameter is None:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{path}: the FOV shows no disc boundary (it fills the frame), so '
             'its scale is unknown; give a FOV mask that shows the disc'
         )
@@ -211,7 +211,7 @@ def _by_calibre(predict_one, rgb, mask, preprocess, model_scale, path, disc):
         if latest.calibre is None:
             if disc:
                 return to_native(probability, mask.shape), disc
-            raise cli.UserError(
+            raise errors.UserError(
                 f'{path}: the FOV shows no disc and too few vessels to tell '
                 'the scale; give --photo_fov_diameter'
             )

@@ -12,6 +12,7 @@ those in train_config.RESUMABLE) and stops at --max_iters.
 import os
 
 import cli
+import errors
 
 cli.quiet_tensorflow()
 
@@ -178,12 +179,12 @@ def check_settings(
     config: train_config.TrainConfig, examples: list[dataset.Example], replicas: int
 ) -> None:
     if config.batch_size % replicas:
-        raise cli.UserError(
+        raise errors.UserError(
             f'--batch_size={config.batch_size} is not divisible by the {replicas} replicas'
         )
     smallest = min(min(e.label.shape) for e in examples)
     if config.patch_size > smallest:
-        raise cli.UserError(
+        raise errors.UserError(
             f'--patch_size={config.patch_size} is larger than the smallest '
             f'image side ({smallest}) in {config.label_file_path}'
         )
@@ -195,9 +196,9 @@ def train(strategy: tf.distribute.Strategy, config: train_config.TrainConfig) ->
     Reads no flags and never exits: scripts, benchmarks and tests call it alike."""
     chief = is_chief(strategy)
     if not config.logdir:
-        raise cli.UserError('--logdir is required')
+        raise errors.UserError('--logdir is required')
     if not config.label_file_path:
-        raise cli.UserError('--label_file_path is required')
+        raise errors.UserError('--label_file_path is required')
     saved, saved_knots = train_config.binding_settings(config.logdir)
     train_config.check_resume(config, saved)
     examples = dataset.load_label_files(
@@ -301,7 +302,7 @@ def build_and_restore(strategy, config, model_scale, chief, saved_knots):
     restored = run_folder.restore_newest(checkpoint, config.logdir)
     weights = run_folder.weights_path(config.logdir)
     if not restored and os.path.exists(weights):
-        raise cli.UserError(
+        raise errors.UserError(
             f'--logdir={config.logdir} holds trained weights ({weights}) but '
             f'no checkpoint to resume from ({directory} is missing or empty); '
             'train into a new --logdir, or remove the weights to start over'
@@ -397,7 +398,7 @@ def run_steps(train_steps, iterator, step, count, manager):
     rate = count / max(time.time() - began, 1e-9)
     for offset, loss in enumerate(losses):
         if not np.isfinite(loss):
-            raise cli.UserError(
+            raise errors.UserError(
                 f'the loss became {loss} at step {step + offset + 1}; stopped without saving '
                 f'(the last good checkpoint is {manager.latest_checkpoint}); try a lower '
                 '--initial_lr'

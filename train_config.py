@@ -16,6 +16,8 @@ from absl import flags
 
 import cli
 import dataset
+import errors
+import metrics
 import model
 import run_folder
 
@@ -177,7 +179,7 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     'best_metric',
     TrainConfig.best_metric,
-    model.BEST_METRICS,
+    metrics.BEST_METRICS,
     'Validation metric that picks the best checkpoint, kept in {logdir}/best/.',
 )
 flags.register_validator(
@@ -244,7 +246,7 @@ def config_from_flags() -> TrainConfig:
     """The run's settings: each flag given on the command line, else the value saved with the
     run (when resuming), else the flag's default."""
     if not FLAGS.logdir:
-        raise cli.UserError('--logdir is required')
+        raise errors.UserError('--logdir is required')
     saved, _ = binding_settings(FLAGS.logdir)
     values = {
         field.name: FLAGS[field.name].value
@@ -272,7 +274,7 @@ def check_resume(config: TrainConfig, saved: TrainConfig | None) -> None:
         != _as_compared(field.name, getattr(saved, field.name))
     ]
     if conflicts:
-        raise cli.UserError(
+        raise errors.UserError(
             f'--logdir={config.logdir} was trained with other settings: '
             + ', '.join(conflicts)
             + f'; only {", ".join(RESUMABLE)} may '
@@ -299,7 +301,7 @@ def learning_rate_knots(config: TrainConfig, saved_knots: list | None, step: int
     steps, rates = zip(*saved_knots, strict=True)
     rate = float(np.interp(step, steps, rates))
     if step and rate == 0:
-        raise cli.UserError(
+        raise errors.UserError(
             f'--max_iters={config.max_iters}: the run ended at step {step} with '
             'learning rate 0, so more steps would not learn; train a new run '
             'with more steps'

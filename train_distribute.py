@@ -9,6 +9,7 @@ none); MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several tas
 """
 
 import cli
+import errors
 
 cli.quiet_tensorflow()
 
@@ -56,24 +57,24 @@ def read_tf_config():
     try:
         config = json.loads(os.environ.get('TF_CONFIG') or '{}')
     except ValueError as error:
-        raise cli.UserError(f'TF_CONFIG is not valid JSON ({error})') from None
+        raise errors.UserError(f'TF_CONFIG is not valid JSON ({error})') from None
     cluster = config.get('cluster', {}) if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not all(
         isinstance(tasks, list) and all(isinstance(a, str) and ':' in a for a in tasks)
         for tasks in cluster.values()
     ):
-        raise cli.UserError('TF_CONFIG: "cluster" must map task types to lists of "host:port"')
+        raise errors.UserError('TF_CONFIG: "cluster" must map task types to lists of "host:port"')
     if sum(len(tasks) for tasks in cluster.values()) <= 1:
         return {}, None
     task = config.get('task')
     if not isinstance(task, dict) or 'type' not in task or 'index' not in task:
-        raise cli.UserError(
+        raise errors.UserError(
             'TF_CONFIG names a cluster but no "task" of this process, e.g. '
             '"task": {"type": "worker", "index": 0}'
         )
     tasks = cluster.get(task['type'], [])
     if type(task['index']) is not int or not 0 <= task['index'] < len(tasks):
-        raise cli.UserError(
+        raise errors.UserError(
             f'TF_CONFIG: task {task["type"]} {task["index"]} is not in the '
             f'cluster (it has {len(tasks)} {task["type"]} tasks)'
         )
@@ -91,7 +92,7 @@ def wait_for_peers(cluster, own_address, timeout, interval=10):
         try:
             listener.bind(('', port))
         except OSError as error:
-            raise cli.UserError(
+            raise errors.UserError(
                 f'TF_CONFIG: cannot listen on port {port} of this task ({error.strerror})'
             ) from None
         listener.listen()
@@ -100,7 +101,7 @@ def wait_for_peers(cluster, own_address, timeout, interval=10):
         while missing := [peer for peer in peers if not _accepts(peer)]:
             waited = time.time() - started
             if waited > timeout:
-                raise cli.UserError(
+                raise errors.UserError(
                     f'TF_CONFIG: {", ".join(missing)} did not start within '
                     f'--cluster_timeout={timeout:g} s'
                 )
@@ -158,7 +159,7 @@ def main(argv):
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
         if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
-        raise cli.UserError(lost_worker(error, config.logdir)) from None
+        raise errors.UserError(lost_worker(error, config.logdir)) from None
     train.exit_on_signal(result)
 
 
@@ -173,7 +174,7 @@ def lost_worker(error, logdir):
     steps = run_folder.checkpoint_steps(run_folder.checkpoint_dir(logdir))
     last = run_folder.checkpoint_prefix(logdir, steps[0]) if steps else 'none yet'
     return (
-        f'{who} of the cluster stopped answering ({cli.first_line(error, 120)}); the last '
+        f'{who} of the cluster stopped answering ({errors.first_line(error, 120)}); the last '
         f'checkpoint is {last}: restart every worker to resume from it'
     )
 

@@ -14,7 +14,7 @@ import numpy as np
 import PIL.Image
 from absl import logging
 
-import cli
+import errors
 import fileio
 
 # ----------------------------------------------------------------------------- image I/O
@@ -49,9 +49,9 @@ def read_image(path: str, gray: bool = False, max_megapixels: float = MAX_MEGAPI
     mode = cv2.IMREAD_UNCHANGED if transparent else cv2.IMREAD_ANYCOLOR
     image = _is_whole(data) and cv2.imdecode(np.frombuffer(data, np.uint8), mode | 2)
     if image is None or image is False:  # 2: cv2.IMREAD_ANYDEPTH
-        raise cli.UserError(f'{path}: not a readable image (corrupt or unsupported format)')
+        raise errors.UserError(f'{path}: not a readable image (corrupt or unsupported format)')
     if pages > 1 and not image.any():
-        raise cli.UserError(f'{path}: the first of its {pages} pages is black (only it is read)')
+        raise errors.UserError(f'{path}: the first of its {pages} pages is black (only it is read)')
     image = _to_8_bits(image, path)
     if image.ndim == 3 and image.shape[2] in (2, 4):
         image = _on_black(image)
@@ -60,7 +60,7 @@ def read_image(path: str, gray: bool = False, max_megapixels: float = MAX_MEGAPI
     if not gray:
         return np.ascontiguousarray(image if image.ndim == 3 else np.stack([image] * 3, axis=-1))
     if image.ndim == 3 and np.ptp(image.astype(np.int16), axis=-1).max() > 8:
-        raise cli.UserError(f'{path}: a colour image where a gray one is expected')
+        raise errors.UserError(f'{path}: a colour image where a gray one is expected')
     return np.ascontiguousarray(image if image.ndim == 2 else image[..., 0])
 
 
@@ -87,13 +87,13 @@ def _read_bytes(path):
     with open(path, 'rb') as stream:
         data = stream.read()
     if not data:
-        raise cli.UserError(f'{path}: file is empty')
+        raise errors.UserError(f'{path}: file is empty')
     if path.lower().endswith('.gz'):
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as error:
-            raise cli.UserError(
-                f'{path}: not a readable gzip file ({cli.first_line(error)})'
+            raise errors.UserError(
+                f'{path}: not a readable gzip file ({errors.first_line(error)})'
             ) from None
     return data
 
@@ -111,7 +111,7 @@ def _check_header(data, path, max_megapixels):
     except (OSError, ValueError, SyntaxError):
         return 1, False
     if width * height > max_megapixels * 1e6:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{path}: declares {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), '
             f'over the bound of {max_megapixels:g} (--max_megapixels raises it)'
         )
@@ -153,7 +153,7 @@ def _to_8_bits(image, path):
     if image.dtype == np.uint8:
         return image
     if image.dtype != np.uint16:
-        raise cli.UserError(f'{path}: expected 8- or 16-bit integer pixels, found {image.dtype}')
+        raise errors.UserError(f'{path}: expected 8- or 16-bit integer pixels, found {image.dtype}')
     if image.max(initial=0) <= 1:
         return image.astype(np.uint8)
     return np.rint(image / 257.0).astype(np.uint8)
@@ -170,14 +170,14 @@ def read_binary(path: str) -> np.ndarray:
     if np.all((values <= 15) | (values >= 240)):
         return (image >= 128).astype(np.uint8)
     shown = ', '.join(str(v) for v in values[:6]) + (', ...' if len(values) > 6 else '')
-    raise cli.UserError(f'{path}: not a binary image (values {shown}; expected 0/255 or 0/1)')
+    raise errors.UserError(f'{path}: not a binary image (values {shown}; expected 0/255 or 0/1)')
 
 
 def read_binary_for(path: str, image: np.ndarray, image_path: str) -> np.ndarray:
     """read_binary(path), checked to be the size of `image` (read from image_path)."""
     binary = read_binary(path)
     if binary.shape != image.shape[:2]:
-        raise cli.UserError(
+        raise errors.UserError(
             f'{path}: size {binary.shape[1]}x{binary.shape[0]} differs from its image '
             f'{image_path} ({image.shape[1]}x{image.shape[0]})'
         )

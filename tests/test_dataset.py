@@ -9,8 +9,8 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cli
 import dataset
+import errors
 import fileio
 import label_files
 
@@ -57,12 +57,12 @@ def test_parses_header_lines_crlf_blank_lines_and_spaces(tmp_path):
     ],
 )
 def test_bad_label_files_name_file_and_line(tmp_path, text, message):
-    with pytest.raises(cli.UserError, match=message):
+    with pytest.raises(errors.UserError, match=message):
         label_files.parse_label_file(write_label_file(tmp_path, text))
 
 
 def test_missing_label_file(tmp_path):
-    with pytest.raises(cli.UserError, match=r'--label_file_path=.*nope.txt: file not found'):
+    with pytest.raises(errors.UserError, match=r'--label_file_path=.*nope.txt: file not found'):
         label_files.parse_label_file(str(tmp_path / 'nope.txt'))
 
 
@@ -74,7 +74,7 @@ def test_parser_fuzz_parses_or_raises_its_own_error(tmp_path, text):
     path = write_label_file(tmp_path, text)
     try:
         samples = label_files.parse_label_file(path)
-    except cli.UserError as error:
+    except errors.UserError as error:
         assert '\n' not in str(error).strip() or 'found' in str(error)
     else:
         assert samples and all(os.path.isfile(s.image) for s in samples)
@@ -237,5 +237,5 @@ def test_replicas_of_one_worker_resume_at_the_step_they_stopped_at():
 def test_load_examples_checks_sizes(tmp_path):
     path = write_label_file(tmp_path, 'imgs,labs,msks\nc.png,c.png,c.png')
     fileio.write_png(str(tmp_path / 'labs/c.png'), np.zeros((8, 9), np.uint8))
-    with pytest.raises(cli.UserError, match=r'labs/c.png: size 9x8 differs from its image'):
+    with pytest.raises(errors.UserError, match=r'labs/c.png: size 9x8 differs from its image'):
         dataset.load_label_files(path)

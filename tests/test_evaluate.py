@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-import cli
 import dataset
+import errors
 import evaluate
 import features
 import fileio
@@ -449,7 +449,9 @@ def test_corrupt_weights_and_a_mistyped_architecture_say_what_is_wrong(
         ('preprocess', 'yes', 'true or false, found "yes"'),
     ):
         (logdir / 'architecture.json').write_text(json.dumps({**architecture, key: value}))
-        with pytest.raises(cli.UserError, match=f'architecture.json: "{key}" must be {expected}'):
+        with pytest.raises(
+            errors.UserError, match=f'architecture.json: "{key}" must be {expected}'
+        ):
             run_folder.load_architecture(str(logdir))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import cli
+import errors
 import fov
 import utils
 from conftest import require_shared
@@ -113,7 +113,7 @@ def test_derived_fov_fills_holes_and_drops_specks():
 
 
 def test_a_black_image_is_an_error_naming_the_file():
-    with pytest.raises(cli.UserError, match='dark.png: no field of view found'):
+    with pytest.raises(errors.UserError, match='dark.png: no field of view found'):
         fov.read(np.zeros((50, 50, 3), np.uint8), 'dark.png')
 
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-import cli
+import errors
 import evaluate
 import fileio
 import fov
@@ -82,7 +82,7 @@ def test_an_export_never_replaces_the_run_its_inputs_or_a_users_folder(trained, 
         (user, 'holds files that are not a SavedModel evaluate.py wrote'),
         (user / 'notes.txt', 'a file, not a folder'),
     ):
-        with pytest.raises(cli.UserError, match=reason):
+        with pytest.raises(errors.UserError, match=reason):
             evaluate.check_outputs(export_config(trained, tmp_path, export_dir))
     assert (user / 'notes.txt').read_text() == 'keep me'
     assert os.path.isfile(os.path.join(trained, run_folder.WEIGHTS_FILE))
@@ -154,7 +154,7 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
     bomb = tmp_path / 'bomb.png'
     bomb.write_bytes(png_declaring(20000, 20000))
     assert bomb.stat().st_size < 200_000
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         utils.read_image(str(bomb))
     assert str(error.value) == (
         f'{bomb}: declares 20000x20000 pixels (400 megapixels), over the bound of 50 '
@@ -162,7 +162,7 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
     )
     small = tmp_path / 'small.png'
     small.write_bytes(png_declaring(300, 200))
-    with pytest.raises(cli.UserError, match='over the bound of 0.05'):
+    with pytest.raises(errors.UserError, match='over the bound of 0.05'):
         utils.read_image(str(small), max_megapixels=0.05)
 
 
@@ -176,7 +176,7 @@ def test_a_jpeg_with_bytes_after_its_end_is_read_and_a_cut_one_is_not(tmp_path):
             utils.read_image(str(tmp_path / name)), utils.read_image(str(tmp_path / 'newline.jpg'))
         )
     (tmp_path / 'cut.jpg').write_bytes(whole[: len(whole) - 40])
-    with pytest.raises(cli.UserError, match='not a readable image'):
+    with pytest.raises(errors.UserError, match='not a readable image'):
         utils.read_image(str(tmp_path / 'cut.jpg'))
 
 
@@ -185,7 +185,7 @@ def test_a_cut_file_gets_the_projects_line_only(tmp_path, capfd, extension):
     ok, encoded = cv2.imencode(extension, a_photo())
     data = encoded.tobytes()
     (tmp_path / f'cut{extension}').write_bytes(data[: len(data) // 2])
-    with pytest.raises(cli.UserError, match='not a readable image'):
+    with pytest.raises(errors.UserError, match='not a readable image'):
         utils.read_image(str(tmp_path / f'cut{extension}'))
     assert capfd.readouterr().err == ''  # no libpng or libtiff line beside it
 
@@ -203,7 +203,7 @@ def test_a_transparent_background_is_laid_on_black(tmp_path):
 def test_a_multi_page_tiff_with_a_black_first_page_says_so(tmp_path):
     path = str(tmp_path / 'pages.tif')
     assert cv2.imwritemulti(path, [np.zeros((64, 80, 3), np.uint8), a_photo()])
-    with pytest.raises(cli.UserError, match='the first of its 2 pages is black'):
+    with pytest.raises(errors.UserError, match='the first of its 2 pages is black'):
         utils.read_image(path)
 
 
@@ -216,7 +216,7 @@ def test_a_multi_page_tiff_with_a_black_first_page_says_so(tmp_path):
     ],
 )
 def test_an_image_without_a_retina_says_why(image, message):
-    with pytest.raises(cli.UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    with pytest.raises(errors.UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
         fov.read(image, 'x.png')
 
 
@@ -237,7 +237,7 @@ def test_broken_weights_are_refused_on_loading(trained, tmp_path, value):
         stream.visititems(
             lambda _, item: item.__setitem__(..., value) if isinstance(item, h5py.Dataset) else None
         )
-    with pytest.raises(cli.UserError, match='these weights are broken') as error:
+    with pytest.raises(errors.UserError, match='these weights are broken') as error:
         inference.load_model(str(logdir))
     assert str(error.value).startswith(str(weights))
 
@@ -246,7 +246,7 @@ def test_a_weights_file_with_a_stray_dataset_is_named(trained, tmp_path):
     logdir = copy_without_checkpoints(trained, tmp_path)
     with h5py.File(logdir / run_folder.WEIGHTS_FILE, 'r+') as stream:
         stream['extra'] = np.zeros((3, 3000), np.float32)
-    with pytest.raises(cli.UserError, match="holds 'extra', which is no layer's weights"):
+    with pytest.raises(errors.UserError, match="holds 'extra', which is no layer's weights"):
         inference.load_model(str(logdir))
 
 
@@ -306,7 +306,7 @@ def drive_layout(root, names):
 
 def test_preprocess_refuses_two_images_of_one_name_before_writing(tmp_path):
     images = drive_layout(tmp_path / 'raw', ['21_training.tif', '21_training.png'])
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         preprocess.process(str(tmp_path / 'raw'), str(tmp_path / 'out'))
     assert str(error.value) == (
         f'{images}/21_training.tif and {images}/21_training.png would both be written as '

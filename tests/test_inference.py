@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-import cli
+import errors
 import inference
 import model
 
@@ -52,5 +52,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(trained, tmp_p
         np.testing.assert_array_equal(mine, theirs)
     data = logdir / 'checkpoints' / 'ckpt-100.data-00000-of-00001'
     data.write_bytes(data.read_bytes()[:100])
-    with pytest.raises(cli.UserError, match=r'checkpoints: no checkpoint can be read \(ckpt-200: '):
+    with pytest.raises(
+        errors.UserError, match=r'checkpoints: no checkpoint can be read \(ckpt-200: '
+    ):
         inference.load_model(str(logdir))

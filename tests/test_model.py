@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import cli
+import errors
 import model
 import run_folder
 
@@ -93,7 +93,7 @@ def test_architecture_round_trip_and_conflicts(tmp_path):
     assert run_folder.load_architecture(str(tmp_path)) == saved
     assert model.check_architecture(saved, {'base_channels': 16}, 'x') == saved
     with pytest.raises(
-        cli.UserError,
+        errors.UserError,
         match=r'x holds a model of another architecture: '
         r'--base_channels=32 \(trained with 16\), --transpose_conv=False \(trained with True\), '
         r'--depth=4 \(trained with 3\)',
@@ -102,5 +102,5 @@ def test_architecture_round_trip_and_conflicts(tmp_path):
             saved, {'transpose_conv': False, 'base_channels': 32, 'depth': 4}, 'x'
         )
     (tmp_path / run_folder.ARCHITECTURE_FILE).write_text('{"num_classes": 2}')
-    with pytest.raises(cli.UserError, match='architecture.json: "base_channels" is missing'):
+    with pytest.raises(errors.UserError, match='architecture.json: "base_channels" is missing'):
         run_folder.load_architecture(str(tmp_path))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import cli
+import errors
 import fileio
 import preprocess
 import utils
@@ -197,7 +197,7 @@ def test_an_output_folder_inside_the_downloads_is_refused(tmp_path, raw):
     files = sorted(glob.glob(str(tmp_path / 'raw/**/*.*'), recursive=True))
     for output in (tmp_path / 'raw', tmp_path / 'raw' / 'SYNTH' / 'training'):
         with pytest.raises(
-            cli.UserError,
+            errors.UserError,
             match=f'--output_dir={output}: would write .* into the downloads of --data_dir=',
         ):
             preprocess.process(str(tmp_path / 'raw'), str(output))

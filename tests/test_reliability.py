@@ -13,6 +13,7 @@ import pytest
 
 import cli
 import dataset
+import errors
 import fileio
 import label_files
 import preprocess
@@ -28,7 +29,7 @@ def test_truncated_files_of_every_format(tmp_path, extension):
     data = open(path, 'rb').read()
     cut = tmp_path / f'cut{extension}'
     cut.write_bytes(data[: len(data) // 4])
-    with pytest.raises(cli.UserError, match=f'cut{extension}: not a readable image'):
+    with pytest.raises(errors.UserError, match=f'cut{extension}: not a readable image'):
         utils.read_image(str(cut))
 
 
@@ -43,7 +44,7 @@ def test_colour_label_is_refused_but_rgb_stored_gray_is_fine(tmp_path):
     coloured = np.stack([gray, gray, np.zeros_like(gray)], axis=-1)
     fileio.write_png(path, coloured)
     with pytest.raises(
-        cli.UserError, match='label.png: a colour image where a gray one is expected'
+        errors.UserError, match='label.png: a colour image where a gray one is expected'
     ):
         utils.read_binary(path)
 
@@ -151,7 +152,7 @@ def test_a_comma_in_an_image_name_is_refused_before_anything_is_written(tmp_path
         raw / 'SYNTH' / 'training' / 'mask' / '01_training,v2_mask.png'
     )
     with pytest.raises(
-        cli.UserError,
+        errors.UserError,
         match=r'01_training,v2.png: a comma or line break in a '
         r'file name cannot be listed in a label file',
     ):
@@ -170,18 +171,18 @@ def test_empty_fov_masks_are_refused_where_they_come_in(tmp_path, synthetic):
     raw = synthetic_raw(tmp_path)
     mask = raw / 'SYNTH' / 'training' / 'mask' / '01_training_mask.png'
     cv2.imwrite(str(mask), np.zeros((64, 64), np.uint8))
-    with pytest.raises(cli.UserError, match=f'^{mask}: the FOV mask is empty \\(all zero\\)$'):
+    with pytest.raises(errors.UserError, match=f'^{mask}: the FOV mask is empty \\(all zero\\)$'):
         preprocess.process(str(raw), str(tmp_path / 'out'))
     black = tmp_path / 'black.png'
     cv2.imwrite(str(black), np.zeros((64, 64, 3), np.uint8))
     sample = preprocess.RawSample('black', str(black), str(black))
-    with pytest.raises(cli.UserError, match='black.png: no field of view found'):
+    with pytest.raises(errors.UserError, match='black.png: no field of view found'):
         preprocess.load_sample(sample)
     # An evaluation label file whose mask is empty: named, before any prediction.
     samples = label_files.parse_label_file(synthetic['test'])
     empty = tmp_path / 'empty_mask.png'
     cv2.imwrite(str(empty), np.zeros((96, 96), np.uint8))
-    with pytest.raises(cli.UserError, match=f'^{empty}: the FOV mask is empty'):
+    with pytest.raises(errors.UserError, match=f'^{empty}: the FOV mask is empty'):
         dataset.load_examples(
             [label_files.Sample('x', samples[0].image, samples[0].label, str(empty))]
         )

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-import cli
+import errors
 import fileio
 import model
 from conftest import (
@@ -103,7 +103,7 @@ def test_no_readable_checkpoint_stops_and_changes_nothing(trained, synthetic, tm
     for data in (logdir / 'checkpoints').glob('*.data-*'):
         data.write_bytes(b'')
     before = tree_digest(logdir)
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         train_here(logdir, synthetic['training'], max_iters=400, depth=TRAINED_DEPTH)
     assert str(error.value).startswith(
         f'{logdir}/checkpoints: no checkpoint can be read (ckpt-200: '
@@ -116,7 +116,7 @@ def test_weights_without_checkpoints_are_never_overwritten(trained, synthetic, t
     logdir = copy_run(trained, tmp_path)
     shutil.rmtree(logdir / 'checkpoints')
     before = tree_digest(logdir)
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         train_here(logdir, synthetic['training'], max_iters=400, depth=TRAINED_DEPTH)
     assert str(error.value) == (
         f'--logdir={logdir} holds trained weights ({logdir}/model.weights.h5) but no '
@@ -169,7 +169,7 @@ def test_kill_during_a_save_leaves_leftovers_that_the_next_run_removes(
 def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, synthetic, logs):
     with tmpfs(tmp_path / 'small', '14m') as disk:  # a save of the original's depth: ~4 MiB
         logdir = disk / 'log'
-        with pytest.raises(cli.UserError) as error:
+        with pytest.raises(errors.UserError) as error:
             train_here(
                 logdir, synthetic['training'], max_iters=8, save_interval=2, depth=model.DEPTH
             )
@@ -191,7 +191,7 @@ def test_read_only_logdir_is_one_line_and_evaluate_writes_elsewhere(trained, syn
     with tmpfs(tmp_path / 'ro', '64m', read_only_after=fill) as disk:
         logdir = disk / 'log'
         with pytest.raises(
-            cli.UserError,
+            errors.UserError,
             match=f'^--logdir={logdir}: cannot write there '
             r'\(Read-only file system\)$',
         ):
@@ -231,7 +231,7 @@ def test_the_logdir_lock_is_held_by_the_os_for_the_life_of_the_process(tmp_path,
     )
     try:
         holder.stdout.readline()
-        with pytest.raises(cli.UserError) as error:
+        with pytest.raises(errors.UserError) as error:
             train_here(logdir, synthetic['training'], max_iters=2)
         assert str(error.value) == (
             f'--logdir={logdir}: another train.py (host h, pid 1) is writing it'

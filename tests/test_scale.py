@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-import cli
 import dataset
+import errors
 import fileio
 import fov
 import label_files
@@ -34,9 +34,11 @@ def test_fov_diameter_and_scale_factor():
     assert scale.disc_factor(mask, 150, 'x.png') == pytest.approx(150 / fov.diameter(mask))
     assert scale.disc_factor(mask, 310, 'x.png') == 1.0  # within 5%: as it is
     assert scale.disc_factor(mask, None, 'x.png') == 1.0  # a model with no recorded scale
-    with pytest.raises(cli.UserError, match=r'^x.png: the field of view is only 2\d.\d px across'):
+    with pytest.raises(
+        errors.UserError, match=r'^x.png: the field of view is only 2\d.\d px across'
+    ):
         scale.disc_factor(disc_mask(400, 21), 538, 'x.png')
-    with pytest.raises(cli.UserError, match=r'^x.png: the FOV shows no disc boundary'):
+    with pytest.raises(errors.UserError, match=r'^x.png: the FOV shows no disc boundary'):
         scale.disc_factor(np.ones((400, 400), np.uint8), 538, 'x.png')
 
 
@@ -162,7 +164,7 @@ def test_mixed_label_files_weigh_each_image_equally(tmp_path):
     )
     assert np.sum(brightest > 0.5) == 30 and np.sum(brightest < 0.5) == 10
     with pytest.raises(
-        cli.UserError, match=f'^--label_file_path={tmp_path}/nope.txt: file not found$'
+        errors.UserError, match=f'^--label_file_path={tmp_path}/nope.txt: file not found$'
     ):
         dataset.load_label_files(f'{files[0]},{tmp_path}/nope.txt')
 
@@ -300,7 +302,7 @@ def test_a_tiny_spot_in_a_huge_frame_is_refused_before_any_allocation():
     mask = np.zeros((3000, 4000), np.uint8)
     cv2.circle(mask, (2000, 1500), 22, 1, -1)  # a 44 px FOV: the model's 919 px is 21x that
     with pytest.raises(
-        cli.UserError,
+        errors.UserError,
         match=r"spot.png: bringing it to the model's scale "
         r"\(x2\d.\d\d\) would make a \d+x\d+ image \(over 100 megapixels\)",
     ):

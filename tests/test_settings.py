@@ -12,7 +12,7 @@ import signal
 import pytest
 import tensorflow as tf
 
-import cli
+import errors
 import train
 import train_config
 from conftest import (
@@ -50,14 +50,14 @@ def test_every_setting_is_saved_and_a_contradicting_resume_is_refused(tmp_path, 
     assert saved['settings'] == dataclasses.asdict(settings)
     assert saved['learning_rate_knots'] == [[0, 3e-3], [6, 0.0]]
     assert saved['versions']['tensorflow'] == tf.__version__
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         run(dataclasses.replace(settings, initial_lr=1e-3, patch_size=48, max_iters=9))
     assert str(error.value) == (
         f'--logdir={settings.logdir} was trained with other settings: --patch_size=48 (saved: '
         '32), --initial_lr=0.001 (saved: 0.003); only logdir, max_iters, save_interval, '
         'log_interval, validation_interval may change on resume (or train into a new --logdir)'
     )
-    with pytest.raises(cli.UserError, match='ended at step 6 with learning rate 0'):
+    with pytest.raises(errors.UserError, match='ended at step 6 with learning rate 0'):
         run(dataclasses.replace(settings, max_iters=9))  # nothing left to learn with
 
 
@@ -75,7 +75,7 @@ def test_a_resume_compares_label_files_by_the_files_they_name(tmp_path, syntheti
     train_config.check_resume(respelt, saved)  # the same files, spelt otherwise: accepted
     train_config.check_resume(saved, respelt)
     reordered = dataclasses.replace(saved, label_file_path='test.txt,training.txt')
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         train_config.check_resume(reordered, saved)
     assert str(error.value).startswith(
         f'--logdir={saved.logdir} was trained with other settings: '
@@ -172,13 +172,13 @@ def test_evaluations_of_several_checkpoints_sit_side_by_side(tmp_path, synthetic
     assert run_here(*evaluate, '--checkpoint=10', '--threshold=0.3').returncode == 0
     import inference
 
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         inference.load_model(str(logdir), 'best')
     assert str(error.value) == (
         f'--checkpoint=best: {logdir} has no best checkpoint (train with '
         '--validation_label_file to keep one)'
     )
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         inference.load_model(str(logdir), '7')
     assert str(error.value) == (
         f'--checkpoint=7: no such checkpoint in {logdir}/checkpoints (kept: 10, 20)'
@@ -195,11 +195,13 @@ def test_evaluations_of_several_checkpoints_sit_side_by_side(tmp_path, synthetic
 
 
 def test_validation_label_file_errors_are_one_line(tmp_path, synthetic):
-    with pytest.raises(cli.UserError, match='^--validation_label_file=.*none.txt: file not found'):
+    with pytest.raises(
+        errors.UserError, match='^--validation_label_file=.*none.txt: file not found'
+    ):
         run(config(tmp_path, synthetic, validation_label_file=str(tmp_path / 'none.txt')))
     header_only = tmp_path / 'empty.txt'
     header_only.write_text('test/images,test/labels,test/masks\n')
-    with pytest.raises(cli.UserError, match='empty.txt: lists no images'):
+    with pytest.raises(errors.UserError, match='empty.txt: lists no images'):
         run(config(tmp_path, synthetic, validation_label_file=str(header_only)))
     assert not (tmp_path / 'log').exists()
 
@@ -228,7 +230,7 @@ def _info_logs(caplog):
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_binds_no_setting(tmp_path, synthetic):
-    with pytest.raises(cli.UserError, match='the loss became nan'):
+    with pytest.raises(errors.UserError, match='the loss became nan'):
         run(config(tmp_path, synthetic, initial_lr=1e30, max_iters=6, save_interval=100))
     assert os.path.exists(tmp_path / 'log' / 'config.json')  # written before the first step
     settings = config(

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-import cli
 import dataset
+import errors
 from conftest import (
     ROOT,
     TINY_TRAINING,
@@ -113,7 +113,7 @@ def test_resume_continues_the_step_counter(tmp_path, synthetic, logs):
     train_here(logdir, synthetic['training'], max_iters=16, save_interval=5)
     assert 'already trained to --max_iters=16' in logs()
     with pytest.raises(
-        cli.UserError,
+        errors.UserError,
         match='was trained with other settings: '
         r'--transpose_conv=True \(saved: False\)',
     ):
@@ -148,7 +148,7 @@ def test_ctrl_c_saves_the_step_it_arrives_in_and_stops(tmp_path, synthetic, logs
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synthetic):
     logdir = tmp_path / 'log'
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         train_here(logdir, synthetic['training'], initial_lr=1e30, max_iters=50, save_interval=1)
     message = str(error.value)
     match = re.fullmatch(
@@ -245,7 +245,9 @@ def test_two_cpu_replicas_train_with_the_same_loop(tmp_path, synthetic, four_ste
 
     examples = dataset.load_label_files(synthetic['training'], preprocess=True)
     odd = train_config.TrainConfig(logdir='x', label_file_path='y', batch_size=3)
-    with pytest.raises(cli.UserError, match='^--batch_size=3 is not divisible by the 2 replicas$'):
+    with pytest.raises(
+        errors.UserError, match='^--batch_size=3 is not divisible by the 2 replicas$'
+    ):
         train_module.check_settings(odd, examples, replicas=2)
 
 
@@ -443,11 +445,10 @@ def test_same_seed_same_weights(tmp_path, synthetic, four_steps):
     ],
 )
 def test_bad_tf_config_is_one_line(monkeypatch, config, message):
-    import cli
     import train_distribute
 
     monkeypatch.setenv('TF_CONFIG', config)
-    with pytest.raises(cli.UserError) as error:
+    with pytest.raises(errors.UserError) as error:
         train_distribute.read_tf_config()
     assert str(error.value).startswith(message)
 

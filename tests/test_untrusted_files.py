@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-import cli
+import errors
 import fileio
 import label_files
 import run_folder
@@ -36,13 +36,13 @@ def test_an_absolute_or_dotted_image_name_names_outputs_by_its_stem_only(tmp_pat
 
 def test_an_image_listed_twice_is_refused(tmp_path):
     path = write_label_file(tmp_path, [('a.png',), ('a.png',)])
-    with pytest.raises(cli.UserError, match='would write the same outputs'):
+    with pytest.raises(errors.UserError, match='would write the same outputs'):
         label_files.parse_label_file(path)
 
 
 def test_the_output_folder_may_not_hold_an_input(tmp_path):
     (tmp_path / 'eye.png').write_bytes(b'x')
-    with pytest.raises(cli.UserError, match=r'the folder of the input images \('):
+    with pytest.raises(errors.UserError, match=r'the folder of the input images \('):
         fileio.refuse_input_folder(str(tmp_path), [str(tmp_path / 'eye.png')], '--output_dir')
     fileio.refuse_input_folder(str(tmp_path / 'new'), [str(tmp_path / 'eye.png')], '--output_dir')
 
@@ -59,35 +59,35 @@ def test_the_output_folder_may_not_hold_an_input(tmp_path):
 def test_a_crafted_best_json_names_the_field(tmp_path, best, field):
     (tmp_path / run_folder.BEST_DIR).mkdir()
     (tmp_path / run_folder.BEST_DIR / run_folder.BEST_FILE).write_text(json.dumps(best))
-    with pytest.raises(cli.UserError, match=f'best.json: "{field}" (must be|is missing)'):
+    with pytest.raises(errors.UserError, match=f'best.json: "{field}" (must be|is missing)'):
         run_folder.read_best(str(tmp_path))
 
 
 def test_not_an_object_a_fifo_or_a_dangling_link_is_refused(tmp_path):
     (tmp_path / run_folder.SCALE_FILE).write_text('[1, 2]')
-    with pytest.raises(cli.UserError, match='expected a JSON object'):
+    with pytest.raises(errors.UserError, match='expected a JSON object'):
         run_folder.load_scale(str(tmp_path))
     for text, message in (
         ('{"fov_diameter": 1e5}', 'must be a FOV diameter'),
         ('{"fov_diameter": Infinity}', 'not valid JSON'),
     ):
         (tmp_path / run_folder.SCALE_FILE).write_text(text)
-        with pytest.raises(cli.UserError, match=message):
+        with pytest.raises(errors.UserError, match=message):
             run_folder.load_scale(str(tmp_path))
     os.remove(tmp_path / run_folder.SCALE_FILE)
     os.mkfifo(tmp_path / run_folder.SCALE_FILE)
-    with pytest.raises(cli.UserError, match='not a regular file'):
+    with pytest.raises(errors.UserError, match='not a regular file'):
         run_folder.load_scale(str(tmp_path))  # would block forever if opened
     os.remove(tmp_path / run_folder.SCALE_FILE)
     os.symlink(tmp_path / 'gone', tmp_path / run_folder.SCALE_FILE)
-    with pytest.raises(cli.UserError, match='a link to a file that does not exist'):
+    with pytest.raises(errors.UserError, match='a link to a file that does not exist'):
         run_folder.load_scale(str(tmp_path))
     (tmp_path / run_folder.ARCHITECTURE_FILE).write_text(
         json.dumps(
             {'num_classes': 2, 'base_channels': 4096, 'transpose_conv': False, 'preprocess': True}
         )
     )
-    with pytest.raises(cli.UserError, match='"base_channels" must be an integer from 1 to 512'):
+    with pytest.raises(errors.UserError, match='"base_channels" must be an integer from 1 to 512'):
         run_folder.load_architecture(str(tmp_path))
 
 
@@ -110,7 +110,7 @@ def test_config_json_settings_are_checked_as_their_flags(tmp_path, change, messa
         else:
             settings['settings'][key] = value
     (tmp_path / run_folder.CONFIG_FILE).write_text(json.dumps(settings))
-    with pytest.raises(cli.UserError, match=message.replace('.', r'\.')):
+    with pytest.raises(errors.UserError, match=message.replace('.', r'\.')):
         train_config.load_saved(str(tmp_path))
 
 
@@ -132,7 +132,7 @@ def test_a_run_saved_before_depth_was_a_setting_has_the_original_depth(tmp_path)
     (tmp_path / run_folder.ARCHITECTURE_FILE).write_text(
         json.dumps({**architecture, 'preprocess': True, 'depth': 5})
     )
-    with pytest.raises(cli.UserError, match='"depth" must be an integer from 1 to 4, found 5'):
+    with pytest.raises(errors.UserError, match='"depth" must be an integer from 1 to 4, found 5'):
         run_folder.load_architecture(str(tmp_path))
 
 
@@ -145,7 +145,7 @@ def test_a_run_saved_before_vessel_weight_was_a_setting_trained_unweighted(tmp_p
     assert train_config.load_saved(folder)[0].vessel_weight == 1.0
     settings['settings']['vessel_weight'] = 0
     (tmp_path / run_folder.CONFIG_FILE).write_text(json.dumps(settings))
-    with pytest.raises(cli.UserError, match='"settings.vessel_weight" must be a number'):
+    with pytest.raises(errors.UserError, match='"settings.vessel_weight" must be a number'):
         train_config.load_saved(str(tmp_path))
 
 
@@ -155,12 +155,12 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
     logdir = tmp_path / 'log'
     logdir.mkdir()
     os.symlink(notes, logdir / run_folder.LOCK_FILE)
-    with pytest.raises(cli.UserError, match='a symbolic link, not the lock'):
+    with pytest.raises(errors.UserError, match='a symbolic link, not the lock'):
         run_folder.acquire_lock(str(logdir))
     assert notes.read_text() == 'my notes\n'
     os.remove(logdir / run_folder.LOCK_FILE)
     os.mkfifo(logdir / run_folder.LOCK_FILE)
-    with pytest.raises(cli.UserError, match='not a regular file'):
+    with pytest.raises(errors.UserError, match='not a regular file'):
         run_folder.acquire_lock(str(logdir))
 
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-import cli
+import errors
 import fileio
 import utils
 
@@ -39,7 +39,7 @@ def test_read_binary_accepts_binary_palettes_and_rejects_grey(tmp_path):
     fileio.write_png(path, np.array([[2, 254], [252, 4]], np.uint8))  # DRIVE 2nd_manual style
     np.testing.assert_array_equal(utils.read_binary(path), [[0, 1], [1, 0]])
     fileio.write_png(path, np.array([[0, 128], [255, 0]], np.uint8))
-    with pytest.raises(cli.UserError, match=r'label\.png: not a binary image \(values 0, 128'):
+    with pytest.raises(errors.UserError, match=r'label\.png: not a binary image \(values 0, 128'):
         utils.read_binary(path)
 
 
@@ -49,7 +49,7 @@ def test_read_binary_accepts_binary_palettes_and_rejects_grey(tmp_path):
 def test_read_image_errors_name_the_file(tmp_path, content, message):
     path = tmp_path / 'broken.png'
     path.write_bytes(content)
-    with pytest.raises(cli.UserError, match=f'broken.png: {message}'):
+    with pytest.raises(errors.UserError, match=f'broken.png: {message}'):
         utils.read_image(str(path))
 
 
@@ -58,7 +58,7 @@ def test_truncated_png_is_an_error(tmp_path):
     fileio.write_png(path, np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     data = open(path, 'rb').read()
     (tmp_path / 'cut.png').write_bytes(data[: len(data) // 2])
-    with pytest.raises(cli.UserError, match='cut.png: not a readable image'):
+    with pytest.raises(errors.UserError, match='cut.png: not a readable image'):
         utils.read_image(str(tmp_path / 'cut.png'))
 
 
@@ -151,18 +151,18 @@ def test_a_fifo_or_a_link_loop_in_place_of_an_image_is_named_not_read(tmp_path):
     import os
 
     os.mkfifo(tmp_path / 'fifo.png')  # reading it would block forever
-    with pytest.raises(cli.UserError, match=r'fifo.png: not a regular file$'):
+    with pytest.raises(errors.UserError, match=r'fifo.png: not a regular file$'):
         utils.read_image(str(tmp_path / 'fifo.png'))
     os.symlink(tmp_path / 'loop.png', tmp_path / 'loop.png')
     with pytest.raises(
-        cli.UserError,
+        errors.UserError,
         match=r'loop.png: cannot be read \(Too many levels of '
         r'symbolic links\)$',
     ):
         utils.read_image(str(tmp_path / 'loop.png'))
     os.symlink(tmp_path / 'gone.png', tmp_path / 'dangling.png')
     with pytest.raises(
-        cli.UserError,
+        errors.UserError,
         match=r'dangling.png: a link to a file that does not '
         'exist$',
     ):
