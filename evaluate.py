@@ -28,7 +28,6 @@ import dataclasses  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -41,8 +40,6 @@ import metrics  # noqa: E402
 import model  # noqa: E402
 import photos  # noqa: E402
 import report  # noqa: E402
-import run_folder  # noqa: E402
-import scale  # noqa: E402
 import scale_tf  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -609,10 +606,11 @@ class EvalConfig:
 def run(config: EvalConfig) -> dict | list[dict]:
     """Evaluates config.label_file_path (returns what metrics.json holds, with 'per_image' and
     'out_dir') or, with config.predict, predicts those photos (returns their report rows)."""
-    predictor, unet, checkpoint, step, model_scale = load_predictor(config)
+    predictor = make_predictor(config)
     out_dir = check_outputs(config)
+    model_scale = predictor.model_scale
     if config.export_dir:
-        export(unet, config.export_dir, model_scale and model_scale.fov_diameter)
+        export(predictor.unet, config.export_dir, model_scale and model_scale.fov_diameter)
     threshold = config.threshold
     if config.calibrate_on:
         threshold = calibrate_threshold(
@@ -620,59 +618,24 @@ def run(config: EvalConfig) -> dict | list[dict]:
         )
     if config.predict:
         return photos.predict_files(predictor, config.predict, out_dir, threshold, config)
-    return evaluate_label_file(predictor, config, threshold, out_dir, checkpoint, step, model_scale)
-
-
-def load_predictor(
-    config: 'EvalConfig',
-) -> tuple[Callable, keras.Model, str, int, scale.ModelScale | None]:
-    """(photo predictor, model, checkpoint name, step, the model's scale or None) of the run
-    folder config.logdir, as load_model and photo_predictor make them."""
-    unet, architecture, checkpoint, step = inference.load_model(
-        config.logdir, config.checkpoint, config.architecture
+    return evaluate_label_file(
+        predictor, config, threshold, out_dir, predictor.checkpoint, predictor.step, model_scale
     )
-    model_scale = run_folder.load_scale(config.logdir) if config.rescale else None
-    if config.rescale and model_scale is None:
-        logging.warning(
-            "%s: no readable %s (train.py writes it): images are predicted at their "
-            "own size, not brought to the model's scale",
-            config.logdir,
-            run_folder.SCALE_FILE,
-        )
-    traced = inference.make_predictor(unet, model.in_channels(architecture['preprocess']))
-    predictor = photo_predictor(traced, architecture['preprocess'], model_scale, config)
-    return predictor, unet, checkpoint, step, model_scale
 
 
-def photo_predictor(
-    traced: Callable[[np.ndarray], tf.Tensor],
-    preprocess: bool,
-    model_scale: scale.ModelScale | None,
-    config: 'EvalConfig',
-) -> Callable[[np.ndarray, np.ndarray, str], tuple[np.ndarray, scale.Decision]]:
-    """(rgb, FOV mask, path) -> (vessel probabilities at the photo's own size, scale.Decision):
-    the photo brought to the model's scale, predicted whole or in tiles, with flips where
-    config.tta asks."""
-
-    def at_model_scale(image):
-        def once(view):
-            return inference.predict_image(traced, view, config.tile_size, config.tile_overlap)
-
-        return inference.predict_flipped(once, image) if config.tta else once(image)
-
-    def predictor(rgb, inside, path):
-        return scale.predict_at_scale(
-            at_model_scale,
-            rgb,
-            inside,
-            preprocess,
-            model_scale,
-            path,
-            config.photo_fov_diameter,
-            by_vessels=config.scale_by == 'vessels',
-        )
-
-    return predictor
+def make_predictor(config: EvalConfig) -> inference.Predictor:
+    """The inference.Predictor of the run folder config.logdir, as the flags set it."""
+    return inference.Predictor.from_run(
+        config.logdir,
+        config.checkpoint,
+        config.architecture,
+        config.rescale,
+        tile_size=config.tile_size,
+        tile_overlap=config.tile_overlap,
+        tta=config.tta,
+        by_vessels=config.scale_by == 'vessels',
+        photo_fov_diameter=config.photo_fov_diameter,
+    )
 
 
 def check_outputs(config: 'EvalConfig') -> str:

@@ -9,11 +9,13 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 import errors
 import fileio
 import model
 import run_folder
+import scale
 
 
 def load_model(
@@ -147,6 +149,83 @@ def restore_step(unet, logdir, step):
         run_folder.read_checkpoint(tf.train.Checkpoint(model=unet), logdir, step)
     except errors.UserError as error:
         raise errors.UserError(f'{run_folder.checkpoint_dir(logdir)}/{error}') from None
+
+
+class Predictor:
+    """Photo in, vessel probabilities at the photo's own size and its scale.Decision out: a
+    trained U-Net with the scale it learned (None: photos as they are), tiles, flips and the
+    scale rule, made once (Predictor.from_run reads them from a run folder)."""
+
+    def __init__(
+        self,
+        unet: keras.Model,
+        preprocess: bool,
+        model_scale: scale.ModelScale | None = None,
+        *,
+        tile_size: int = 0,
+        tile_overlap: int = 128,
+        tta: bool = False,
+        by_vessels: bool = False,
+        photo_fov_diameter: float | None = None,
+    ) -> None:
+        self.unet, self.preprocess, self.model_scale = unet, preprocess, model_scale
+        self.tiles, self.tta, self.by_vessels = (tile_size, tile_overlap), tta, by_vessels
+        self.photo_fov_diameter = photo_fov_diameter
+        self.classes = model.make_predictor(unet, model.in_channels(preprocess))  # traced once
+        self.checkpoint, self.step = 'given', 0  # what from_run loaded
+
+    @classmethod
+    def from_run(
+        cls,
+        logdir: str,
+        checkpoint: str = 'last',
+        given: dict | None = None,
+        rescale: bool = True,
+        **settings,
+    ) -> 'Predictor':
+        """The predictor of a run folder's weights (load_model's `checkpoint` and `given`), at
+        the scale it recorded where `rescale`; `settings`: __init__'s keywords."""
+        unet, architecture, name, step = load_model(logdir, checkpoint, given)
+        model_scale = run_folder.load_scale(logdir) if rescale else None
+        if rescale and model_scale is None:
+            logging.warning(
+                "%s: no readable %s (train.py writes it): images are predicted at their "
+                "own size, not brought to the model's scale",
+                logdir,
+                run_folder.SCALE_FILE,
+            )
+        predictor = cls(unet, architecture['preprocess'], model_scale, **settings)
+        predictor.checkpoint, predictor.step = name, step
+        return predictor
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Every class's probabilities (HxWxK) of one whole image as the model sees it."""
+        return self.classes(image[None])[0].numpy()
+
+    def at_model_scale(self, image: np.ndarray) -> np.ndarray:
+        """Vessel probabilities (HxW) of an image as the model sees it: whole or in tiles, with
+        flips where asked."""
+
+        def once(view):
+            return predict_image(lambda batch: self.classes(batch)[..., 1], view, *self.tiles)
+
+        return predict_flipped(once, image) if self.tta else once(image)
+
+    def __call__(
+        self, rgb: np.ndarray, inside: np.ndarray, path: str
+    ) -> tuple[np.ndarray, scale.Decision]:
+        """(vessel probabilities at the photo's size, scale.Decision) of an RGB photo and its
+        FOV mask; `path` names it in errors."""
+        return scale.predict_at_scale(
+            self.at_model_scale,
+            rgb,
+            inside,
+            self.preprocess,
+            self.model_scale,
+            path,
+            self.photo_fov_diameter,
+            by_vessels=self.by_vessels,
+        )
 
 
 def make_predictor(unet: keras.Model, channels: int) -> Callable[[np.ndarray], tf.Tensor]:

@@ -4,7 +4,7 @@ binary map and overlay as PNGs, and its row of the features report.
   python evaluate.py --logdir=models/all --predict='photos/*.jpg' --predict_dir=maps
 
 Each photo is read, its FOV found, predicted at the model's scale by the run's predictor
-(evaluate.load_predictor) and its files written while the next photo is predicted.
+(inference.Predictor) and its files written while the next photo is predicted.
 """
 
 import concurrent.futures

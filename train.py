@@ -27,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, logging  # noqa: E402
 
 import dataset  # noqa: E402
+import inference  # noqa: E402
 import model  # noqa: E402
 import optimization  # noqa: E402
 import run_folder  # noqa: E402
@@ -417,7 +418,8 @@ def run_steps(train_steps, iterator, step, count, manager):
 def record_calibre(unet, config, examples, model_scale):
     """Adds to scale.json the main-vessel calibre the trained model predicts on its training
     images: what scale's calibre rule matches a photo without a FOV disc to."""
-    calibre = scale.reference_calibre(validation.image_predictor(unet, config.preprocess), examples)
+    predictor = inference.Predictor(unet, config.preprocess, model_scale)
+    calibre = scale.reference_calibre(predictor.probabilities, examples)
     run_folder.save_scale(config.logdir, dataclasses.replace(model_scale, vessel_calibre=calibre))
 
 

@@ -2,7 +2,6 @@
 them, written to TensorBoard, and the best step's weights kept in the run folder."""
 
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import keras
@@ -11,8 +10,8 @@ import tensorflow as tf
 from absl import logging
 
 import dataset
+import inference
 import metrics
-import model
 import run_folder
 import scale
 
@@ -42,7 +41,7 @@ class Validator:
             )
             for example in examples
         ]  # once a run
-        self.predict = image_predictor(unet, config.preprocess)
+        self.predict = inference.Predictor(unet, config.preprocess, model_scale).probabilities
         self.unet, self.metric, self.logdir = unet, config.best_metric, config.logdir
         self.writer = tf.summary.create_file_writer(
             os.path.join(config.logdir, run_folder.VALIDATION_DIR)
@@ -81,9 +80,3 @@ class Validator:
 
     def flush(self) -> None:
         self.writer.flush()
-
-
-def image_predictor(unet: keras.Model, preprocess: bool) -> Callable[[np.ndarray], np.ndarray]:
-    """One whole image (float HxWxC in [0, 1]) -> its probabilities (HxWxK numpy), traced once."""
-    traced = model.make_predictor(unet, model.in_channels(preprocess))
-    return lambda image: traced(image[None])[0].numpy()

@@ -40,14 +40,12 @@ def accuracy():
     import cli
 
     cli.quiet_tensorflow()
-    import evaluate
     import fov
     import inference
     import scale
     import utils
 
-    predictor, unet, *_ = evaluate.load_predictor(evaluate.EvalConfig(logdir=MODEL))
-    traced = inference.make_predictor(unet, unet.input_shape[-1])
+    predictor = inference.Predictor.from_run(MODEL)
     rows = {}
     for path in sorted(glob.glob(os.path.join(SHARED, 'AV-WIDE', 'images', '*.png'))):
         name = os.path.basename(path).removesuffix('.png')
@@ -60,7 +58,7 @@ def accuracy():
         forced = {}
         for factor in FORCED:
             view = scale.at_model_scale(rgb, factor, True)
-            forced[factor] = scale.to_native(inference.predict_image(traced, view), label.shape)
+            forced[factor] = scale.to_native(predictor.at_model_scale(view), label.shape)
         rows[name] = {
             'rule': {
                 'factor': round(decision.factor, 3),

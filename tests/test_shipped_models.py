@@ -69,9 +69,9 @@ def card_rows(card_path, data):
 
 def card_predictor(card_path):
     """The shipped model's photo predictor, as evaluate.run builds it for its folder."""
-    import evaluate
+    import inference
 
-    return evaluate.load_predictor(evaluate.EvalConfig(logdir=os.path.dirname(card_path)))[0]
+    return inference.Predictor.from_run(os.path.dirname(card_path))
 
 
 def predicted_counts(card_path, data, real_data, rows, indices=None):
