@@ -289,10 +289,10 @@ def format_scores(scores):
     return '  '.join(f'{key} {format_score(scores[key])}' for key in REPORTED if key in scores)
 
 
-def evaluate(predictor, samples, threshold, overlay_dir, config):
+def evaluate(predictor, samples, threshold, overlay_dir, units):
     """Predicts every sample, one image in memory at a time, and prints progress; returns the
     per-image metrics, the whole-set result and the report rows (the features of the predicted
-    and the manual maps)."""
+    and the manual maps, measured in report.Units `units`; None: none)."""
     rows, second, measured, pending = [], [], [], None
     counts = metrics.no_pixels()
     examples = dataset.iter_examples(samples)
@@ -323,7 +323,7 @@ def evaluate(predictor, samples, threshold, overlay_dir, config):
             )
             measured += pending.result() if pending else []
             pending = writer.submit(
-                figures_and_features, example, probability, decision, threshold, overlay_dir, config
+                figures_and_features, example, probability, decision, threshold, overlay_dir, units
             )
         measured += pending.result()
     return rows, whole_set_result(counts, second, threshold, len(rows), overlay_dir), measured
@@ -346,9 +346,9 @@ def whole_set_result(counts, second, threshold, images, overlay_dir):
     return result
 
 
-def figures_and_features(example, probability, decision, threshold, overlay_dir, config):
+def figures_and_features(example, probability, decision, threshold, overlay_dir, units):
     """Writes the image's overlays (with an overlay_dir); returns its report rows (with
-    config.features)."""
+    report.Units `units`)."""
     if overlay_dir:
         write_overlay(
             overlay_dir,
@@ -359,17 +359,17 @@ def figures_and_features(example, probability, decision, threshold, overlay_dir,
             example.mask.astype(bool),
             threshold,
         )
-    if not config.features:
+    if not units:
         return []
-    return measured_pair(example, probability >= threshold, overlay_dir, decision, config)
+    return measured_pair(example, probability >= threshold, overlay_dir, decision, units)
 
 
-def measured_pair(example, prediction, overlay_dir, decision, config):
+def measured_pair(example, prediction, overlay_dir, decision, units):
     """The report rows of one labelled image: its predicted map, then its manual one."""
     thumbnail = f'{OVERLAY_DIR}/{example.name}.png' if overlay_dir else None
     return [
         {
-            **report.row(example.name, source, vessels, example.mask, decision, config),
+            **report.row(example.name, source, vessels, example.mask, decision, units),
             'thumbnail': thumbnail,
         }
         for source, vessels in (
@@ -541,7 +541,7 @@ def evaluate_label_file(predictor, config, threshold, out_dir, checkpoint, step,
     samples = label_files.parse_label_file(label_file)
     out_dir, overlay_dir = evaluation_folders(config, out_dir, checkpoint, threshold, samples)
     started = time.time()
-    rows, result, measured = evaluate(predictor, samples, threshold, overlay_dir, config)
+    rows, result, measured = evaluate(predictor, samples, threshold, overlay_dir, config.units())
     seconds = time.time() - started
     logging.info('evaluated %d images in %.1fs', len(rows), seconds)
     result.update(
@@ -590,6 +590,12 @@ class EvalConfig:
     pixel_size_um: float | None = None
     max_megapixels: float = utils.MAX_MEGAPIXELS
 
+    def units(self) -> report.Units | None:
+        """What gives the features their physical scale; None without --features."""
+        if not self.features:
+            return None
+        return report.Units(self.photo_fov_diameter, self.fov_degrees, self.pixel_size_um)
+
     @classmethod
     def from_flags(cls):
         if FLAGS.calibrate_on and FLAGS['threshold'].present:
@@ -617,7 +623,9 @@ def run(config: EvalConfig) -> dict | list[dict]:
             predictor, config.calibrate_on, None if config.predict else config.label_file_path
         )
     if config.predict:
-        return photos.predict_files(predictor, config.predict, out_dir, threshold, config)
+        return photos.predict_files(
+            predictor, config.predict, out_dir, threshold, config.units(), config.max_megapixels
+        )
     return evaluate_label_file(
         predictor, config, threshold, out_dir, predictor.checkpoint, predictor.step, model_scale
     )

@@ -42,12 +42,15 @@ _RING = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))  
 
 
 def at_reference_scale(
-    vessels: np.ndarray, fov: np.ndarray, reference: float | None = REFERENCE_FOV_PX
+    vessels: np.ndarray,
+    fov: np.ndarray,
+    reference: float | None = REFERENCE_FOV_PX,
+    diameter: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """The map (any float or {0, 1} array) and FOV mask cut to the FOV's bounding box and resized
-    so the FOV diameter is `reference` (None: as they are); returns binary (vessels, fov) and the
-    native FOV diameter."""
-    diameter = diameter_or_area(fov)
+    so the FOV diameter (`diameter` where the user gave it, else the mask's) is `reference`
+    (None: as they are); returns binary (vessels, fov) and the native FOV diameter."""
+    diameter = diameter or diameter_or_area(fov)
     box = ndimage.find_objects(np.asarray(fov, np.uint8))[0]  # the FOV's bounding box
     vessels, fov = np.asarray(vessels)[box], np.asarray(fov)[box]
     size = utils.scaled_size(fov.shape, reference / diameter) if reference else fov.shape
@@ -61,11 +64,13 @@ def measure(
     fov: np.ndarray,
     reference: float | None = REFERENCE_FOV_PX,
     mm_per_native_px: float | None = None,
+    fov_diameter: float | None = None,
 ) -> dict[str, float | int | None]:
     """The features of one vessel map (HxW, vessel where >= 0.5) inside its FOV mask, at the
-    reference scale (None: in the map's own pixels). Undefined features (no vessel: fractal
-    dimension, calibre, tortuosity) are None."""
-    vessels, fov, diameter = at_reference_scale(vessels, fov, reference)
+    reference scale (None: in the map's own pixels), its FOV `fov_diameter` across where the
+    user gave it. Undefined features (no vessel: fractal dimension, calibre, tortuosity) are
+    None."""
+    vessels, fov, diameter = at_reference_scale(vessels, fov, reference, fov_diameter)
     vessels = morphology.remove_small_objects(vessels, max_size=MIN_OBJECT_PX - 1, connectivity=2)
     fov_area = int(fov.sum())
     skeleton = prune(morphology.skeletonize(vessels).astype(bool))
@@ -197,7 +202,7 @@ def path_measures(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not count:
         return np.zeros(0), np.zeros(0)
     pixels = np.argwhere(labels)  # row-major, as ravel() orders them
-    piece = labels[pixels[:, 0], pixels[:, 1]] - 1
+    piece = labels[pixels[:, 0], pixels[:, 1]].astype(np.int64) - 1  # int32 overflows in bins
     graph = pixel_graph(pieces, len(pixels))
     steps = np.zeros(len(pixels))
     for _ in range(2):  # from any pixel to the farthest one, then from that end

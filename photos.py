@@ -47,24 +47,25 @@ def find_images(pattern: str) -> list[str]:
     return paths
 
 
-def predict_files(predictor, pattern, out_dir, threshold, config):
+def predict_files(predictor, pattern, out_dir, threshold, units, max_megapixels):
     """Probability maps, binary masks and overlays for unlabelled images, with derived FOV
     masks; each photo's files are written (and its features measured) while the next one is
     predicted. A file that cannot be read or predicted is reported and skipped; the run then
-    ends with an error. Ctrl-C stops after the photo at hand, with the report of those done."""
+    ends with an error. Ctrl-C stops after the photo at hand, with the report of those done.
+    units: report.Units of the features (None: no features.csv and report.html)."""
     paths = find_images(pattern)
     fileio.refuse_input_folder(out_dir, paths, '--predict_dir')
     fileio.remove_temporaries(out_dir, fileio.STALE_SECONDS)
     rows = []
     try:
-        rows.extend(predicted_rows(predictor, paths, out_dir, threshold, config))
+        rows.extend(predicted_rows(predictor, paths, out_dir, threshold, units, max_megapixels))
     except KeyboardInterrupt:
         interrupted = True
     else:
         interrupted = False
     failed = sum('decision' not in row for row in rows)
     print(f'wrote {len(PREDICTION_FILES) * (len(rows) - failed)} files to {out_dir}')
-    if config.features:
+    if units:
         with cli.SignalHandler(signal.SIG_IGN):  # a second Ctrl-C must not cut the report
             report.publish(out_dir, rows, f'Vessel maps of {pattern}')
     if interrupted:
@@ -76,7 +77,7 @@ def predict_files(predictor, pattern, out_dir, threshold, config):
     return rows
 
 
-def predicted_rows(predictor, paths, out_dir, threshold, config):
+def predicted_rows(predictor, paths, out_dir, threshold, units, max_megapixels):
     """Yields each photo's report row, in order, once its files are written; on Ctrl-C, the
     rows of the photos already written, then KeyboardInterrupt again."""
     pending, yielded, interrupted = None, 0, False  # pending: (index, path, row or its Future)
@@ -85,7 +86,9 @@ def predicted_rows(predictor, paths, out_dir, threshold, config):
             for index, (path, name) in enumerate(
                 label_files.output_stems(paths, '--predict').items(), 1
             ):
-                outcome = submitted(writer, predictor, path, name, out_dir, threshold, config)
+                outcome = submitted(
+                    writer, predictor, path, name, out_dir, threshold, units, max_megapixels
+                )
                 if pending:
                     yield finished(*pending, len(paths))
                     yielded = pending[0]
@@ -98,12 +101,12 @@ def predicted_rows(predictor, paths, out_dir, threshold, config):
         raise KeyboardInterrupt
 
 
-def submitted(writer, predictor, path, name, out_dir, threshold, config):
+def submitted(writer, predictor, path, name, out_dir, threshold, units, max_megapixels):
     """The photo predicted and its files handed to `writer` (a Future of its report row), or
     where it cannot be read or predicted, the row that says why."""
     try:
-        photo = predict_photo(predictor, path, threshold, config.max_megapixels)
-        return writer.submit(write_photo, photo, out_dir, name, config)
+        photo = predict_photo(predictor, path, threshold, max_megapixels)
+        return writer.submit(write_photo, photo, out_dir, name, units)
     except errors.UserError as error:
         message = fileio.printable(errors.first_line(error))
         shown = fileio.printable(path)
@@ -154,7 +157,7 @@ def predict_photo(predictor, path, threshold, max_megapixels=utils.MAX_MEGAPIXEL
     return Photo(path, rgb, inside, probability.astype(np.uint8), vessels, decision)  # are large
 
 
-def write_photo(photo, out_dir, name, config):
+def write_photo(photo, out_dir, name, units):
     """Writes {name}_prob.png, {name}_mask.png and {name}_overlay.png (the vessels in green on
     the photo), whole or not at all; returns the photo's report row, with the vessel share of
     its FOV."""
@@ -178,7 +181,7 @@ def write_photo(photo, out_dir, name, config):
         photo.vessels,
         photo.inside,
         photo.decision,
-        config,
+        units,
     )
     return {
         **row,

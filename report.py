@@ -5,6 +5,7 @@ A row is a dict: 'image', 'source' ('predicted' or 'manual'), the features of fe
 and 'thumbnail' (an image file relative to the output folder, or None).
 """
 
+import dataclasses
 import html
 import os
 import urllib.parse
@@ -51,18 +52,28 @@ def photo_flags(
     return flags
 
 
-def row(image, source, vessels, inside, decision, config):
-    """The row of one vessel map: its features (where config.features) and flags, its photo
-    brought to the model's scale as `decision` (scale.Decision) says. config: an
-    evaluate.EvalConfig (features, photo_fov_diameter, fov_degrees, pixel_size_um)."""
+@dataclasses.dataclass(frozen=True)
+class Units:
+    """What gives a map's features their physical scale: the photos' FOV diameter where the user
+    gave it (else each photo's own), the camera's field angle across it, or the size of a pixel
+    on the retina in micrometres."""
+
+    photo_fov_diameter: float | None = None
+    fov_degrees: float | None = None
+    pixel_size_um: float | None = None
+
+
+def row(image, source, vessels, inside, decision, units: Units | None):
+    """The row of one vessel map: its features (measured in `units`; None: not measured) and
+    flags, its photo brought to the model's scale as `decision` (scale.Decision) says."""
     measured = None
-    if config.features:
+    if units:
         mm_per_px = features.mm_per_native_px(
-            config.photo_fov_diameter or fov.diameter(inside),
-            config.fov_degrees,
-            config.pixel_size_um,
+            units.photo_fov_diameter or fov.diameter(inside), units.fov_degrees, units.pixel_size_um
         )
-        measured = features.measure(vessels, inside, mm_per_native_px=mm_per_px)
+        measured = features.measure(
+            vessels, inside, mm_per_native_px=mm_per_px, fov_diameter=units.photo_fov_diameter
+        )
     return {
         'image': image,
         'source': source,

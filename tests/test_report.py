@@ -120,3 +120,16 @@ def test_the_report_opens_from_disk_with_every_row_and_thumbnail(evaluated, tmp_
     dom = rendered(moved / report.REPORT_HTML)
     assert summary(dom) == f'{rows} rows, {rows - 2} images shown'  # predicted and manual rows
     assert dom.count(f'image missing: overlays/{missing}') == 2
+
+
+def test_the_reference_scale_takes_the_fov_diameter_the_user_gave():
+    """A frame-filling photo (no disc) measured with --photo_fov_diameter=600: its features are
+    at the scale that diameter sets (a 10 px vessel becomes 1000/600 as wide), not at the disc
+    of its area."""
+    vessels, inside = np.zeros((300, 400), np.uint8), np.ones((300, 400), np.uint8)
+    vessels[145:155, 20:380] = 1
+    given = report.row('x.png', 'predicted', vessels, inside, scale.NATIVE, report.Units(600))
+    assert given['fov_diameter_px'] == 600
+    assert given['calibre_median_px'] == pytest.approx(10 * 1000 / 600, rel=0.1)
+    own = report.row('x.png', 'predicted', vessels, inside, scale.NATIVE, report.Units())
+    assert own['fov_diameter_px'] == pytest.approx(np.sqrt(4 * 300 * 400 / np.pi), abs=0.1)
