@@ -56,20 +56,6 @@ def iter_examples(
         yield Example(sample.name, utils.model_input(rgb, preprocess), label, mask)
 
 
-def label_file_samples(paths: str, flag: str = '--label_file_path') -> list[label_files.Sample]:
-    """The samples of one label file or of a comma-separated list of them, in order."""
-    return [
-        sample
-        for path in label_file_paths(paths)
-        for sample in label_files.parse_label_file(path, flag)
-    ]
-
-
-def label_file_paths(paths: str) -> list[str]:
-    """The label files of a comma-separated list (one file is a list of one)."""
-    return [path.strip() for path in paths.split(',')]
-
-
 def load_label_files(
     paths: str,
     preprocess: bool = False,
@@ -78,7 +64,7 @@ def load_label_files(
 ) -> list[Example]:
     """The examples of one label file or of a comma-separated list of them, in order. Training
     draws every image equally often, so each file weighs in proportion to its images."""
-    return load_examples(label_file_samples(paths, flag), preprocess, fov_diameter)
+    return load_examples(label_files.samples_of(paths, flag), preprocess, fov_diameter)
 
 
 # ----------------------------------------------------------------------------- training stream

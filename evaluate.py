@@ -182,7 +182,7 @@ def calibrate_threshold(predictor, label_file, evaluated=None):
     """The threshold with the best F1 over the FOV pixels of the images `label_file` lists (one
     or several comma-separated label files), none of which may be an image of the `evaluated`
     label file: that would tune the threshold on the test set."""
-    samples = dataset.label_file_samples(label_file, '--calibrate_on')
+    samples = label_files.samples_of(label_file, '--calibrate_on')
     if evaluated:
         tested = {
             os.path.realpath(sample.image) for sample in label_files.parse_label_file(evaluated)
@@ -444,7 +444,7 @@ def evaluation_name(
         return '+'.join(
             f'{os.path.basename(folder)}-{os.path.splitext(name)[0]}'
             for folder, name in map(
-                os.path.split, map(os.path.abspath, dataset.label_file_paths(paths))
+                os.path.split, map(os.path.abspath, label_files.paths_of(paths))
             )
         )
 
@@ -664,7 +664,7 @@ def check_outputs(config: 'EvalConfig') -> str:
 def input_folders(config: 'EvalConfig') -> set[str]:
     """The folders of every file this evaluation or prediction reads."""
     given = [config.calibrate_on, None if config.predict else config.label_file_path]
-    label_paths = [path for paths in given if paths for path in dataset.label_file_paths(paths)]
+    label_paths = [path for paths in given if paths for path in label_files.paths_of(paths)]
     paths = [
         *(photos.find_images(config.predict) if config.predict else []),
         *label_paths,

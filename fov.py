@@ -87,12 +87,8 @@ def derive(image: np.ndarray) -> np.ndarray:
 
 
 def _reduced(image):
-    height, width = image.shape[:2]
-    factor = REDUCED_SIDE / max(height, width)
-    if factor >= 1:
-        return image
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    factor = REDUCED_SIDE / max(image.shape[:2])
+    return image if factor >= 1 else utils.resize(image, utils.scaled_size(image.shape, factor))
 
 
 def _brightness(image):

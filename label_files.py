@@ -75,6 +75,16 @@ def parse_label_file(path: str, flag: str = '--label_file_path') -> list[Sample]
     return [Sample(stems[paths[0]], *paths) for paths in samples]
 
 
+def samples_of(paths: str, flag: str = '--label_file_path') -> list[Sample]:
+    """The samples of one label file or of a comma-separated list of them, in order."""
+    return [sample for path in paths_of(paths) for sample in parse_label_file(path, flag)]
+
+
+def paths_of(paths: str) -> list[str]:
+    """The label files of a comma-separated list (one file is a list of one)."""
+    return [path.strip() for path in paths.split(',')]
+
+
 def file_stem(path: str) -> str:
     """A file's name without its extension, a gzipped one's too: im0001.ppm.gz -> im0001."""
     return os.path.splitext(os.path.basename(path).removesuffix('.gz'))[0]

@@ -15,8 +15,8 @@ import numpy as np
 from absl import flags
 
 import cli
-import dataset
 import errors
+import label_files
 import metrics
 import model
 import run_folder
@@ -286,7 +286,7 @@ def _as_compared(name, value):
     """A setting as a resume compares it: label files by the files they resolve to, so that a
     run trained with relative paths resumes with absolute ones and the other way round."""
     if name in LABEL_FILES and value:
-        return [os.path.realpath(path) for path in dataset.label_file_paths(value)]
+        return [os.path.realpath(path) for path in label_files.paths_of(value)]
     return value
 
 
