@@ -43,6 +43,56 @@ import report  # noqa: E402
 import scale_tf  # noqa: E402
 
 FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What one evaluation or prediction does: the flags of evaluate.py (read only by main), whose
+    defaults are these fields'."""
+
+    logdir: str | None = None
+    label_file_path: str | None = None
+    checkpoint: str = 'last'
+    architecture: dict = dataclasses.field(default_factory=dict)  # the flags the user named
+    threshold: float = 0.5
+    calibrate_on: str | None = None
+    tta: bool = False
+    tile_size: int = 0
+    tile_overlap: int = 128
+    rescale: bool = True
+    photo_fov_diameter: float | None = None
+    scale_by: str = 'fov'
+    predict: str | None = None
+    predict_dir: str | None = None
+    output_dir: str | None = None
+    export_dir: str | None = None
+    visulize: bool = False
+    features: bool = True
+    fov_degrees: float | None = None
+    pixel_size_um: float | None = None
+    max_megapixels: float = utils.MAX_MEGAPIXELS
+
+    def units(self) -> report.Units | None:
+        """What gives the features their physical scale; None without --features."""
+        if not self.features:
+            return None
+        return report.Units(self.photo_fov_diameter, self.fov_degrees, self.pixel_size_um)
+
+    @classmethod
+    def from_flags(cls):
+        if FLAGS.calibrate_on and FLAGS['threshold'].present:
+            raise errors.UserError('give --threshold or --calibrate_on, not both')
+        names = [field.name for field in dataclasses.fields(cls) if field.name != 'architecture']
+        return cls(
+            **{name: FLAGS[name].value for name in names},
+            architecture={
+                key: FLAGS[key].value for key in model.ARCHITECTURE_KEYS if FLAGS[key].present
+            },
+        )
+
+
+DEFAULT = EvalConfig()
+
 cli.define_flags(
     'logdir',
     'label_file_path',
@@ -56,56 +106,60 @@ cli.define_flags(
     'output_dir',
 )
 flags.DEFINE_float(
-    'threshold', 0.5, 'Vessel probability at or above which a pixel is vessel (0 to 1).'
+    'threshold',
+    DEFAULT.threshold,
+    'Vessel probability at or above which a pixel is vessel (0 to 1).',
 )
 flags.DEFINE_string(
     'calibrate_on',
-    None,
+    DEFAULT.calibrate_on,
     'A label file (the training set, never the test set): '
     'use the threshold that maximises F1 on its images instead of --threshold.',
 )
 flags.DEFINE_bool(
     'tta',
-    False,
+    DEFAULT.tta,
     'Test-time augmentation: average the predictions for the image and '
     'its three flips (4x the inference time).',
 )
 flags.DEFINE_integer(
     'tile_size',
-    0,
+    DEFAULT.tile_size,
     'Predict in tiles of this side (a multiple of 16) for '
     'images too large for memory; 0 predicts whole images.',
     lower_bound=0,
 )
 flags.DEFINE_integer(
     'tile_overlap',
-    128,
+    DEFAULT.tile_overlap,
     'Context (a multiple of 16) around each tile, cut '
     'away after predicting; 128 covers the U-Net receptive field.',
     lower_bound=0,
 )
 flags.DEFINE_string(
     'predict',
-    None,
+    DEFAULT.predict,
     'Predict images with no labels instead of evaluating: a '
     'folder or a glob of PNG/JPEG/TIFF/GIF/BMP/WebP files.',
 )
 flags.DEFINE_string(
     'predict_dir',
-    None,
+    DEFAULT.predict_dir,
     'Where --predict writes (default {logdir}/predictions; not the folder of the input images).',
 )
-flags.DEFINE_string('export_dir', None, 'Also export a SavedModel for serving to this folder.')
+flags.DEFINE_string(
+    'export_dir', DEFAULT.export_dir, 'Also export a SavedModel for serving to this folder.'
+)
 flags.DEFINE_bool(
     'rescale',
-    True,
+    DEFAULT.rescale,
     "Resize each image so its FOV diameter matches the model's "
     '(scale.json) before predicting, and the probabilities back; runs without '
     'scale.json predict images as they are.',
 )
 flags.DEFINE_enum(
     'scale_by',
-    'fov',
+    DEFAULT.scale_by,
     ['fov', 'vessels'],
     "How --rescale sets the factor of a photo whose FOV shows a disc: 'fov', the disc's "
     "diameter against the model's; 'vessels', from there the main vessels' calibre matched "
@@ -114,12 +168,12 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_bool(
     'features',
-    True,
+    DEFAULT.features,
     'Measure every vessel map (features.csv) and write report.html beside the outputs.',
 )
 flags.DEFINE_float(
     'photo_fov_diameter',
-    None,
+    DEFAULT.photo_fov_diameter,
     "The photos' FOV diameter in pixels, where you "
     'know it: it sets their scale instead of the FOV found in each photo (needed '
     'where a FOV fills the frame and shows too few vessels to tell the scale).',
@@ -127,7 +181,7 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float(
     'fov_degrees',
-    None,
+    DEFAULT.fov_degrees,
     "The camera's field angle across the FOV diameter (e.g. "
     '45): adds millimetre columns to features.csv.',
     lower_bound=1,
@@ -135,21 +189,21 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float(
     'pixel_size_um',
-    None,
+    DEFAULT.pixel_size_um,
     'The size of one pixel on the retina in micrometres (instead of --fov_degrees).',
     lower_bound=0.01,
     upper_bound=1000,
 )
 flags.DEFINE_float(
     'max_megapixels',
-    utils.MAX_MEGAPIXELS,
+    DEFAULT.max_megapixels,
     'The largest photo --predict reads, in megapixels as its header declares them: a larger '
     'one is refused before it is decoded (a 1 MB PNG can declare 20000x20000 pixels).',
     lower_bound=0.001,
 )
 flags.DEFINE_string(
     'checkpoint',
-    'last',
+    DEFAULT.checkpoint,
     "The weights to use: 'last', 'best' (the best "
     "validation step's, with train.py --validation_label_file) or a step number "
     'whose checkpoint is kept.',
@@ -562,51 +616,6 @@ def evaluate_label_file(predictor, config, threshold, out_dir, checkpoint, step,
     if config.features:
         report.publish(out_dir, measured, f'Vessel maps of {label_file} ({checkpoint})')
     return {**result, 'per_image': rows, 'out_dir': out_dir}
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """What one evaluation or prediction does: the flags of evaluate.py, read only by main."""
-
-    logdir: str
-    label_file_path: str | None = None
-    checkpoint: str = 'last'
-    architecture: dict = dataclasses.field(default_factory=dict)  # the flags the user named
-    threshold: float = 0.5
-    calibrate_on: str | None = None
-    tta: bool = False
-    tile_size: int = 0
-    tile_overlap: int = 128
-    rescale: bool = True
-    photo_fov_diameter: float | None = None
-    scale_by: str = 'fov'
-    predict: str | None = None
-    predict_dir: str | None = None
-    output_dir: str | None = None
-    export_dir: str | None = None
-    visulize: bool = False
-    features: bool = True
-    fov_degrees: float | None = None
-    pixel_size_um: float | None = None
-    max_megapixels: float = utils.MAX_MEGAPIXELS
-
-    def units(self) -> report.Units | None:
-        """What gives the features their physical scale; None without --features."""
-        if not self.features:
-            return None
-        return report.Units(self.photo_fov_diameter, self.fov_degrees, self.pixel_size_um)
-
-    @classmethod
-    def from_flags(cls):
-        if FLAGS.calibrate_on and FLAGS['threshold'].present:
-            raise errors.UserError('give --threshold or --calibrate_on, not both')
-        names = [field.name for field in dataclasses.fields(cls) if field.name != 'architecture']
-        return cls(
-            **{name: FLAGS[name].value for name in names},
-            architecture={
-                key: FLAGS[key].value for key in model.ARCHITECTURE_KEYS if FLAGS[key].present
-            },
-        )
 
 
 def run(config: EvalConfig) -> dict | list[dict]:

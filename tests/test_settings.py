@@ -240,3 +240,17 @@ def test_a_run_that_failed_before_its_first_checkpoint_binds_no_setting(tmp_path
     assert json.load(open(tmp_path / 'log' / 'config.json'))['settings'] == dataclasses.asdict(
         settings
     )
+
+
+def test_each_evaluate_flag_defaults_to_its_eval_config_field():
+    """One default per setting: a flag of evaluate.py (its own or a shared one) and the field of
+    EvalConfig it fills start from the same value."""
+    import dataclasses
+
+    import evaluate
+
+    names = [field.name for field in dataclasses.fields(evaluate.EvalConfig)]
+    flagged = [name for name in names if name in evaluate.FLAGS]
+    assert len(flagged) == len(names) - 1  # every field but the architecture the user named
+    for name in flagged:
+        assert evaluate.FLAGS[name].default == getattr(evaluate.DEFAULT, name), name
