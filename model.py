@@ -18,6 +18,7 @@ from keras import layers
 import errors
 
 DEPTH, MAX_DEPTH = 4, 4  # the original's levels of pooling, and the most a model may have
+NUM_CLASSES, BASE_CHANNELS = 2, 32  # the original's head (background, vessel) and width
 MULTIPLE = 2**MAX_DEPTH  # input sides must be multiples of this, whatever the depth
 ARCHITECTURE_KEYS = ('num_classes', 'base_channels', 'transpose_conv', 'preprocess', 'depth')
 MAX_BASE_CHANNELS = 512  # 16x the original's width; more is no U-Net a machine here can hold
@@ -39,8 +40,8 @@ def _upsample(x, channels, transpose_conv, name):
 
 
 def build_unet(
-    num_classes: int = 2,
-    base_channels: int = 32,
+    num_classes: int = NUM_CLASSES,
+    base_channels: int = BASE_CHANNELS,
     transpose_conv: bool = False,
     in_channels: int = 1,
     depth: int = DEPTH,

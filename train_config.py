@@ -30,8 +30,8 @@ class TrainConfig:
     logdir: str
     label_file_path: str
     # the model (also written to architecture.json, which evaluate.py reads)
-    num_classes: int = 2
-    base_channels: int = 32
+    num_classes: int = model.NUM_CLASSES
+    base_channels: int = model.BASE_CHANNELS
     depth: int = model.DEPTH
     transpose_conv: bool = False
     preprocess: bool = False

@@ -254,3 +254,15 @@ def test_each_evaluate_flag_defaults_to_its_eval_config_field():
     assert len(flagged) == len(names) - 1  # every field but the architecture the user named
     for name in flagged:
         assert evaluate.FLAGS[name].default == getattr(evaluate.DEFAULT, name), name
+
+
+def test_each_training_flag_defaults_to_its_train_config_field():
+    """The shared flags (cli.py, which may not import TensorFlow's model) and train.py's own
+    start from TrainConfig's defaults, which take the architecture's from model.py."""
+    import dataclasses
+
+    import train_config
+
+    for field in dataclasses.fields(train_config.TrainConfig):
+        default = train_config.FLAGS[field.name].default
+        assert default == field.default or field.default is dataclasses.MISSING, field.name
