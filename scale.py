@@ -267,10 +267,8 @@ def _calibre_decision(kept, disc, refused, wanted):
     stop = f'; stopped where {refused}' if refused else ''
     doubt = None
     if wanted and not 1 / DOUBT <= wanted / kept.factor <= DOUBT:
-        doubt = (
-            f"the vessels' calibre asks for x{wanted:.2f}; predicted at x{kept.factor:.2f} "
-            f'({refused or "a bound of the calibre rule"})'
-        )
+        doubt = f"the vessels' calibre asks for x{wanted:.2f}; predicted at x{kept.factor:.2f}"
+        doubt += '' if refused else ' (a bound of the calibre rule)'  # else the rule says why
     return Decision(kept.factor, f'main-vessel calibre ({start}{stop})', doubt)
 
 
