@@ -13,8 +13,10 @@ import glob
 import os
 import signal
 import sys
+import time
 
 import numpy as np
+import tqdm
 from absl import logging
 
 import cli
@@ -27,6 +29,8 @@ import scale
 import utils
 
 PREDICTION_FILES = ('prob', 'mask', 'overlay')  # {name}_{suffix}.png for each photo
+MANIFEST_CSV = 'manifest.csv'
+MANIFEST_COLUMNS = ('image', 'outcome', 'scale_factor', 'scale_rule', 'seconds', 'reason')
 
 
 def find_images(pattern: str) -> list[str]:
@@ -56,17 +60,21 @@ def predict_files(predictor, pattern, out_dir, threshold, units, max_megapixels)
     paths = find_images(pattern)
     fileio.refuse_input_folder(out_dir, paths, '--predict_dir')
     fileio.remove_temporaries(out_dir, fileio.STALE_SECONDS)
-    rows = []
+    rows, interrupted = [], False
     try:
-        rows.extend(predicted_rows(predictor, paths, out_dir, threshold, units, max_megapixels))
+        with progress(len(paths)) as bar:
+            for row in predicted_rows(predictor, paths, out_dir, threshold, units, max_megapixels):
+                rows.append(row)
+                bar.update()
+                if bar.disable:  # no terminal to draw a bar on: a line a photo
+                    log_row(len(rows), len(paths), paths[len(rows) - 1], row)
     except KeyboardInterrupt:
         interrupted = True
-    else:
-        interrupted = False
     failed = sum('decision' not in row for row in rows)
     print(f'wrote {len(PREDICTION_FILES) * (len(rows) - failed)} files to {out_dir}')
-    if units:
-        with cli.SignalHandler(signal.SIG_IGN):  # a second Ctrl-C must not cut the report
+    with cli.SignalHandler(signal.SIG_IGN):  # a second Ctrl-C must not cut the records
+        write_manifest(out_dir, rows)
+        if units:
             report.publish(out_dir, rows, f'Vessel maps of {pattern}')
     if interrupted:
         raise errors.Interrupted(f'interrupted after {len(rows)} of {len(paths)} photos')
@@ -80,23 +88,24 @@ def predict_files(predictor, pattern, out_dir, threshold, units, max_megapixels)
 def predicted_rows(predictor, paths, out_dir, threshold, units, max_megapixels):
     """Yields each photo's report row, in order, once its files are written; on Ctrl-C, the
     rows of the photos already written, then KeyboardInterrupt again."""
-    pending, yielded, interrupted = None, 0, False  # pending: (index, path, row or its Future)
+    pending, yielded, interrupted = None, 0, False  # (index, row or its Future, started)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
         try:
             for index, (path, name) in enumerate(
                 label_files.output_stems(paths, '--predict').items(), 1
             ):
+                started = time.time()
                 outcome = submitted(
                     writer, predictor, path, name, out_dir, threshold, units, max_megapixels
                 )
                 if pending:
-                    yield finished(*pending, len(paths))
+                    yield finished(*pending[1:])
                     yielded = pending[0]
-                pending = (index, path, outcome)
+                pending = (index, outcome, started)
         except KeyboardInterrupt:
             interrupted = True
         if pending and pending[0] > yielded:
-            yield finished(*pending, len(paths))
+            yield finished(*pending[1:])
     if interrupted:
         raise KeyboardInterrupt
 
@@ -115,22 +124,52 @@ def submitted(writer, predictor, path, name, out_dir, threshold, units, max_mega
         return report.unreadable(os.path.basename(path), message)
 
 
-def finished(index, path, outcome, count):
-    """The report row of one photo once its files are written (a failure's row as it is)."""
-    if not isinstance(outcome, concurrent.futures.Future):
-        return outcome
-    row = outcome.result()  # a full disk (or any error writing) ends the run here
-    logging.info(
-        '[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s',
-        index,
-        count,
-        fileio.printable(path),
-        100 * row['share'],
-        row['decision'].factor,
-        row['decision'].rule,
-        ''.join(f'; {flag}' for flag in row['flags']),
-    )
+def finished(outcome, started):
+    """The report row of one photo once its files are written (a failure's row as it is), with
+    the seconds since its prediction started."""
+    row = outcome.result() if isinstance(outcome, concurrent.futures.Future) else outcome
+    row['seconds'] = time.time() - started  # a full disk (or any error writing) ended it above
     return row
+
+
+def progress(total: int) -> tqdm.tqdm:
+    """A progress bar of photos (done, photos/s, time left) on a terminal; disabled elsewhere."""
+    return tqdm.tqdm(total=total, unit='photo', disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
+def log_row(index: int, count: int, path: str, row: dict) -> None:
+    """One photo's log line: its vessel share, scale and flags (a refused one said its error)."""
+    if 'decision' in row:
+        logging.info(
+            '[%d/%d] %s: %.1f%% of the FOV is vessel; scale x%.2f from the %s%s',
+            index,
+            count,
+            fileio.printable(path),
+            100 * row['share'],
+            row['decision'].factor,
+            row['decision'].rule,
+            ''.join(f'; {flag}' for flag in row['flags']),
+        )
+
+
+def write_manifest(out_dir: str, rows: list[dict]) -> None:
+    """manifest.csv: each photo's outcome (done, flagged, refused), its scale decision, the
+    seconds it took and why it was flagged or refused."""
+    lines = []
+    for row in rows:
+        decision = row.get('decision')
+        outcome = 'refused' if decision is None else 'flagged' if row['flags'] else 'done'
+        lines.append(
+            [
+                row['image'],
+                outcome,
+                f'{decision.factor:.4g}' if decision else '',
+                decision.rule if decision else '',
+                f"{row['seconds']:.2f}",
+                '; '.join(row['flags']),
+            ]
+        )
+    fileio.write_csv(os.path.join(out_dir, MANIFEST_CSV), list(MANIFEST_COLUMNS), lines)
 
 
 @dataclasses.dataclass

@@ -23,6 +23,7 @@ import evaluate
 import fileio
 import fov
 import inference
+import photos
 import preprocess
 import report
 import run_folder
@@ -368,6 +369,46 @@ def test_predict_survives_a_folder_of_awkward_files(trained, hostile_folder, tmp
     assert "'=HYPERLINK(\"evil\",\"y\").png" in [row['image'] for row in rows]
     assert os.path.exists(os.fsencode(out) + b'/M\xfcller_overlay.png')
     assert os.path.exists(out / ('x' * 236 + '_overlay.png'))
+    manifest = {row['image']: row for row in csv.DictReader(open(out / photos.MANIFEST_CSV))}
+    assert len(manifest) == 6 and all(float(row['seconds']) >= 0 for row in manifest.values())
+    assert (
+        manifest['bomb.png']['outcome'] == 'refused' and manifest['bomb.png']['scale_factor'] == ''
+    )
+    assert 'declares 20000x20000 pixels' in manifest['bomb.png']['reason']
+    assert manifest['motion.jpg']['outcome'] in ('done', 'flagged')
+    assert (
+        float(manifest['motion.jpg']['scale_factor']) > 0 and manifest['motion.jpg']['scale_rule']
+    )
+
+
+def test_a_terminal_gets_a_progress_bar_instead_of_a_line_a_photo(trained, tmp_path):
+    import fcntl
+    import pty
+    import termios
+
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    for index in range(2):
+        cv2.imwrite(str(folder / f'{index}.png'), a_photo())
+    command = [sys.executable, 'evaluate.py', f'--logdir={trained}', f'--predict={folder}']
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child, on a pseudo-terminal of 24 rows and 120 columns
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 120, 0, 0))
+        os.chdir(ROOT)
+        os.execve(sys.executable, [*command, f'--predict_dir={tmp_path / "out"}'], os.environ)
+    shown = b''
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # the child has ended
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.waitpid(pid, 0)
+    text = shown.decode(errors='replace')
+    assert '2/2' in text and 'photo/s' in text, text[-2000:]
+    assert '[1/2]' not in text
 
 
 def test_ctrl_c_during_predict_ends_with_one_line_and_the_report_of_what_was_done(
