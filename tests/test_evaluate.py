@@ -224,7 +224,7 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(tmp_path / 'out')) == [
         f'{name}_{kind}.png' for name in 'abc' for kind in ('mask', 'overlay', 'prob')
-    ] + ['features.csv', 'report.html']
+    ] + ['features.csv', 'manifest.csv', 'report.html']
     rows = list(csv.DictReader(open(tmp_path / 'out' / 'features.csv')))
     assert list(rows[0])[: len(features.COLUMNS)] == list(features.COLUMNS)
     assert [(row['image'], row['source']) for row in rows] == [
@@ -250,7 +250,12 @@ def test_predict_new_images_of_any_format(trained, tmp_path):
         '--nofeatures',
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / 'zero')) == ['a_mask.png', 'a_overlay.png', 'a_prob.png']
+    assert sorted(os.listdir(tmp_path / 'zero')) == [
+        'a_mask.png',
+        'a_overlay.png',
+        'a_prob.png',
+        'manifest.csv',  # written without features too
+    ]
     np.testing.assert_array_equal(  # every FOV pixel is vessel at threshold 0, and no other
         utils.read_binary(str(tmp_path / 'zero' / 'a_mask.png')),
         fov.derive(utils.read_image(str(folder / 'a.jpg'))),
@@ -376,7 +381,7 @@ def test_predict_reports_bad_files_and_goes_on_with_the_rest(trained, tmp_path):
             for name in ('deep', 'eye.jpg', 'eye.png')
             for kind in ('mask', 'overlay', 'prob')
         ]
-        + ['features.csv', 'report.html']
+        + ['features.csv', 'manifest.csv', 'report.html']
     )
     rows = {row['image']: row for row in csv.DictReader(open(out / 'features.csv'))}
     assert sorted(rows) == ['black.png', 'broken.jpg', 'deep.png', 'eye.jpg', 'eye.png']
@@ -597,4 +602,4 @@ def test_an_evaluation_runs_in_process_from_its_config_alone(trained, synthetic,
         dataclasses.replace(config, predict=photo_dir, predict_dir=str(tmp_path / 'out'))
     )
     assert len(rows) == 2 and all(0 < row['share'] < 0.5 for row in rows)
-    assert len(os.listdir(tmp_path / 'out')) == 2 * len(photos.PREDICTION_FILES)
+    assert len(os.listdir(tmp_path / 'out')) == 2 * len(photos.PREDICTION_FILES) + 1  # manifest

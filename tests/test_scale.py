@@ -280,6 +280,7 @@ def test_a_tiny_field_of_view_is_named_and_the_other_photos_are_written(trained,
         'fine_mask.png',
         'fine_overlay.png',
         'fine_prob.png',
+        'manifest.csv',
         'report.html',
     ]
 
