@@ -46,9 +46,9 @@ def read_image(path: str, gray: bool = False, max_megapixels: float = MAX_MEGAPI
     pages, transparent = _check_header(data, path, max_megapixels)
     # Any depth and colour, turned as a JPEG's or TIFF's EXIF orientation says (which
     # IMREAD_UNCHANGED ignores); that keeps the alpha of a transparent image, to lay it on black.
-    mode = cv2.IMREAD_UNCHANGED if transparent else cv2.IMREAD_ANYCOLOR
-    image = _is_whole(data) and cv2.imdecode(np.frombuffer(data, np.uint8), mode | 2)
-    if image is None or image is False:  # 2: cv2.IMREAD_ANYDEPTH
+    mode = cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_UNCHANGED if transparent else cv2.IMREAD_ANYCOLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), mode) if _is_whole(data) else None
+    if image is None:
         raise errors.UserError(f'{path}: not a readable image (corrupt or unsupported format)')
     if pages > 1 and not image.any():
         raise errors.UserError(f'{path}: the first of its {pages} pages is black (only it is read)')
